@@ -178,10 +178,22 @@ def build_albumentations(name: str, params: dict[str, Any], p: float, *, where: 
     cls = getattr(A, name)
     if "p" in params:
         raise RecipeError("put p beside transform, not inside its parameters", source=source, where=where, line=line)
+    kwargs = _tuplify(params)
+    # Only classes that define their own InitSchema take ``strict`` (MedianBlur, RandomRotate90 and
+    # ToSepia do not); without it, an unknown argument is still a TypeError and a fix still a warning.
+    strict = {"strict": True} if "InitSchema" in vars(cls) else {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            return cls(**_tuplify(params), p=p, strict=True)
+            t = cls(**kwargs, p=p, **strict)
+        # Some fixes are silent (a reversed [low, high] range is sorted): compare what was stored.
+        for key, given in kwargs.items():
+            stored = getattr(t, key, None)
+            if (isinstance(given, tuple) and isinstance(stored, tuple) and len(given) == len(stored)
+                    and all(isinstance(v, (int, float)) for v in given + stored)
+                    and tuple(map(float, given)) != tuple(map(float, stored))):
+                raise ValueError(f"{key}: albumentations would silently change {list(given)} to {list(stored)}")
+        return t
     except (ValueError, TypeError, UserWarning, DeprecationWarning) as exc:
         msg = "; ".join(ln.strip() for ln in str(exc).splitlines()
                         if ln.strip() and not ln.strip().startswith("For further information"))

@@ -6,6 +6,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import EXIT_USAGE, AugkitError
 
@@ -22,7 +23,7 @@ def cli_errors(fn):
         try:
             return fn(*args, **kwargs)
         except AugkitError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: finished outputs are kept; run the same command again to resume")
@@ -32,7 +33,7 @@ def cli_errors(fn):
 
 
 def fail_usage(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code=EXIT_USAGE)
 
 

@@ -1,0 +1,108 @@
+"""``augkit augment SRC DST``: write augmented copies of an image folder."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape as esc
+from rich.table import Table
+
+from ..augment import ERRORS, MANIFEST, AugmentOptions, AugmentResult, make_plan, run_plan
+from ..images import DEFAULT_MAX_PIXELS
+from ..recipe import load_recipe
+from ._common import cli_errors, err, out
+
+
+@cli_errors
+def command(
+    src: Path = typer.Argument(..., help="Input folder: class folders (SRC/cat/*.jpg) or a flat folder of images."),
+    dst: Path = typer.Argument(..., help="Output folder (created; must not be inside SRC)."),
+    recipe: str = typer.Option("default", "--recipe", "-r", help="Built-in recipe name or a recipe .yaml file."),
+    copies: Optional[int] = typer.Option(None, "--copies", "-n", help="Augmented copies per image [default: 1]."),
+    per_class: Optional[int] = typer.Option(None, "--per-class", help="Top every class up to N images (originals included)."),
+    seed: int = typer.Option(0, "--seed", "-s", help="One seed decides every random choice."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker processes [default: CPU count]."),
+    originals: bool = typer.Option(False, "--originals/--no-originals", help="Also copy each original into DST."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="Output format: jpg, png, webp, bmp [default: the source's]."),
+    quality: int = typer.Option(95, "--quality", "-q", help="JPEG/WebP quality 1-100."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that already exist."),
+    strict: bool = typer.Option(False, "--strict", help="Abort on the first bad input (finished outputs are kept)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be written; write nothing."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Reject images with more pixels (read from the header)."),
+    engine: str = typer.Option("local", "--engine", help="Executor: local (process pool)."),
+) -> None:
+    """Write augmented copies of SRC into DST, keeping its class folders.
+
+    Outputs are named <stem>__aug<k>.<ext>. DST gets manifest.jsonl (what was done to each file),
+    errors.jsonl (skipped inputs and why) and augkit-run.yaml (resolved settings). Re-running the same
+    command skips finished work, so an interrupted run resumes.
+
+    Exit codes: 0 all done; 1 the run failed (e.g. disk full); 2 bad options or recipe; 3 finished,
+    but some inputs were skipped (see errors.jsonl).
+    """
+    opts = AugmentOptions(copies=copies, per_class=per_class, seed=seed, workers=workers, originals=originals,
+                          format=fmt, quality=quality, overwrite=overwrite, strict=strict, dry_run=dry_run,
+                          max_pixels=max_pixels, engine=engine)
+    rec = load_recipe(recipe)
+    plan = make_plan(src, dst, rec, opts)
+    for cls in plan.empty_classes:
+        err.print(f"[yellow]warning:[/] class folder {esc(str(src / cls))} has no images")
+    progress = Progress(TextColumn("[bold]augment"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
+                        disable=dry_run)
+    task_id = None
+
+    def on_start(n: int) -> None:
+        nonlocal task_id
+        task_id = progress.add_task("augment", total=n, rate="")
+
+    def on_progress(res: dict) -> None:
+        t = progress.tasks[0]
+        rate = f"{t.completed / t.elapsed:.1f} img/s" if t.elapsed else ""
+        progress.update(task_id, advance=1, rate=rate)
+
+    with progress:
+        result = run_plan(plan, on_start=on_start, on_progress=on_progress)
+    _summary(result)
+    raise typer.Exit(code=result.exit_code)
+
+
+def _summary(r: AugmentResult) -> None:
+    plan = r.plan
+    if r.dry_run:
+        todo = getattr(r, "todo", [])
+        out.print("dry run: " + esc(f"would write {len(todo)} files into {plan.dst} "
+                  f"({r.already_done} already done, {len(r.existing)} existing would be kept)"))
+        for item in todo[:20]:
+            out.print(esc(f"  {item.src} -> {item.out}") + ("" if item.copy < 0 else f"  (copy {item.copy}, seed {item.seed})"))
+        if len(todo) > 20:
+            out.print(f"  ... and {len(todo) - 20} more")
+    t = Table(title="augkit augment", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("recipe", f"{plan.recipe.name} ({plan.recipe.hash})")
+    t.add_row("inputs", f"{len({i.src for i in plan.items})} images in {len(plan.classes) or 1} class(es)"
+              + (f", {len(plan.ignored)} other files ignored" if plan.ignored else ""))
+    t.add_row("planned outputs", str(len(plan.items)))
+    if not r.dry_run:
+        t.add_row("written", f"{r.written} in {r.seconds:.1f} s ({r.rate:.1f} img/s)")
+    t.add_row("already done", str(r.already_done))
+    if r.existing:
+        t.add_row("[yellow]kept existing", f"{len(r.existing)} (use --overwrite to replace)")
+    if r.bad:
+        t.add_row("[red]skipped inputs", str(len(r.bad)))
+    if plan.per_class_counts:
+        t.add_row("per class", ", ".join(f"{c or '.'}={n}" for c, n in sorted(plan.per_class_counts.items())))
+    err.print(t)
+    for b in r.bad[:10]:
+        err.print("  [red]skipped[/] " + esc(f"{plan.src / b['path']}: {b['reason']}" + (f" ({b['detail']})" if b["detail"] else "")))
+    if len(r.bad) > 10:
+        err.print(f"  ... {len(r.bad) - 10} more in {plan.dst / ERRORS}")
+    if not r.dry_run:
+        err.print(esc(f"manifest: {plan.dst / MANIFEST}   errors: {plan.dst / ERRORS}"))
+    if r.aborted:
+        err.print(f"[bold red]aborted:[/] {esc(r.aborted)}; finished outputs are kept, fix the input and re-run")
+    if r.fatal:
+        err.print(f"[bold red]failed:[/] {esc(r.fatal)}; finished outputs are intact, re-run to resume")

@@ -1,0 +1,87 @@
+"""``augkit recipes list | show | check | export | ops``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..ops import OPS, albumentations_transforms
+from ..recipe import export_albumentations, list_builtin, load_recipe, parse_recipe
+from ..views import list_presets
+from ._common import cli_errors, err, out
+
+app = typer.Typer(help="List, show, check and export recipes.", no_args_is_help=True)
+
+
+@app.command("list")
+@cli_errors
+def list_cmd() -> None:
+    """List the built-in recipes."""
+    t = Table(title="built-in recipes (use by name, or give a path to your own .yaml)", title_justify="left")
+    t.add_column("name", style="bold")
+    t.add_column("sections")
+    t.add_column("description")
+    for name in list_builtin():
+        r = load_recipe(name)
+        t.add_row(name, "+".join(s for s, v in (("train", r.train), ("tta", r.tta)) if v), escape(r.description))
+    out.print(t)
+
+
+@app.command("show")
+@cli_errors
+def show_cmd(recipe: str = typer.Argument(..., help="Recipe name or file.")) -> None:
+    """Print a recipe fully resolved (every default filled in) as YAML."""
+    r = load_recipe(recipe)
+    out.print(f"# recipe {r.name} (hash {r.hash}) from {r.source}", markup=False)
+    out.print(r.resolved_yaml(), markup=False, end="")
+
+
+@app.command("check")
+@cli_errors
+def check_cmd(files: list[Path] = typer.Argument(..., help="Recipe files to validate.")) -> None:
+    """Validate recipe files; exit 2 on the first error, naming the line, step and key."""
+    for f in files:
+        r = load_recipe(f)
+        steps = len(r.train)
+        views = len(r.tta.views) if r.tta else 0
+        out.print(f"{f}: ok ({steps} train steps, {views} TTA views, hash {r.hash})")
+
+
+@app.command("export")
+@cli_errors
+def export_cmd(
+    recipe: str = typer.Argument(..., help="Recipe name or file."),
+    to: str = typer.Option("albumentations", "--to", help="Target format (albumentations)."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write (.json or .yaml)."),
+) -> None:
+    """Export the train pipeline as albumentations' own serialized YAML/JSON (albumentations.load reads it)."""
+    if to != "albumentations":
+        from ..errors import UsageError
+        raise UsageError(f"--to {to!r} is not supported (allowed: albumentations)")
+    path = export_albumentations(load_recipe(recipe), output)
+    err.print(f"wrote {path}: load with albumentations.load({str(path)!r}); to reproduce augkit's pixels seed it "
+              "with augkit.recipe.seed_random_state(pipeline, sample_seed)")
+
+
+@app.command("ops")
+@cli_errors
+def ops_cmd(albumentations: bool = typer.Option(False, "--albumentations", help="Also list albumentations transforms.")) -> None:
+    """List augkit's ops with their parameters, and the TTA presets."""
+    t = Table(title="ops (every step also takes p: probability, default 1)", title_justify="left")
+    t.add_column("op", style="bold")
+    t.add_column("parameters (default)")
+    t.add_column("what it does")
+    for name, spec in sorted(OPS.items()):
+        params = "\n".join(f"{k}: {p.allowed()} ({p.default})" for k, p in spec.all_params().items())
+        t.add_row(name, escape(params), escape(spec.doc))
+    t.add_row("one_of", "steps, weights", "apply one step, chosen by weight")
+    t.add_row("some_of", "steps, n, replace", "apply n steps chosen uniformly (each with its own p)")
+    t.add_row("sequence", "steps", "apply steps in order")
+    t.add_row("albumentations", "transform, <its parameters>", "any albumentations 2.0.8 image transform, validated strictly")
+    out.print(t)
+    out.print("TTA presets (combine with +): " + ", ".join(list_presets()))
+    if albumentations:
+        out.print("albumentations transforms: " + ", ".join(albumentations_transforms()))
