@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -69,6 +70,7 @@ class WorkItem:
     cls: str
     copy: int  # copy index; -1 for a copy of the original
     seed: int  # the sample seed, derived from (seed, src, copy)
+    verify: bool = False  # the output exists without a manifest row: keep it only if it is byte-identical
 
 
 @dataclass
@@ -176,6 +178,15 @@ class AugmentTask:
             self.setup()
             out, applied = self._aug(img, item.seed)
             payload = encode_image(out, out_path.suffix, quality=self.options.quality)
+        if item.verify:
+            try:
+                same = out_path.read_bytes() == payload
+            except OSError:
+                same = False
+            if not same:
+                return {"status": "exists", "item": item}
+            return {"status": "ok", "item": item, "transforms": applied, "width": int(img.shape[1]),
+                    "height": int(img.shape[0]), "verified": True}
         try:
             out_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(out_path, payload)
@@ -257,13 +268,15 @@ def run_plan(plan: Plan, *, executor=None, on_progress: Callable[[dict], None] |
         if item.out in done:
             result.already_done += 1
         elif (plan.dst / item.out).exists() and not opts.overwrite:
-            result.existing.append(item.out)
+            # e.g. finished by a killed run before its row reached the journal: recompute and compare
+            todo.append(replace(item, verify=True))
         else:
             todo.append(item)
     if opts.dry_run:
         result.todo = todo  # type: ignore[attr-defined]
         return result
     plan.dst.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(plan)
     _write_runfile(plan)
     executor = executor or get_executor(opts.engine, workers=opts.workers)
     task = AugmentTask(plan.src, plan.dst, plan.recipe.text, plan.recipe.source, opts)
@@ -280,7 +293,12 @@ def run_plan(plan: Plan, *, executor=None, on_progress: Callable[[dict], None] |
                 rows[item.out] = row
                 journal.write(json.dumps(row, ensure_ascii=False) + "\n")
                 journal.flush()
-                result.written += 1
+                if res.get("verified"):
+                    result.already_done += 1
+                else:
+                    result.written += 1
+            elif res["status"] == "exists":
+                result.existing.append(item.out)
             elif res["status"] == "bad":
                 result.bad.append({"path": item.src, "reason": res["reason"], "detail": res["detail"]})
                 if opts.strict:
@@ -296,6 +314,24 @@ def run_plan(plan: Plan, *, executor=None, on_progress: Callable[[dict], None] |
         result.seconds = time.perf_counter() - t0
         _finalize(plan, result, rows)
     return result
+
+
+_TEMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
+
+def _remove_stale_temps(plan: Plan) -> None:
+    """Temp files of a killed run (``.<name>.<hex8>.tmp``, never an output) are removed on resume."""
+    for folder in {(plan.dst / it.out).parent for it in plan.items} | {plan.dst}:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            if _TEMP.match(e.name) and e.is_file(follow_symlinks=False):
+                try:
+                    os.unlink(e.path)
+                except OSError:
+                    pass
 
 
 def _dedupe_bad(bad: list[dict]) -> list[dict]:

@@ -51,7 +51,14 @@ class LocalExecutor:
             for item in items:
                 yield task(item)
             return
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        # Not plain fork: a parent that already ran OpenCV (its thread pool) can deadlock forked
+        # children. The fork server is a clean process that has imported augkit once; workers
+        # fork from it quickly.
+        if "forkserver" in mp.get_all_start_methods():
+            ctx = mp.get_context("forkserver")
+            ctx.set_forkserver_preload(["augkit.augment"])
+        else:
+            ctx = mp.get_context("spawn")
         n = min(self.workers, len(items))
         chunk = max(1, min(8, len(items) // (n * 8)))
         pool = ctx.Pool(n, initializer=_init, initargs=(task,))

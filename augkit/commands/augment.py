@@ -72,9 +72,10 @@ def command(
 def _summary(r: AugmentResult) -> None:
     plan = r.plan
     if r.dry_run:
-        todo = getattr(r, "todo", [])
+        todo = [i for i in getattr(r, "todo", []) if not i.verify]
+        check = len(getattr(r, "todo", [])) - len(todo)
         out.print("dry run: " + esc(f"would write {len(todo)} files into {plan.dst} "
-                  f"({r.already_done} already done, {len(r.existing)} existing would be kept)"))
+                  f"({r.already_done} already done, {check} existing outputs would be checked and kept)"))
         for item in todo[:20]:
             out.print(esc(f"  {item.src} -> {item.out}") + ("" if item.copy < 0 else f"  (copy {item.copy}, seed {item.seed})"))
         if len(todo) > 20:
