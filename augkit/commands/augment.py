@@ -20,12 +20,12 @@ def command(
     src: Path = typer.Argument(..., help="Input folder: class folders (SRC/cat/*.jpg) or a flat folder of images."),
     dst: Path = typer.Argument(..., help="Output folder (created; must not be inside SRC)."),
     recipe: str = typer.Option("default", "--recipe", "-r", help="Built-in recipe name or a recipe .yaml file."),
-    copies: Optional[int] = typer.Option(None, "--copies", "-n", help="Augmented copies per image [default: 1]."),
+    copies: Optional[int] = typer.Option(None, "--copies", "-n", help="Augmented copies per image (default: 1)."),
     per_class: Optional[int] = typer.Option(None, "--per-class", help="Top every class up to N images (originals included)."),
     seed: int = typer.Option(0, "--seed", "-s", help="One seed decides every random choice."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker processes [default: CPU count]."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker processes (default: CPU count)."),
     originals: bool = typer.Option(False, "--originals/--no-originals", help="Also copy each original into DST."),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="Output format: jpg, png, webp, bmp [default: the source's]."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="Output format: jpg, png, webp, bmp (default: keep the source format)."),
     quality: int = typer.Option(95, "--quality", "-q", help="JPEG/WebP quality 1-100."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that already exist."),
     strict: bool = typer.Option(False, "--strict", help="Abort on the first bad input (finished outputs are kept)."),
@@ -35,12 +35,9 @@ def command(
 ) -> None:
     """Write augmented copies of SRC into DST, keeping its class folders.
 
-    Outputs are named <stem>__aug<k>.<ext>. DST gets manifest.jsonl (what was done to each file),
-    errors.jsonl (skipped inputs and why) and augkit-run.yaml (resolved settings). Re-running the same
-    command skips finished work, so an interrupted run resumes.
+    Outputs are named <stem>__aug<k>.<ext>. DST also gets manifest.jsonl (what was done to each file), errors.jsonl (skipped inputs and why) and augkit-run.yaml (resolved settings). Re-running the same command skips finished work, so an interrupted run resumes.
 
-    Exit codes: 0 all done; 1 the run failed (e.g. disk full); 2 bad options or recipe; 3 finished,
-    but some inputs were skipped (see errors.jsonl).
+    Exit codes: 0 all done; 1 the run failed (e.g. disk full); 2 bad options or recipe; 3 finished, but some inputs were skipped (see errors.jsonl).
     """
     opts = AugmentOptions(copies=copies, per_class=per_class, seed=seed, workers=workers, originals=originals,
                           format=fmt, quality=quality, overwrite=overwrite, strict=strict, dry_run=dry_run,
