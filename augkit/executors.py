@@ -70,10 +70,19 @@ class LocalExecutor:
             pool.join()
 
 
-ENGINES: dict[str, Callable[..., Executor]] = {"local": LocalExecutor}
+def _ray_executor(**kwargs) -> Executor:
+    """``--engine ray`` (augkit/executors_ray.py), imported only when asked for: no Ray in ``import augkit``."""
+    from .executors_ray import RayExecutor
+
+    return RayExecutor(**kwargs)
+
+
+ENGINES: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": _ray_executor}
 
 
 def get_executor(engine: str, **kwargs) -> Executor:
     if engine not in ENGINES:
-        raise KeyError(engine)
+        from .errors import UsageError
+
+        raise UsageError(f"unknown engine {engine!r} (allowed: {', '.join(ENGINES)})")
     return ENGINES[engine](**kwargs)

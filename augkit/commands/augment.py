@@ -10,6 +10,8 @@ from rich.markup import escape as esc
 from rich.table import Table
 
 from ..augment import ERRORS, MANIFEST, AugmentOptions, AugmentResult, make_plan, run_plan
+from ..errors import UsageError
+from ..executors import get_executor
 from ..images import DEFAULT_MAX_PIXELS
 from ..recipe import load_recipe
 from ._common import cli_errors, err, out
@@ -23,7 +25,7 @@ def command(
     copies: Optional[int] = typer.Option(None, "--copies", "-n", help="Augmented copies per image (default: 1)."),
     per_class: Optional[int] = typer.Option(None, "--per-class", help="Top every class up to N images (originals included)."),
     seed: int = typer.Option(0, "--seed", "-s", help="One seed decides every random choice."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker processes (default: CPU count)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker processes (default: CPU count); with --engine ray, Ray actors (default: the cluster's CPUs)."),
     originals: bool = typer.Option(False, "--originals/--no-originals", help="Also copy each original into DST."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="Output format: jpg, png, webp, bmp (default: keep the source format)."),
     quality: int = typer.Option(95, "--quality", "-q", help="JPEG/WebP quality 1-100."),
@@ -31,7 +33,8 @@ def command(
     strict: bool = typer.Option(False, "--strict", help="Abort on the first bad input (finished outputs are kept)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be written; write nothing."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Reject images with more pixels (read from the header)."),
-    engine: str = typer.Option("local", "--engine", help="Executor: local (process pool)."),
+    engine: str = typer.Option("local", "--engine", help="Executor: local (process pool) or ray (Ray Data; needs augkit's ray extra)."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster, auto (the one `ray start` started on this node) or ray://HOST:10001 (default: RAY_ADDRESS, else a running cluster on this node, else a Ray started for this run)."),
 ) -> None:
     """Write augmented copies of SRC into DST, keeping its class folders.
 
@@ -42,8 +45,14 @@ def command(
     opts = AugmentOptions(copies=copies, per_class=per_class, seed=seed, workers=workers, originals=originals,
                           format=fmt, quality=quality, overwrite=overwrite, strict=strict, dry_run=dry_run,
                           max_pixels=max_pixels, engine=engine)
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine {engine!r} is not supported (allowed: local, ray)")
+    if address is not None and engine != "ray":
+        raise UsageError("--address needs --engine ray")
     rec = load_recipe(recipe)
     plan = make_plan(src, dst, rec, opts)
+    # local: run_plan builds its executor as before; ray: built here, so a missing extra fails before any work
+    executor = get_executor("ray", workers=workers, address=address) if engine == "ray" else None
     for cls in plan.empty_classes:
         err.print(f"[yellow]warning:[/] class folder {esc(str(src / cls))} has no images")
     progress = Progress(TextColumn("[bold]augment"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
@@ -61,7 +70,7 @@ def command(
         progress.update(task_id, advance=1, rate=rate)
 
     with progress:
-        result = run_plan(plan, on_start=on_start, on_progress=on_progress)
+        result = run_plan(plan, executor=executor, on_start=on_start, on_progress=on_progress)
     _summary(result)
     raise typer.Exit(code=result.exit_code)
 

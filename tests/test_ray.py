@@ -1,0 +1,160 @@
+"""--engine ray: byte-identical to --engine local on the samples, resume after a kill, the CLI path,
+and a clear message without the extra. One local Ray cluster (2 CPUs) is shared by the module.
+
+Tests that need Ray are marked ``ray`` (``pytest -m "not ray"`` skips them) and skip when Ray
+is not installed; the others check what happens without Ray and always run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from augkit.augment import JOURNAL, MANIFEST, AugmentOptions, make_plan, run_plan
+from augkit.cli import app
+from augkit.errors import UsageError
+from augkit.executors import get_executor
+from augkit.recipe import load_recipe
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning")  # Ray Data's own context
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+runner = CliRunner()
+
+
+def outputs(root: Path) -> dict[str, bytes]:
+    """Every file augkit wrote except augkit-run.yaml (it names DST and the engine)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "augkit-run.yaml"}
+
+
+def plan_for(dst: Path, **kw):
+    return make_plan(SAMPLES, dst, load_recipe(kw.pop("recipe", "default")), AugmentOptions(**kw))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    try:  # pytest.importorskip, also for a broken or partial install (ray without its [data] extra)
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"ray[data] is not installed ({exc}): pip install -e '.[test]'")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))  # no ~/.ray/auth_token
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        yield ray
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_ref(tmp_path_factory) -> Path:
+    """The local engine's output for the samples: 20 originals + 40 augmented copies."""
+    dst = tmp_path_factory.mktemp("ref") / "local"
+    r = run_plan(plan_for(dst, copies=2, originals=True, seed=7, workers=1))
+    assert r.exit_code == 0 and r.written == 60
+    return dst
+
+
+@pytest.mark.ray
+def test_ray_equals_local_byte_for_byte(ray_cluster, local_ref, tmp_path):
+    dst = tmp_path / "ray"
+    ex = get_executor("ray", workers=2)
+    r = run_plan(plan_for(dst, copies=2, originals=True, seed=7, engine="ray", workers=2), executor=ex)
+    assert r.exit_code == 0 and r.written == 60 and not r.bad
+    assert not ex.started  # reused the cluster of this module, left it running
+    ref, got = outputs(local_ref), outputs(dst)
+    assert sorted(got) == sorted(ref)
+    assert [k for k in ref if ref[k] != got[k]] == []  # images, manifest.jsonl, errors.jsonl
+    assert len((dst / MANIFEST).read_text().splitlines()) == 60
+    assert "engine: ray" in (dst / "augkit-run.yaml").read_text()
+
+
+@pytest.mark.ray
+def test_killed_ray_run_resumes(ray_cluster, local_ref, tmp_path):
+    dst = tmp_path / "ray"
+    plan = plan_for(dst, copies=2, originals=True, seed=7, engine="ray", workers=2)
+    # Make the state a run killed after 25 outputs leaves: files on disk, their rows only in the journal
+    # (no manifest yet), the last row torn, a temp file of an unfinished write; then lose 2 finished outputs.
+    part = replace(plan, items=plan.items[:25])
+    assert run_plan(part, executor=get_executor("ray", workers=2)).written == 25
+    rows = (dst / MANIFEST).read_text().splitlines()
+    (dst / MANIFEST).unlink()
+    (dst / JOURNAL).write_text("\n".join(rows[:24]) + "\n" + rows[24][:20])  # item 24: file without a row
+    out30 = dst / plan.items[30].out
+    out30.parent.mkdir(parents=True, exist_ok=True)
+    temp = out30.parent / f".{out30.name}.0123abcd.tmp"
+    temp.write_bytes(b"half")
+    for it in (plan.items[3], plan.items[17]):
+        (dst / it.out).unlink()
+    r = run_plan(plan, executor=get_executor("ray", workers=2))
+    # written: 35 never started + 2 lost; already done: 22 journal rows + item 24 recomputed and verified
+    assert r.exit_code == 0 and r.written == 37 and r.already_done == 23 and not r.existing, r
+    assert not temp.exists() and not (dst / JOURNAL).exists()
+    assert outputs(dst) == outputs(local_ref)
+
+
+@pytest.mark.ray
+def test_cli_engine_ray(ray_cluster, tmp_path, monkeypatch):
+    # Non-ASCII class and file names travel through Ray Data's Arrow blocks and back unchanged;
+    # relative SRC/DST work although Ray's workers do not share our working folder.
+    src = tmp_path / "in"
+    shutil.copytree(SAMPLES, src, ignore=shutil.ignore_patterns("*.md", "*.py"))
+    (src / "cat").rename(src / "chat noir é")
+    (src / "coffee" / "coffee_01_full.jpg").rename(src / "coffee" / "café ü 01.jpg")
+    monkeypatch.chdir(tmp_path)
+    args = ["--per-class", "7", "--format", "png", "--seed", "3", "--workers", "2"]
+    res = runner.invoke(app, ["augment", "in", "local", *args, "--engine", "local"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["augment", "in", "ray", *args, "--engine", "ray"])
+    assert res.exit_code == 0, res.output
+    assert "written" in res.output and "28" in res.output
+    got = outputs(tmp_path / "ray")
+    assert got == outputs(tmp_path / "local") and "coffee/café ü 01__aug0.png" in got
+    assert any(k.startswith("chat noir é/") for k in got)
+    res = runner.invoke(app, ["augment", "in", "ray", *args, "--engine", "ray"])  # all done: nothing to run
+    assert res.exit_code == 0, res.output
+    assert outputs(tmp_path / "ray") == got
+
+
+@pytest.mark.ray
+def test_unreachable_address_is_a_usage_error(ray_cluster, tmp_path, monkeypatch):
+    from augkit.executors_ray import RayExecutor
+
+    monkeypatch.setattr(ray_cluster, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_cluster, "init", lambda **kw: (_ for _ in ()).throw(ConnectionError("no cluster")))
+    with pytest.raises(UsageError, match="cannot connect to the Ray cluster at auto"):
+        run_plan(plan_for(tmp_path / "o", engine="ray"), executor=RayExecutor(address="auto"))
+
+
+# --- without Ray: these always run ---------------------------------------------------------------------------
+
+def test_missing_extra_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" now raises ImportError
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    dst = tmp_path / "o"
+    res = runner.invoke(app, ["augment", str(SAMPLES), str(dst), "--engine", "ray"])
+    assert res.exit_code == 2, res.output
+    assert 'pip install "augkit[ray]"' in res.output
+    assert not dst.exists()  # failed before any work
+
+
+def test_engine_and_address_options_are_checked(tmp_path):
+    dst = tmp_path / "o"
+    for args, msg in ((["--engine", "spark"], "allowed: local, ray"),
+                      (["--address", "auto"], "--address needs --engine ray"),
+                      (["--engine", "local", "--address", "ray://head:10001"], "--address needs --engine ray")):
+        res = runner.invoke(app, ["augment", str(SAMPLES), str(dst), *args])
+        assert res.exit_code == 2 and msg in res.output, (args, res.output)
+    assert not dst.exists()
+
+
+def test_import_augkit_does_not_import_ray():
+    code = "import sys, augkit, augkit.cli, augkit.executors; assert 'ray' not in sys.modules, 'ray imported'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
