@@ -5,6 +5,8 @@ import typer
 
 from . import __version__
 from .commands import augment, preview, recipes
+from .commands import evaluate, predict
+from .commands import train
 
 app = typer.Typer(
     name="augkit",
@@ -18,6 +20,9 @@ app = typer.Typer(
 app.add_typer(recipes.app, name="recipes")
 app.command("preview")(preview.command)
 app.command("augment")(augment.command)
+app.command("predict")(predict.command)
+app.command("evaluate")(evaluate.command)
+app.command("train")(train.command)
 # further commands register here: app.command("<name>")(<module>.command)
 
 

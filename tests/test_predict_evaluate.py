@@ -1,0 +1,336 @@
+"""``augkit predict`` and ``augkit evaluate`` on a tiny digits model (32 px, three classes).
+
+The model is a resnet18 with random (seeded) convolutions whose head is fitted by logistic
+regression on their features: a real, accurate classifier built in about a second.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import augkit.predict as predict_mod
+from augkit.checkpoint import ModelMeta, save_checkpoint
+from augkit.cli import app
+from augkit.errors import UsageError
+from augkit.evaluate import evaluate
+from augkit.images import DECODE_POLICY, read_image
+from augkit.models import build_model
+from augkit.predict import predict, to_model_input
+from augkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY, eval_image
+
+CLASSES = ["zero", "one", "two"]  # the model's order; not alphabetical, so folder order would be wrong
+SIZE = 32
+PER_CLASS = 6
+runner = CliRunner()
+
+
+def digit_rgb(d8: np.ndarray) -> np.ndarray:
+    """An 8x8 sklearn digit (0..16) as a 32x32 RGB uint8 picture."""
+    g = cv2.resize((d8 * (255 / 16)).astype(np.uint8), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+    return np.repeat(g[:, :, None], 3, axis=2)
+
+
+def write_png(path: Path, img: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    assert ok
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    keep = d.target < 3
+    return d.images[keep], d.target[keep]
+
+
+def make_run(run: Path, images: np.ndarray, target: np.ndarray) -> Path:
+    """Save a resnet18 checkpoint: seeded random convolutions, head fitted on their features."""
+    from sklearn.linear_model import LogisticRegression
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", len(CLASSES)).eval()
+    meta = ModelMeta(arch="resnet18", classes=CLASSES, class_to_idx={c: i for i, c in enumerate(CLASSES)},
+                     image_size=SIZE, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
+                     decode_policy=DECODE_POLICY, resize_policy=RESIZE_POLICY)
+    x = to_model_input(torch.from_numpy(np.stack([digit_rgb(d) for d in images])), meta, torch.device("cpu"))
+    head, model.fc = model.fc, torch.nn.Identity()
+    with torch.no_grad():
+        feats = model(x).numpy()
+    clf = LogisticRegression(max_iter=2000).fit(feats, target)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(clf.coef_))
+        head.bias.copy_(torch.from_numpy(clf.intercept_))
+    model.fc = head
+    save_checkpoint(run / "best.pt", model, meta)
+    return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, digits):
+    images, target = digits
+    fit = slice(PER_CLASS * 3, PER_CLASS * 3 + 150)  # never the images written to the data folder
+    return make_run(tmp_path_factory.mktemp("run"), images[fit], target[fit])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, digits):
+    """data/<zero|one|two>/..., 6 digits each; one file with a non-ASCII name and a space."""
+    images, target = digits
+    root = tmp_path_factory.mktemp("data")
+    seen = {c: 0 for c in range(3)}
+    for img, t in zip(images, target):
+        if seen[t] < PER_CLASS:
+            name = f"d{seen[t]}.png" if seen[t] else "цифра 0.png"
+            write_png(root / CLASSES[t] / name, digit_rgb(img))
+            seen[t] += 1
+    return root
+
+
+def cli(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ---------------------------------------------------------------- predict
+
+def test_plain_predict_equals_the_model_on_hand_decoded_images(run_dir, data_dir):
+    preds = predict(run_dir, [data_dir], tta=None, top_k=3, device="cpu", workers=0)
+    from augkit.checkpoint import load_model
+
+    model, meta = load_model(run_dir)
+    paths = [r["path"] for r in preds.rows]
+    x = torch.from_numpy(np.stack([eval_image(read_image(p), SIZE) for p in paths]))
+    with torch.no_grad():
+        p = torch.softmax(model(to_model_input(x, meta, torch.device("cpu"))), -1).numpy()
+    got = np.array([[dict(r["top"])[c] for c in CLASSES] for r in preds.rows], dtype=np.float32)
+    assert np.array_equal(got, p)  # identity-only TTA is exactly the plain prediction
+    assert len(paths) == 3 * PER_CLASS and any("цифра" in q for q in paths)
+
+
+def test_predict_decodes_each_image_once(run_dir, data_dir, monkeypatch):
+    calls: list[str] = []
+    real = predict_mod.read_image
+
+    def counting(path, **kw):
+        calls.append(str(path))
+        return real(path, **kw)
+
+    monkeypatch.setattr(predict_mod, "read_image", counting)
+    preds = predict(run_dir, [data_dir], tta="flip+shift", device="cpu", workers=0)
+    assert len(preds.rows) == 3 * PER_CLASS
+    assert sorted(calls) == sorted(r["path"] for r in preds.rows)  # 10 views, one decode each
+
+
+def test_workers_do_not_change_predictions(run_dir, data_dir):
+    a = predict(run_dir, [data_dir], tta="flip", device="cpu", workers=0, batch_size=4)
+    b = predict(run_dir, [data_dir], tta="flip", device="cpu", workers=2, batch_size=4)
+    assert [(r["path"], r["label"]) for r in a.rows] == [(r["path"], r["label"]) for r in b.rows]
+    assert np.allclose([r["prob"] for r in a.rows], [r["prob"] for r in b.rows], atol=1e-6)
+
+
+def test_predictions_csv_rescored_equals_evaluate(run_dir, data_dir, tmp_path):
+    for tta in ("flip+shift", None):
+        out, rep = tmp_path / f"{tta}.csv", tmp_path / f"{tta}.json"
+        res = cli("predict", run_dir, data_dir, *(["--tta", tta] if tta else []), "-o", out, "--workers", "0",
+                  "--device", "cpu", "--top-k", "2")
+        assert res.exit_code == 0, res.output
+        rows = read_csv(out)
+        assert list(rows[0]) == ["path", "label", "prob", "label_2", "prob_2"]
+        right = sum(Path(r["path"]).parent.name == r["label"] for r in rows)
+        res = cli("evaluate", run_dir, data_dir, "--tta", tta or "identity", "--report", rep, "--workers", "0",
+                  "--device", "cpu")
+        assert res.exit_code == 0, res.output
+        report = json.loads(rep.read_text())
+        assert report["counts"]["evaluated"] == len(rows) == 3 * PER_CLASS
+        assert report["accuracy"]["tta"] == right / len(rows)
+        if tta is None:
+            assert report["accuracy"]["plain"] == right / len(rows)
+        assert (tmp_path / f"{tta}.errors.csv").read_text() == "path,reason,detail\n"
+
+
+def test_jsonl_to_stdout(run_dir, data_dir):
+    res = cli("predict", run_dir, data_dir / "one", "--format", "jsonl", "--top-k", "3", "--tta", "tta-flip",
+              "--workers", "0", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.stdout.splitlines()]
+    assert len(lines) == PER_CLASS
+    assert all(len(x["top_k"]) == 3 and x["top_k"][0]["label"] == x["label"] for x in lines)
+    assert sum(x["label"] == "one" for x in lines) >= PER_CLASS - 1
+    assert "predicted 6 of 6 images with TTA tta-flip (2 views, merge mean)" in res.stderr
+
+
+def test_bad_images_are_reported_not_fatal(run_dir, data_dir, tmp_path):
+    src = tmp_path / "in"
+    good = read_image(next((data_dir / "two").glob("d*.png")))
+    write_png(src / "ok.png", good)
+    write_png(src / "png-named.jpg", good)  # decoded by content
+    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(cv2.resize(good, (64, 64)), cv2.COLOR_RGB2BGR))
+    (src / "truncated.jpg").write_bytes(jpg.tobytes()[: len(jpg) // 2])
+    (src / "text.jpg").write_text("this is not a picture")
+    (src / "empty.png").write_bytes(b"")
+    (src / ".DS_Store").write_bytes(b"\0\1")  # litter: ignored, never an input
+    listing = tmp_path / "list.txt"
+    listing.write_text("# extra inputs\nin/ok.png\nin/gone.png\n", encoding="utf-8")
+    out = tmp_path / "preds.csv"
+    res = cli("predict", run_dir, src, listing, "-o", out, "--workers", "0", "--device", "cpu", "--tta", "flip")
+    assert res.exit_code == 3, res.output
+    rows = read_csv(out)
+    errors = {Path(e["path"]).name: e["reason"] for e in read_csv(tmp_path / "preds.errors.csv")}
+    assert errors == {"truncated.jpg": "truncated", "text.jpg": "not an image", "empty.png": "not an image",
+                      "gone.png": "not found"}
+    assert sorted(Path(r["path"]).name for r in rows) == ["ok.png", "png-named.jpg"]  # list's ok.png: a duplicate
+    assert "predicted 2 of 6 images" in res.stderr and "truncated" in res.stderr
+
+
+# ---------------------------------------------------------------- evaluate
+
+def test_evaluate_report_and_confusion(run_dir, data_dir, tmp_path):
+    rep, png = tmp_path / "r.json", tmp_path / "cm.png"
+    res = cli("evaluate", run_dir, data_dir, "--tta", "flip+shift", "--report", rep, "--confusion", png,
+              "--workers", "0", "--device", "cpu", "--top-k", "2")
+    assert res.exit_code == 0, res.output
+    r = json.loads(rep.read_text())
+    assert r["classes"]["model"] == CLASSES and not r["classes"]["subset"]
+    assert r["accuracy"]["plain"] >= 0.8  # labels follow the model's mapping, not the folder order
+    assert r["accuracy"]["top_k"] == 2 and r["accuracy"]["tta_top_k"] >= r["accuracy"]["tta"]
+    assert [v["name"] for v in r["views"]] == r["tta"]["views"] and len(r["views"]) == 10
+    m = np.array(r["confusion"]["matrix"])
+    assert m.sum() == 3 * PER_CLASS and m.sum(1).tolist() == [PER_CLASS] * 3
+    assert np.trace(m) / m.sum() == r["accuracy"]["tta"]
+    assert sum(pc["n"] for pc in r["per_class"]) == 3 * PER_CLASS
+    assert 0 <= r["mcnemar"]["p_value"] <= 1
+    assert r["suggested_views"]["views"] and "optimistic" in r["suggested_views"]["note"]
+    assert set(r["suggested_views"]["views"]) <= set(r["tta"]["views"])
+    img = cv2.imread(str(png))
+    assert img is not None and img.shape[0] > 50
+    for text in ("plain", "TTA", "McNemar", "single views", "per class", "suggested views", "optimistic"):
+        assert text in res.stderr
+    assert cli("evaluate", run_dir, data_dir, "--report", rep, "--device", "cpu").exit_code == 2  # no overwrite
+
+
+def test_class_mismatch_lists_the_differences(run_dir, data_dir, tmp_path, digits):
+    bad = tmp_path / "bad"
+    for cls in ("zero", "one", "three"):
+        write_png(bad / cls / "a.png", digit_rgb(digits[0][0]))
+    with pytest.raises(UsageError, match=r"not the model: three; in the model but not the folder: two"):
+        evaluate(run_dir, bad, tta="flip", device="cpu", workers=0)
+    res = cli("evaluate", run_dir, bad, "--device", "cpu", "--workers", "0")
+    assert res.exit_code == 2 and "three" in res.stderr
+
+
+def test_a_subset_of_classes_is_allowed_and_said(run_dir, data_dir, tmp_path):
+    sub = tmp_path / "sub"
+    for cls in ("zero", "two"):
+        for f in (data_dir / cls).iterdir():
+            write_png(sub / cls / f.name, read_image(f))
+    res = cli("evaluate", run_dir, sub, "--device", "cpu", "--workers", "0", "--report", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["classes"]["subset"] and r["classes"]["missing_from_data"] == ["one"]
+    assert "missing: one" in res.stderr
+
+
+def test_recipe_file_views_and_merge_override(run_dir, data_dir, tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("name: mine\ntta:\n  views: [hflip, {crop: {position: tl, size: 0.9}}]\n  merge: max\n")
+    rep = tmp_path / "r.json"
+    res = cli("evaluate", run_dir, data_dir, "--tta", recipe, "--merge", "tsharpen", "--beta", "0.5",
+              "--report", rep, "--device", "cpu", "--workers", "0")
+    assert res.exit_code == 0, res.output
+    r = json.loads(rep.read_text())
+    assert r["tta"]["views"] == ["hflip", "crop(tl,0.9)"] and r["tta"]["merge"] == "tsharpen"
+    assert r["tta"]["beta"] == 0.5
+    assert [v["in_merge"] for v in r["views"]] == [True, True, False]  # the plain view, scored only
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tta", "flip+shfit"], "did you mean 'shift'"),
+    (["--tta", "TRAIN_ONLY"], "no tta section"),
+    (["--tta", "nosuch.yaml"], "not found"),
+    (["--top-k", "4"], "3 classes"),
+    (["--batch-size", "0"], "batch-size"),
+    (["--merge", "median"], "median"),
+    (["--beta", "2"], "beta"),
+    (["--device", "cuda:7"], "cuda"),
+    (["--format", "xml"], "xml"),
+])
+def test_bad_options_exit_2(run_dir, data_dir, tmp_path, args, message):
+    if "cuda" in message and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    if "TRAIN_ONLY" in args:
+        recipe = tmp_path / "train-only.yaml"
+        recipe.write_text("name: t\ntrain:\n  - flip: {direction: horizontal}\n")
+        args = [str(recipe) if a == "TRAIN_ONLY" else a for a in args]
+    res = cli("predict", run_dir, data_dir, "--workers", "0", *args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+
+
+def test_existing_output_is_never_overwritten(run_dir, data_dir, tmp_path):
+    out = tmp_path / "p.csv"
+    out.write_text("keep me")
+    res = cli("predict", run_dir, data_dir, "-o", out, "--device", "cpu", "--workers", "0")
+    assert res.exit_code == 2 and "--overwrite" in res.stderr
+    assert out.read_text() == "keep me"
+    res = cli("predict", run_dir, data_dir, "-o", out, "--device", "cpu", "--workers", "0", "--overwrite")
+    assert res.exit_code == 0 and len(read_csv(out)) == 3 * PER_CLASS
+
+
+def test_end_to_end_through_augkit_train(data_dir, tmp_path):
+    pytest.importorskip("augkit.train")
+    run = tmp_path / "run"
+    res = cli("train", data_dir, "-o", run, "--weights", "none", "--epochs", "1", "--image-size", SIZE,
+              "--recipe", "none", "--batch-size", "8", "--workers", "0", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    out, rep = tmp_path / "p.csv", tmp_path / "r.json"
+    res = cli("predict", run, data_dir, "--tta", "tta-flip-shift", "-o", out, "--workers", "0", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    res = cli("evaluate", run, data_dir, "--tta", "tta-flip-shift", "--report", rep, "--workers", "0",
+              "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    rows = read_csv(out)
+    report = json.loads(rep.read_text())
+    assert report["accuracy"]["tta"] == sum(Path(r["path"]).parent.name == r["label"] for r in rows) / len(rows)
+    assert report["classes"]["model"] == sorted(CLASSES)  # train's mapping, used as saved
+
+
+def test_a_failed_write_exits_1_and_leaves_no_file(run_dir, data_dir, tmp_path, monkeypatch):
+    def full(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(predict_mod, "atomic_write_text", full)
+    out = tmp_path / "p.csv"
+    res = cli("predict", run_dir, data_dir, "-o", out, "--device", "cpu", "--workers", "0")
+    assert res.exit_code == 1 and "No space left" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_with_another_decode_policy_is_refused(tmp_path, digits):
+    from augkit.checkpoint import load_checkpoint
+
+    run = make_run(tmp_path, digits[0][:30], digits[1][:30])
+    ckpt = load_checkpoint(run / "best.pt")
+    meta = ModelMeta.from_dict({**ckpt["meta"], "decode_policy": "pil: no exif"})
+    model = build_model("resnet18", 3)
+    model.load_state_dict(ckpt["state_dict"])
+    save_checkpoint(run / "best.pt", model, meta)
+    res = cli("predict", run, tmp_path, "--device", "cpu")
+    assert res.exit_code == 2 and "decode policy" in res.stderr
