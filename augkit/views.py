@@ -5,7 +5,8 @@ right. This module only describes views (parsing, validation, presets, names); t
 tensor implementation lives in :mod:`augkit.tta`.
 
 Presets combine with ``+`` as a product, as ttach does: ``flip+shift`` is every flip view
-followed by every shift view (2 x 5 = 10 views). The identity view always comes first.
+followed by every shift view (2 x 5 = 10 views). The identity view, where a preset has one,
+comes first (five-crop and ten-crop have none).
 """
 from __future__ import annotations
 
@@ -58,7 +59,15 @@ class View:
 
 
 def make_view(*prims: Primitive, name: str | None = None) -> View:
-    chain = tuple(p for p in prims if p.kind != "identity") or (Primitive("identity"),)
+    kept: list[Primitive] = []
+    for p in prims:
+        if p.kind == "identity":
+            continue
+        if kept and p.kind in ("hflip", "vflip") and kept[-1] == p:
+            kept.pop()  # a flip twice is no flip: products like d4+flip don't repeat views
+            continue
+        kept.append(p)
+    chain = tuple(kept) or (Primitive("identity"),)
     return View(chain, name or ">".join(p.label() for p in chain))
 
 
