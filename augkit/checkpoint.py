@@ -45,7 +45,7 @@ def versions() -> dict[str, str]:
     import torchvision
 
     from . import __version__
-    return {"augkit": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+    return {"augkit": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "albumentations": albumentations.__version__}
 
 

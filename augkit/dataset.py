@@ -14,6 +14,11 @@ Randomness: the recipe is seeded per sample from ``derive_seed(seed, key, epoch,
 where ``key`` is the file's path relative to the folder. Nothing depends on the worker process,
 the worker count or the order of loading, so ``num_workers=0`` and ``num_workers=2`` give the same
 tensors, every epoch differs (call :meth:`set_epoch`), and no two workers repeat each other.
+``set_epoch`` reaches persistent workers too (the epoch lives in shared memory).
+
+OpenCV and forked DataLoader workers: call ``cv2.setNumThreads(1)`` in the main process before
+the loader starts its workers (``augkit train`` does). Do not call it in a ``worker_init_fn``:
+in a child forked while the parent's OpenCV thread pool was busy, that call can hang forever.
 """
 from __future__ import annotations
 
@@ -195,9 +200,6 @@ class AugmentedImageFolder(Dataset):
 
     def _get_augmenter(self):
         if self._augmenter is None:
-            if torch.utils.data.get_worker_info() is not None:
-                import cv2
-                cv2.setNumThreads(1)  # forked workers must not oversubscribe the cores
             self._augmenter = self.recipe.build()
         return self._augmenter
 
@@ -232,13 +234,13 @@ def check_image_bytes(data: bytes, path: str, *, max_pixels: int | None = DEFAUL
     if _sniff(data) is None:
         raise ImageError(path, "not an image", "unknown file signature")
     size = header_size(data)
-    if size is None:
-        raise ImageError(path, "not an image", "no readable image header")
-    if max_pixels is not None and size[0] * size[1] > max_pixels:
+    if max_pixels is not None and size is not None and size[0] * size[1] > max_pixels:
         raise ImageError(path, "too large", f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels > "
                                             f"limit {max_pixels:,}")
     if data.startswith(b"\xff\xd8\xff") and not data.rstrip(b"\x00\r\n \t").endswith(b"\xff\xd9"):
         raise ImageError(path, "truncated", "JPEG has no end-of-image marker")
     if data.startswith(b"\x89PNG\r\n\x1a\n") and b"IEND" not in data[-64:]:
         raise ImageError(path, "truncated", "PNG has no IEND chunk")
+    if size is None:
+        raise ImageError(path, "not an image", "no readable image header")
 

@@ -16,6 +16,7 @@ Decode policy (documented in the README, saved with every model):
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import secrets
@@ -284,3 +285,18 @@ def scan_folder(root: str | os.PathLike, *, exclude: str | os.PathLike | None = 
     # loose files beside class folders are kept (class ""), so nothing is silently dropped
     scan.items = [(f, f.split("/", 1)[0] if "/" in f else "") for f in sorted(files, key=order)]
     return scan
+
+
+@contextlib.contextmanager
+def opencv_threads(n: int):
+    """Run with ``n`` OpenCV threads, restoring the caller's setting afterwards.
+
+    Set in the parent before DataLoader workers fork: each worker then decodes with one thread
+    (no oversubscription), and no child inherits a busy thread pool (calling
+    ``cv2.setNumThreads`` inside a forked worker can deadlock)."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)

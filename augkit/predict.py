@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import cv2
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import ModelMeta, find_checkpoint, load_model
 from .errors import AugkitError, ImageError, UsageError
-from .images import DECODE_POLICY, DEFAULT_MAX_PIXELS, atomic_write_text, read_image, scan_folder
+from .images import DECODE_POLICY, DEFAULT_MAX_PIXELS, atomic_write_text, opencv_threads, read_image, scan_folder
 from .params import suggest
 from .preprocess import RESIZE_POLICY, eval_image
 from .recipe import TTASpec, list_builtin, load_recipe
@@ -196,9 +197,8 @@ def quiet_opencv() -> None:
 
 
 def _worker_init(_: int) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # forked workers must not each start a full OpenCV thread pool
+    # cv2.setNumThreads must not be called here: in a forked child it can deadlock on the
+    # parent's thread pool. run_tta sets one OpenCV thread in the parent before forking.
     torch.set_num_threads(1)
     quiet_opencv()
 
@@ -248,7 +248,7 @@ def run_tta(model: torch.nn.Module, meta: ModelMeta, paths: Sequence[str], tta: 
     merged: list[np.ndarray] = []
     per_view: list[np.ndarray] = []
     errors: list[dict] = []
-    with torch.inference_mode():
+    with torch.inference_mode(), opencv_threads(1 if workers else cv2.getNumThreads()):
         for idx, images, errs, details in loader:
             good = [j for j, e in enumerate(errs) if not e]
             errors.extend({"path": paths[int(idx[j])], "reason": e, "detail": details[j]}

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.markup import escape as esc
 
-from ..errors import EXIT_SKIPPED
+from ..errors import EXIT_SKIPPED, UsageError
 from ..images import DEFAULT_MAX_PIXELS
 from ..predict import FORMATS, check_output, errors_path, predict, resolve_device, resolve_tta, write_predictions
 from ..views import MERGE_MODES
@@ -47,6 +47,11 @@ def command(
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
                                    help="Reject images with more pixels (read from the header)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    engine: str = typer.Option("local", "--engine", help="local, or ray: a pool of Ray actors, each loading the "
+                               "model once (Ray Data; needs augkit's ray extra; see docs/scale.md)."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster, auto or "
+                                          "ray://HOST:10001 (default: RAY_ADDRESS, else a running cluster on this "
+                                          "node, else a Ray started for this run)."),
 ) -> None:
     """Predict the class of each image, optionally merged over TTA views.
 
@@ -56,15 +61,26 @@ def command(
     Exit codes: 0 done; 2 bad options; 3 done, but some inputs were skipped.
     """
     spec = resolve_tta(tta, merge=merge.value if merge else None, beta=beta)
-    resolve_device(device)
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine {engine!r} is not supported (allowed: local, ray)")
+    if address is not None and engine != "ray":
+        raise UsageError("--address needs --engine ray")
+    if engine == "local":  # with ray the device is the actors', checked there
+        resolve_device(device)
     if output is not None:
         check_output(output, overwrite)
         check_output(errors_path(output), overwrite, "errors file")
     label = tta or "none"
     with progress_bar("predict") as (on_start, on_progress):
-        preds = predict(run, [str(i) for i in inputs], tta=spec, top_k=top_k, batch_size=batch_size,
-                        device=device, workers=default_workers() if workers is None else workers,
-                        max_pixels=max_pixels, on_start=on_start, progress=on_progress)
+        if engine == "ray":  # augkit.predict_ray: same rows, same writer
+            from ..predict_ray import predict_ray
+            preds = predict_ray(run, [str(i) for i in inputs], tta=spec, top_k=top_k, batch_size=batch_size,
+                                device=device, address=address, workers=workers, max_pixels=max_pixels,
+                                on_start=on_start, progress=on_progress)
+        else:
+            preds = predict(run, [str(i) for i in inputs], tta=spec, top_k=top_k, batch_size=batch_size,
+                            device=device, workers=default_workers() if workers is None else workers,
+                            max_pixels=max_pixels, on_start=on_start, progress=on_progress)
     efile = write_predictions(preds, output, fmt.value, top_k)
     c = preds.counts
     say(esc(f"predicted {c['predicted']} of {c['inputs']} images with TTA {label} "

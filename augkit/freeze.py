@@ -1,0 +1,99 @@
+"""The transfer-learning policy: which part of the network trains, and when.
+
+``--freeze auto`` follows the usual rule of thumb (CS231n "Transfer Learning"; Yosinski et al.
+2014): with few images a pretrained backbone's features beat anything the data can teach it, so
+only a new head is trained and the backbone stays exactly as it was, BatchNorm statistics
+included; with many images the whole network is fine-tuned, head first (so a random head does
+not send large gradients into good features), then everything at a lower backbone learning rate.
+
+"Many" means at least :data:`MIN_IMAGES` training images *and* at least :data:`MIN_PER_CLASS`
+per class on average: 2,000 images of 200 classes (10 each) are still "few". Without pretrained
+weights (``--weights none``) there is nothing to keep, so ``auto`` trains everything.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+FREEZE_CHOICES = ("auto", "head", "none")
+MIN_IMAGES = 500
+MIN_PER_CLASS = 50
+BACKBONE_LR_MULT = 0.1  # backbone learning rate = lr x this, once unfrozen (pretrained weights only)
+WARMUP_FRACTION = 0.2  # share of the epochs that train the head alone before fine-tuning
+
+
+@dataclass
+class FreezePlan:
+    """``mode``: ``head`` (backbone frozen throughout), ``finetune`` (head alone for
+    ``warmup_epochs``, then everything) or ``none`` (everything from the first epoch)."""
+
+    mode: str
+    reason: str
+    warmup_epochs: int = 0
+    backbone_lr_mult: float = 1.0
+
+    def phase(self, epoch: int) -> str:
+        """``head`` (backbone frozen, BatchNorm in eval mode) or ``all`` for a 0-based epoch."""
+        return "head" if self.mode == "head" or epoch < self.warmup_epochs else "all"
+
+    def describe(self) -> str:
+        if self.mode == "head":
+            return "head only (backbone and BatchNorm statistics frozen)"
+        if self.mode == "finetune":
+            return (f"fine-tune: head alone for {self.warmup_epochs} epoch(s), then all layers "
+                    f"(backbone lr x{self.backbone_lr_mult:g})")
+        return "train all layers" + (f" (backbone lr x{self.backbone_lr_mult:g})" if self.backbone_lr_mult != 1 else "")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def choose_freeze(freeze: str, n_train: int, n_classes: int, epochs: int, pretrained: bool) -> FreezePlan:
+    """Resolve ``--freeze`` into a plan, with the reason printed to the user."""
+    if freeze not in FREEZE_CHOICES:
+        raise ValueError(f"freeze {freeze!r} is not one of {FREEZE_CHOICES}")
+    mult = BACKBONE_LR_MULT if pretrained else 1.0
+    per_class = n_train / max(1, n_classes)
+    if freeze == "head":
+        why = "--freeze head"
+        if not pretrained:
+            why += " (warning: the backbone is random, not pretrained: expect low accuracy)"
+        return FreezePlan("head", why)
+    if freeze == "none":
+        return FreezePlan("none", "--freeze none", 0, mult)
+    if not pretrained:
+        return FreezePlan("none", "auto: no pretrained weights (--weights none), so the whole network must learn")
+    size = f"{n_train} training images, {per_class:.0f} per class"
+    if n_train < MIN_IMAGES or per_class < MIN_PER_CLASS:
+        return FreezePlan("head", f"auto: few images ({size}; fine-tuning needs >= {MIN_IMAGES} and >= "
+                                  f"{MIN_PER_CLASS} per class): a new head on the frozen pretrained backbone")
+    warmup = max(1, round(WARMUP_FRACTION * epochs)) if epochs >= 2 else 0
+    return FreezePlan("finetune", f"auto: many images ({size}): fine-tune the whole network", warmup, mult)
+
+
+def is_head(name: str) -> bool:
+    return name.startswith("fc.")
+
+
+def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(backbone parameters, head parameters) of a torchvision ResNet."""
+    backbone, head = [], []
+    for name, p in model.named_parameters():
+        (head if is_head(name) else backbone).append(p)
+    return backbone, head
+
+
+def set_phase(model: nn.Module, phase: str) -> None:
+    """Freeze (``head``) or unfreeze (``all``) the backbone; call before each epoch."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(phase == "all" or is_head(name))
+
+
+def train_mode(model: nn.Module, phase: str) -> None:
+    """Training mode for the phase: with a frozen backbone the whole model stays in eval mode,
+    so BatchNorm uses and keeps its running statistics (a ResNet has no dropout)."""
+    if phase == "all":
+        model.train()
+    else:
+        model.eval()

@@ -1,0 +1,371 @@
+"""augkit train: tiny real runs (digits, 32 px, resnet18) through the CLI, and its parts."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+import yaml
+from typer.testing import CliRunner
+
+import augkit.train as trainmod
+from augkit.checkpoint import load_checkpoint, load_model
+from augkit.cli import app
+from augkit.errors import UsageError
+from augkit.freeze import FreezePlan, choose_freeze, set_phase
+from augkit.images import read_image
+from augkit.models import build_model
+from augkit.train import TrainConfig, epoch_lrs, stratified_split, train, train_one_epoch
+from _digits import digits_folder
+
+RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "settings.yaml", "curves.png", "errors.jsonl")
+FAST = ["--epochs", "2", "--batch-size", "8", "--image-size", "16", "--recipe", "digits", "--workers", "0",
+        "--seed", "1", "--device", "cpu"]
+runner = CliRunner()
+
+
+def cli(*args) -> object:
+    return runner.invoke(app, ["train", *map(str, args)])
+
+
+def metrics(run: Path, drop=("seconds", "images_per_s")) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as fh:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(fh)]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    sa, sb = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP's spinning
+    threads make them several times slower: one thread keeps this file fast everywhere."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return digits_folder(tmp_path_factory.mktemp("digits") / "data", digits=(0, 1, 7), per_class=10)
+
+
+@pytest.fixture(scope="module")
+def run_a(data, tmp_path_factory) -> tuple[Path, object]:
+    """One uninterrupted 2-epoch run, shared by the tests that compare against it."""
+    run = tmp_path_factory.mktemp("runs") / "a"
+    return run, cli(data, "-o", run, "--weights", "none", *FAST, "--amp")
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> Path:
+    """A plain torchvision state dict (as ``torch.save(model.state_dict())`` writes it)."""
+    torch.manual_seed(5)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+# ------------------------------------------------------------------ end to end
+
+def test_cli_run_writes_every_run_file(run_a, data):
+    run, result = run_a
+    assert result.exit_code == 0, result.output
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    assert "--amp only has an effect on cuda" in result.output
+    assert "freeze: train all layers" in result.output and "no pretrained weights" in result.output
+    rows = metrics(run, drop=())
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert set(rows[0]) == set(trainmod.METRIC_COLUMNS) and all(rows[1][k] != "" for k in rows[1])
+    settings = yaml.safe_load((run / "settings.yaml").read_text())
+    assert settings["resolved"]["device"] == "cpu" and settings["resolved"]["amp"] is False
+    assert settings["resolved"]["freeze"]["mode"] == "none"
+    assert settings["resolved"]["data"]["train_images"] == 24 and settings["resolved"]["data"]["val_images"] == 6
+    assert settings["resolved"]["recipe"]["name"] == "digits"
+    model, meta = load_model(run)  # weights_only load, through the predict helper's API
+    assert meta.classes == ["d0", "d1", "d7"] and meta.class_to_idx == {"d0": 0, "d1": 1, "d7": 2}
+    assert meta.arch == "resnet18" and meta.image_size == 16 and meta.recipe_name == "digits"
+    assert "affine" in meta.recipe_text and meta.decode_policy.startswith("augkit-v1")
+    assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
+    last = load_checkpoint(run / "last.pt")
+    assert last["epoch"] == 2 and len(last["history"]) == 2 and "optimizer" in last
+    assert read_image(run / "curves.png").shape[2] == 3
+    assert (run / "errors.jsonl").read_text() == ""
+    assert "best (epoch" in result.output and "train time" in result.output  # the summary table
+
+
+def test_same_seed_gives_the_same_metrics(run_a, data, tmp_path):
+    run, _ = run_a
+    again = train(TrainConfig(data=data, out=tmp_path / "again", weights="none", epochs=2, batch_size=8,
+                              image_size=16, recipe="digits", workers=0, seed=1, device="cpu", progress=False))
+    assert metrics(tmp_path / "again") == metrics(run)
+    assert same_weights(tmp_path / "again" / "last.pt", run / "last.pt")
+    assert again.epochs == 2 and again.best_epoch in (1, 2)
+
+
+def test_resume_continues_and_ends_like_an_uninterrupted_run(run_a, data, tmp_path, monkeypatch):
+    run, _ = run_a
+    out = tmp_path / "resumed"
+    real = trainmod._run_epoch
+
+    def killed_in_epoch_2(epoch, *args, **kwargs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(epoch, *args, **kwargs)
+
+    monkeypatch.setattr(trainmod, "_run_epoch", killed_in_epoch_2)
+    first = cli(data, "-o", out, "--weights", "none", *FAST)
+    assert first.exit_code == 130, first.output
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1 and len(metrics(out)) == 1
+    monkeypatch.setattr(trainmod, "_run_epoch", real)
+
+    again = cli(data, "-o", out, "--weights", "none", *FAST)
+    assert again.exit_code == 2 and "--resume" in again.output  # never silently overwrites a run
+
+    resumed = cli(data, "-o", out, "--weights", "none", *FAST, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "after epoch 1 of 2" in resumed.output
+    assert metrics(out) == metrics(run)
+    assert same_weights(out / "last.pt", run / "last.pt") and same_weights(out / "best.pt", run / "best.pt")
+
+    done = cli(data, "-o", out, "--weights", "none", *FAST, "--resume")
+    assert done.exit_code == 0 and "already done" in done.output
+    changed = cli(data, "-o", out, "--weights", "none", *FAST, "--resume", "--lr", "0.01")
+    assert changed.exit_code == 2 and "lr: run has 0.001, now 0.01" in changed.output
+
+
+# ------------------------------------------------------------------ freezing
+
+def test_auto_with_few_images_trains_only_the_head(data, weights_file, tmp_path):
+    out = tmp_path / "head"
+    result = cli(data, "-o", out, "--weights", weights_file, *FAST[2:], "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert "head only" in result.output and "few images" in result.output
+    start = torch.load(weights_file, weights_only=True)
+    trained = load_checkpoint(out / "best.pt")["state_dict"]
+    backbone = [k for k in start if not k.startswith("fc.")]
+    assert any("running_mean" in k for k in backbone)
+    for k in backbone:  # weights, BatchNorm running statistics and counters: untouched
+        assert torch.equal(trained[k], start[k]), k
+    assert trained["fc.weight"].shape == (3, 512)
+
+
+def test_weights_from_an_earlier_run_folder(run_a, data, tmp_path):
+    run, _ = run_a
+    out = tmp_path / "from-run"
+    result = cli(data, "-o", out, "--weights", run, *FAST[2:], "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert "head only" in result.output  # pretrained (by the earlier run) and few images
+    start, trained = load_checkpoint(run / "best.pt")["state_dict"], load_checkpoint(out / "best.pt")["state_dict"]
+    assert all(torch.equal(start[k], trained[k]) for k in start if not k.startswith("fc."))
+
+
+def _tiny_batches(n: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 1])) for _ in range(n)]
+
+
+def _one_epoch(phase: str) -> tuple[dict, dict, torch.nn.Module]:
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    set_phase(model, phase)
+    opt = trainmod.make_optimizer(model, TrainConfig(data=".", out="x"))
+    train_one_epoch(model, _tiny_batches(), opt, torch.device("cpu"), phase=phase)
+    return before, model.state_dict(), model
+
+
+def test_freeze_head_changes_nothing_but_the_head():
+    before, after, model = _one_epoch("head")
+    assert all(p.requires_grad == n.startswith("fc.") for n, p in model.named_parameters())
+    assert not model.training and not model.bn1.training  # BatchNorm in eval mode: statistics frozen
+    for k in before:
+        assert torch.equal(before[k], after[k]) != k.startswith("fc."), k
+
+
+def test_freeze_none_trains_everything_including_batchnorm_statistics():
+    before, after, model = _one_epoch("all")
+    assert all(p.requires_grad for p in model.parameters()) and model.training
+    for k in ("conv1.weight", "layer4.1.conv2.weight", "bn1.running_mean", "bn1.running_var", "fc.weight"):
+        assert not torch.equal(before[k], after[k]), k
+
+
+@pytest.mark.parametrize("freeze,n,classes,pretrained,mode", [
+    ("auto", 40, 4, True, "head"),  # few images
+    ("auto", 499, 2, True, "head"),  # just under MIN_IMAGES
+    ("auto", 2000, 200, True, "head"),  # many images, but 10 per class
+    ("auto", 600, 6, True, "finetune"),
+    ("auto", 50, 5, False, "none"),  # nothing pretrained to keep
+    ("head", 50_000, 10, True, "head"),
+    ("none", 40, 4, True, "none"),
+])
+def test_freeze_policy(freeze, n, classes, pretrained, mode):
+    assert choose_freeze(freeze, n, classes, 10, pretrained).mode == mode
+
+
+def test_finetune_schedule_warms_up_the_head_then_lowers_the_backbone_lr():
+    plan = choose_freeze("auto", 1000, 10, 10, True)
+    assert plan.warmup_epochs == 2 and [plan.phase(e) for e in (0, 1, 2, 9)] == ["head", "head", "all", "all"]
+    cfg = TrainConfig(data=".", out="x", lr=0.01, epochs=10)
+    assert epoch_lrs(cfg, plan, 0) == (0.0, 0.01)
+    backbone, head = epoch_lrs(cfg, plan, 2)
+    assert head == pytest.approx(0.01) and backbone == pytest.approx(0.001)
+    assert epoch_lrs(cfg, FreezePlan("head", ""), 5)[0] == 0.0
+
+
+# ------------------------------------------------------------------ weights and safety
+
+def test_malicious_pickle_is_refused_as_weights(data, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('x')",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": Evil()}, evil)
+    result = cli(data, "-o", tmp_path / "run", "--weights", evil, *FAST)
+    assert result.exit_code == 2 and "refused to load" in result.output
+    assert not marker.exists() and not (tmp_path / "run" / "last.pt").exists()
+    with pytest.raises(UsageError, match="refused"):
+        load_model(evil)
+    assert not marker.exists()
+
+
+def test_imagenet_weights_offline_say_what_to_do(data, tmp_path, monkeypatch):
+    def offline(self, *a, **k):
+        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
+    result = cli(data, "-o", tmp_path / "run", "--weights", "imagenet", *FAST)
+    assert result.exit_code == 2
+    assert "could not download ImageNet weights" in result.output and "--weights none" in result.output
+
+
+# ------------------------------------------------------------------ data layouts and bad data
+
+def test_train_and_val_folders(tmp_path):
+    root = tmp_path / "tv"
+    digits_folder(root / "train", digits=(3, 4), per_class=6)
+    digits_folder(root / "val", digits=(4,), per_class=3, start=6)  # val may lack a class
+    result = cli(root, "-o", tmp_path / "run", "--weights", "none", *FAST[2:], "--epochs", "1", "--recipe", "none")
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load((tmp_path / "run" / "settings.yaml").read_text())["resolved"]
+    d = resolved["data"]
+    assert (d["train_images"], d["val_images"]) == (12, 3) and d["class_to_idx"] == {"d3": 0, "d4": 1}
+    assert resolved["recipe"] is None and load_model(tmp_path / "run")[1].recipe_text == ""
+
+
+def test_val_class_missing_from_train_is_an_error(tmp_path):
+    root = tmp_path / "tv"
+    digits_folder(root / "train", digits=(3, 4), per_class=3)
+    digits_folder(root / "val", digits=(4, 5), per_class=2)
+    result = cli(root, "-o", tmp_path / "run", "--weights", "none", *FAST)
+    assert result.exit_code == 2 and "class folder(s) missing from" in result.output and "d5" in result.output
+
+
+def test_empty_class_is_an_error(data, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(data, root)
+    (root / "d9").mkdir()
+    result = cli(root, "-o", tmp_path / "run", "--weights", "none", *FAST)
+    assert result.exit_code == 2 and "no images: d9" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def bad_data(data, tmp_path) -> Path:
+    root = tmp_path / "bad"
+    shutil.copytree(data, root)
+    jpeg = (root / "d0" / "0_01.jpg").read_bytes()
+    (root / "d0" / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (root / "d1" / "noise.jpg").write_bytes(np.random.default_rng(1).integers(0, 256, 300, np.uint8).tobytes())
+    (root / "d1" / "zero.png").write_bytes(b"")
+    (root / "d7" / "readme.jpg").write_text("this is text")
+    (root / "d7" / "notes.txt").write_text("ignored: not an image name")
+    return root
+
+
+def test_bad_files_are_reported_and_the_run_goes_on(bad_data, tmp_path):
+    out = tmp_path / "run"
+    result = cli(bad_data, "-o", out, "--weights", "none", *FAST[2:], "--epochs", "1")
+    assert result.exit_code == 3, result.output  # finished, but some inputs were left out
+    rows = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert {Path(r["path"]).name: r["reason"] for r in rows} == {
+        "cut.jpg": "truncated", "noise.jpg": "not an image", "zero.png": "not an image",
+        "readme.jpg": "not an image"}
+    assert "4 file(s) left out" in result.output and "cut.jpg" in result.output
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+
+
+def test_a_class_with_only_unreadable_files_is_an_error(data, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(data, root)
+    (root / "d5").mkdir()
+    (root / "d5" / "a.jpg").write_bytes(b"garbage")
+    result = cli(root, "-o", tmp_path / "run", "--weights", "none", *FAST)
+    assert result.exit_code == 2 and "no usable training image: d5" in result.output and "a.jpg" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--val-split", "1.5"], "--val-split must be in [0, 1)"),
+    (["--lr", "0"], "--lr must be > 0"),
+    (["--weights", "missing.pt"], "file or run folder not found"),
+    (["--arch", "resnet9"], "resnet9"),
+    (["--freeze", "some"], "some"),
+    (["--epochs", "0"], "--epochs"),
+])
+def test_bad_options_exit_2(data, tmp_path, args, message):
+    result = cli(data, "-o", tmp_path / "run", *args)
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_folder_inside_the_data_folder_is_refused(data):
+    result = cli(data, "-o", data / "runs" / "x", "--weights", "none")
+    assert result.exit_code == 2 and "must not be inside the data folder" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_device_is_a_usage_error(data, tmp_path):
+    result = cli(data, "-o", tmp_path / "run", "--weights", "none", "--device", "cuda")
+    assert result.exit_code == 2 and "no CUDA device" in result.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_with_amp_and_workers(data, tmp_path):
+    assert trainmod.resolve_device("auto").type == "cuda"
+    out = tmp_path / "cuda"
+    args = [a for a in FAST if a not in ("--device", "cpu")]
+    args[args.index("--workers") + 1] = "2"
+    result = cli(data, "-o", out, "--weights", "none", *args, "--amp")
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load((out / "settings.yaml").read_text())["resolved"]
+    assert resolved["device"] == "cuda" and resolved["amp"] is True
+    assert load_checkpoint(out / "last.pt")["scaler"]["scale"] > 0
+    rows = metrics(out)
+    assert len(rows) == 2 and all(0 <= float(r["val_acc"]) <= 1 for r in rows)
+    resumed = cli(data, "-o", out, "--weights", "none", *args, "--amp", "--resume")
+    assert resumed.exit_code == 0 and "already done" in resumed.output
+    model, meta = load_model(out, device="cuda")
+    assert next(model.parameters()).is_cuda and meta.classes == ["d0", "d1", "d7"]
+
+
+def test_stratified_split_is_seeded_disjoint_and_stratified():
+    targets = [0] * 10 + [1] * 5 + [2] * 1
+    tr, va = stratified_split(targets, 0.2, seed=3)
+    assert sorted(tr + va) == list(range(16)) and not set(tr) & set(va)
+    assert [sum(targets[i] == c for i in va) for c in range(3)] == [2, 1, 0]  # a lone image stays in train
+    assert stratified_split(targets, 0.2, seed=3) == (tr, va)
+    assert stratified_split(targets, 0.2, seed=4) != (tr, va)
+    assert stratified_split(targets, 0.0, seed=3) == (list(range(16)), [])
