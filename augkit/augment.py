@@ -157,18 +157,30 @@ class AugmentTask:
         self.src, self.dst = Path(src), Path(dst)
         self.recipe_text, self.recipe_source, self.options = recipe_text, recipe_source, options
         self._aug = None
+        self._last = None  # (src, bytes, decoded image) of the last source
 
     def setup(self) -> None:
         if self._aug is None:
             self._aug = parse_recipe(self.recipe_text, self.recipe_source).build()
+
+    def _decoded(self, src: str, path: Path):
+        """Decode once per source: the copies of one image are consecutive work items, so the
+        last decoded image is reused (each executor hands a worker consecutive items in chunks)."""
+        last = self._last
+        if last is not None and last[0] == src:
+            return last[1], last[2]
+        self._last = None
+        data = read_bytes(path)
+        img = decode_image(data, path, max_pixels=self.options.max_pixels)
+        self._last = (src, data, img)
+        return data, img
 
     def __call__(self, item: WorkItem) -> dict:
         t0 = time.perf_counter()
         path = self.src / item.src
         out_path = self.dst / item.out
         try:
-            data = read_bytes(path)
-            img = decode_image(data, path, max_pixels=self.options.max_pixels)
+            data, img = self._decoded(item.src, path)
         except ImageError as exc:
             return {"status": "bad", "item": item, "reason": exc.reason, "detail": exc.detail}
         applied: list = []
@@ -176,7 +188,7 @@ class AugmentTask:
             payload = data  # the original, byte for byte
         else:
             self.setup()
-            out, applied = self._aug(img, item.seed)
+            out, applied = self._aug(img.copy(), item.seed)  # the cached image stays pristine
             payload = encode_image(out, out_path.suffix, quality=self.options.quality)
         if item.verify:
             try:

@@ -79,12 +79,18 @@ def main() -> None:
         src = make_photos(tmp / "src", args.count)
         recipe = load_recipe(args.recipe)
         augkit_rate(src, tmp / "warm", recipe, 1, 2)  # warm the page cache and the fork server
-        f = floor(src, tmp / "floor", recipe, args.copies)
+        import cv2
+        f_mt = floor(src, tmp / "floor_mt", recipe, args.copies)  # OpenCV's default thread pool
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        f = floor(src, tmp / "floor", recipe, args.copies)  # one core: the per-process floor
+        cv2.setNumThreads(threads)
         a1 = augkit_rate(src, tmp / "w1", recipe, args.copies, 1)
         a2 = augkit_rate(src, tmp / "w2", recipe, args.copies, 2)
         am = augmentor_rate(src, tmp / "augmentor", args.copies)
         print(f"images: {args.count} JPEGs 500x375, copies {args.copies}, recipe {args.recipe}, cpus {os.cpu_count()}")
-        print(f"floor (bare loop, 1 process): {f:7.1f} img/s")
+        print(f"floor (bare loop, 1 process, OpenCV {threads} threads): {f_mt:7.1f} img/s")
+        print(f"floor (bare loop, 1 process, OpenCV 1 thread):  {f:7.1f} img/s  <- reference")
         print(f"augkit --workers 1:           {a1:7.1f} img/s  = {a1 / f:.2f}x floor (target >= 0.9x)")
         print(f"augkit --workers 2:           {a2:7.1f} img/s  = {a2 / f:.2f}x floor (target >= 1.7x)")
         if am is None:
