@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import ModelMeta, find_checkpoint, load_model
 from .errors import AugkitError, ImageError, UsageError
+from .devices import resolve_device
 from .images import DECODE_POLICY, DEFAULT_MAX_PIXELS, atomic_write_text, opencv_threads, read_image, scan_folder
 from .params import suggest
 from .preprocess import RESIZE_POLICY, eval_image
@@ -79,23 +80,6 @@ def _is_file_like(spec: str) -> bool:
 
 def _is_preset(spec: str) -> bool:
     return all(p.strip() in PRESETS for p in spec.split("+"))
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {device!r} is not a device (e.g. auto, cpu, cuda, cuda:0)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {device}: MPS is not available on this machine")
-    return dev
 
 
 def load_for_inference(run: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, ModelMeta, Path]:

@@ -42,6 +42,7 @@ from .checkpoint import BEST, LAST, ModelMeta, load_checkpoint, save_checkpoint,
 from .dataset import CHECKS, AugmentedImageFolder
 from .distributed import DistContext, setup as dist_setup
 from .errors import ImageError, UsageError
+from .devices import resolve_device
 from .freeze import FREEZE_CHOICES, FreezePlan, choose_freeze, set_phase, split_params, train_mode
 from .images import DECODE_POLICY, DEFAULT_MAX_PIXELS, atomic_write_text, opencv_threads
 from .models import ARCHS, build_model, imagenet_state_dict, load_backbone_weights, weights_file_state_dict
@@ -228,19 +229,6 @@ def make_loader(ds: AugmentedImageFolder, cfg: TrainConfig, device: torch.device
 
 
 # ====================================================================== model
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; asking for one that is not there is an error."""
-    cuda = torch.cuda.is_available()
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if name == "cuda" and not cuda:
-        raise UsageError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
-    if name == "mps" and not mps:
-        raise UsageError("--device mps: no Apple MPS device is available")
-    return torch.device(name)
-
 
 def build_start_model(arch: str, num_classes: int, weights: str) -> tuple[nn.Module, bool]:
     """The model to train and whether its backbone is pretrained. The head is always new."""

@@ -41,11 +41,9 @@ def command(
 ) -> None:
     """Plain vs TTA vs each single view on labelled images, with a paired test.
 
-    Reports plain and TTA accuracy, each view alone, the gain with an exact McNemar test, top-k, per-class
-    accuracy, a confusion matrix, and the subset of views that scored best on this data.
+    Reports plain and TTA accuracy, each view alone, the gain with an exact McNemar test, top-k, per-class accuracy, a confusion matrix, and the subset of views that scored best on this data.
 
-    Exit codes: 0 done; 1 nothing could be read; 2 bad options or classes the model does not know;
-    3 done, but some images were skipped (listed in the report).
+    Exit codes: 0 done; 1 nothing could be read; 2 bad options or classes the model does not know; 3 done, but some images were skipped (listed in the report).
     """
     spec = resolve_tta(tta, merge=merge.value if merge else None, beta=beta)
     resolve_device(device)

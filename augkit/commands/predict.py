@@ -48,7 +48,7 @@ def command(
                                    help="Reject images with more pixels (read from the header)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     engine: str = typer.Option("local", "--engine", help="local, or ray: a pool of Ray actors, each loading the "
-                               "model once (Ray Data; needs augkit's ray extra; see docs/scale.md)."),
+                               "model once (Ray Data; needs augkit's ray extra; see the README, Scaling out)."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster, auto or "
                                           "ray://HOST:10001 (default: RAY_ADDRESS, else a running cluster on this "
                                           "node, else a Ray started for this run)."),
@@ -57,8 +57,7 @@ def command(
 
     Uses the run's saved classes, image size, normalization and decode policy.
 
-    With -o, skipped inputs (unreadable, truncated, not an image) are listed in <output>.errors.csv.
-    Exit codes: 0 done; 2 bad options; 3 done, but some inputs were skipped.
+    With -o, skipped inputs (unreadable, truncated, not an image) are listed in <output>.errors.csv. Exit codes: 0 done; 2 bad options; 3 done, but some inputs were skipped.
     """
     spec = resolve_tta(tta, merge=merge.value if merge else None, beta=beta)
     if engine not in ("local", "ray"):

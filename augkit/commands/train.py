@@ -58,13 +58,11 @@ def command(
                                    help="Reject images with more pixels (read from the header)."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Train with DistributedDataParallel in N processes on "
                               "this machine (relaunches itself under torchrun; one GPU each on cuda, gloo on "
-                              "cpu); --batch-size is per process. Multi-node: run torchrun yourself (docs/scale.md)."),
+                              "cpu); --batch-size is per process. Multi-node: run torchrun yourself (README, Scaling out)."),
 ) -> None:
     """Train an image classifier on DATA with a recipe's augmentations applied online.
 
-    RUN_DIR gets: best.pt and last.pt (safe checkpoints with the classes, image size, normalization,
-    decode policy and recipe); settings.yaml (every resolved setting); metrics.csv (one row per epoch);
-    curves.png; errors.jsonl (files left out).
+    RUN_DIR gets: best.pt and last.pt (safe checkpoints with the classes, image size, normalization, decode policy and recipe); settings.yaml (every resolved setting); metrics.csv (one row per epoch); curves.png; errors.jsonl (files left out).
 
     Exit codes: 0 done; 1 failed; 2 bad options or data; 3 done, but some files were left out.
     """
