@@ -1,42 +1,59 @@
-"""The ``augkit`` command: one Typer app joining one module per command (augkit/commands/)."""
+"""The ``augkit`` command: one Typer app joining one module per command (augkit/commands/).
+
+Start-up is kept instant: this module imports only the standard library, and each command
+module is imported when that command runs (``augkit --version`` and ``--help`` import no
+command at all, so neither torch nor albumentations). ``app`` is built on first use.
+"""
 from __future__ import annotations
 
-import typer
+import sys
+from typing import Any
 
-from . import __version__
-from .commands import augment, preview, recipes
-from .commands import evaluate, predict
-from .commands import train
+#: Exit status after Ctrl-C (SIGINT), at any moment, start-up included: 128 + SIGINT, as shells do.
+EXIT_INTERRUPTED = 130
 
-app = typer.Typer(
-    name="augkit",
-    help="Image data augmentation and test-time augmentation: recipes, offline augmentation, "
-    "training and TTA.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-app.add_typer(recipes.app, name="recipes")
-app.command("preview")(preview.command)
-app.command("augment")(augment.command)
-app.command("predict")(predict.command)
-app.command("evaluate")(evaluate.command)
-app.command("train")(train.command)
-# further commands register here: app.command("<name>")(<module>.command)
+#: name -> (module in augkit.commands, attribute, one-line help). The help is spelled here so that
+#: ``augkit --help`` lists the commands without importing them; a test checks it against each
+#: command's own docstring. New commands register here.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "recipes": ("recipes", "app", "List, show, check and export recipes."),
+    "preview": ("preview", "command",
+                "Draw a grid: rows are source images, columns the original and augmented versions."),
+    "augment": ("augment", "command", "Write augmented copies of SRC into DST, keeping its class folders."),
+    "predict": ("predict", "command", "Predict the class of each image, optionally merged over TTA views."),
+    "evaluate": ("evaluate", "command", "Plain vs TTA vs each single view on labelled images, with a paired test."),
+    "train": ("train", "command",
+              "Train an image classifier on DATA with a recipe's augmentations applied online."),
+}
+
+_APP: Any = None
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"augkit {__version__}")
-        raise typer.Exit()
+def build_app() -> Any:
+    """The Typer app (built once). Commands are attached lazily by :class:`~augkit.commands._lazy.LazyGroup`."""
+    global _APP
+    if _APP is None:
+        from .commands._lazy import make_app  # deferred: main() must be able to catch Ctrl-C during it
+
+        _APP = make_app(COMMANDS)
+    return _APP
 
 
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
-    """augkit: recipes, offline augmentation, training and TTA."""
+def __getattr__(name: str) -> Any:
+    """``from augkit.cli import app`` still works (tests, embedding) and builds the app on demand."""
+    if name == "app":
+        return build_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
-    app()
+    """Entry point of the ``augkit`` script. Ctrl-C, even while importing, exits 130 without a traceback."""
+    try:
+        build_app()()
+    except KeyboardInterrupt:
+        try:
+            sys.stderr.write("interrupted\n")
+            sys.stderr.flush()
+        except (KeyboardInterrupt, OSError):
+            pass
+        raise SystemExit(EXIT_INTERRUPTED) from None

@@ -2,26 +2,28 @@
 
 Every op is registered with :func:`register_op` (a decorator over a dict), so the CLI's
 ``recipes ops`` listing, the validator and the tests all read the same table. albumentations
-is used only from here and from :mod:`augkit.recipe`, so it can be swapped.
+is used only from here and from :mod:`augkit.recipe`, so it can be swapped, and only through
+:func:`augkit.albu.import_albumentations`, when a transform is built (reading the table is cheap).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import albumentations as A
-import cv2
-
+from .albu import import_albumentations
 from .errors import RecipeError
 from .params import Param, suggest
 
+# OpenCV's border constants (cv2.BORDER_*), spelled as numbers so that reading the op table
+# (``recipes ops``, ``--help``) does not import OpenCV; a test checks them against cv2.
 BORDER_MODES = {
-    "reflect": cv2.BORDER_REFLECT_101,  # mirror without repeating the edge pixel: no seams
-    "replicate": cv2.BORDER_REPLICATE,
-    "constant": cv2.BORDER_CONSTANT,
-    "wrap": cv2.BORDER_WRAP,
+    "reflect": 4,  # cv2.BORDER_REFLECT_101: mirror without repeating the edge pixel, no seams
+    "replicate": 1,  # cv2.BORDER_REPLICATE
+    "constant": 0,  # cv2.BORDER_CONSTANT
+    "wrap": 3,  # cv2.BORDER_WRAP
 }
 DEFAULT_BORDER = "reflect"
 GEOMETRY_PARAMS = {
@@ -84,6 +86,7 @@ def _t(pair) -> tuple[float, float]:
              params={"direction": Param("choice", "horizontal", choices=("horizontal", "vertical", "both"))},
              example={"direction": "horizontal", "p": 0.5})
 def _flip(prm, p, border, fill):
+    A = import_albumentations()
     if prm["direction"] == "horizontal":
         return A.HorizontalFlip(p=p)
     if prm["direction"] == "vertical":
@@ -97,6 +100,7 @@ def _flip(prm, p, border, fill):
                      "y": Param("range", [-0.1, 0.1], lo=-1, hi=1, help="fraction of height")},
              example={"x": 0.1, "y": 0.1, "p": 0.5})
 def _shift(prm, p, border, fill):
+    A = import_albumentations()
     return A.Affine(translate_percent={"x": _t(prm["x"]), "y": _t(prm["y"])}, border_mode=border, fill=fill, p=p)
 
 
@@ -104,6 +108,7 @@ def _shift(prm, p, border, fill):
              params={"degrees": Param("range", [-15.0, 15.0], lo=-360, hi=360)},
              example={"degrees": 15, "p": 0.5})
 def _rotate(prm, p, border, fill):
+    A = import_albumentations()
     return A.Rotate(limit=_t(prm["degrees"]), border_mode=border, fill=fill, p=p)
 
 
@@ -115,6 +120,7 @@ def _rotate(prm, p, border, fill):
                      "rotate": Param("range", [0.0, 0.0], lo=-360, hi=360)},
              example={"scale": [0.9, 1.1], "shear": 10, "translate": 0.05, "rotate": 10, "p": 0.5})
 def _affine(prm, p, border, fill):
+    A = import_albumentations()
     tr = _t(prm["translate"])
     return A.Affine(scale=_t(prm["scale"]), keep_ratio=True, shear=_t(prm["shear"]), translate_percent={"x": tr, "y": tr},
                     rotate=_t(prm["rotate"]), border_mode=border, fill=fill, p=p)
@@ -128,6 +134,7 @@ def _affine(prm, p, border, fill):
                      "hue": Param("range", [0.0, 0.0], lo=-0.5, hi=0.5)},
              example={"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02, "p": 0.8})
 def _color(prm, p, border, fill):
+    A = import_albumentations()
     return A.ColorJitter(brightness=_t(prm["brightness"]), contrast=_t(prm["contrast"]),
                          saturation=_t(prm["saturation"]), hue=_t(prm["hue"]), p=p)
 
@@ -138,6 +145,7 @@ def _color(prm, p, border, fill):
                      "b": Param("range", [-20.0, 20.0], lo=-255, hi=255, scalar="fixed")},
              example={"a": [0.8, 1.2], "b": [-20, 20], "p": 0.5})
 def _linear(prm, p, border, fill):
+    A = import_albumentations()
     # RandomBrightnessContrast with brightness_by_max computes clip(img * alpha + beta * 255)
     # with alpha = 1 + U(contrast_limit) and beta = U(brightness_limit): exactly a * x + b.
     a, b = _t(prm["a"]), _t(prm["b"])
@@ -148,15 +156,21 @@ def _linear(prm, p, border, fill):
 
 # ------------------------------------------------------------------ any albumentations transform
 
-def albumentations_transforms() -> list[str]:
-    """Names of albumentations 2.0.8 transforms that work on a single RGB image."""
+@functools.lru_cache(maxsize=1)
+def _transform_names() -> tuple[str, ...]:
+    A = import_albumentations()
     names = []
     for name, obj in vars(A).items():
         if (inspect.isclass(obj) and issubclass(obj, (A.ImageOnlyTransform, A.DualTransform))
                 and not inspect.isabstract(obj) and obj not in (A.ImageOnlyTransform, A.DualTransform)
                 and not name.startswith("_")):
             names.append(name)
-    return sorted(set(names))
+    return tuple(sorted(set(names)))
+
+
+def albumentations_transforms() -> list[str]:
+    """Names of albumentations 2.0.8 transforms that work on a single RGB image."""
+    return list(_transform_names())
 
 
 def _tuplify(v: Any) -> Any:
@@ -171,6 +185,7 @@ def build_albumentations(name: str, params: dict[str, Any], p: float, *, where: 
                          line: int | None):
     """Build ``albumentations.<name>(**params, p=p)`` strictly: unknown or invalid arguments and
     any warning albumentations would print (it "fixes" some values silently) are errors."""
+    A = import_albumentations()
     known = albumentations_transforms()
     if name not in known:
         raise RecipeError(f"unknown albumentations transform {name!r}" + suggest(name, known), source=source,

@@ -14,18 +14,21 @@ import random
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
 import numpy as np
 import yaml
 
 from . import __version__
+from .albu import import_albumentations
 from .errors import RecipeError, UsageError
 from .ops import BORDER_MODES, DEFAULT_BORDER, OPS, build_albumentations, get_op
 from .params import Param, check_params, check_value, is_number, suggest
 from .views import MERGE_MODES, View, parse_view, preset_views, view_to_yaml
 from .yamlio import load_yaml
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 COMPOSITE_OPS = ("one_of", "some_of", "sequence")
 ALBU_OP = "albumentations"
@@ -114,6 +117,7 @@ def _border_value(border: str) -> int:
 
 def build_transform(step: Step, border: str, fill: Any, leaves: list | None = None):
     """Turn a :class:`Step` into an albumentations transform; collect leaf transforms in ``leaves``."""
+    A = import_albumentations()
     if step.op in COMPOSITE_OPS:
         kids = [build_transform(c, border, fill, leaves) for c in step.children]
         if step.op == "sequence":
@@ -142,13 +146,14 @@ def build_transform(step: Step, border: str, fill: Any, leaves: list | None = No
 
 
 def build_compose(steps: list[Step], border: str, fill: Any) -> tuple[A.Compose, list]:
+    A = import_albumentations()
     leaves: list = []
     compose = A.Compose([build_transform(s, border, fill, leaves) for s in steps], p=1.0)
     return compose, leaves
 
 
 def _leaf_transforms(t) -> list:
-    if isinstance(t, A.BaseCompose):
+    if isinstance(t, import_albumentations().BaseCompose):
         out = []
         for c in t.transforms:
             out.extend(_leaf_transforms(c))
@@ -462,7 +467,7 @@ def export_albumentations(recipe: Recipe, path: str | os.PathLike, fmt: str | No
     if not recipe.train:
         raise UsageError(f"{recipe.source}: the recipe has no train section to export")
     from .images import atomic_write_text
-    d = A.to_dict(recipe.to_albumentations())
+    d = import_albumentations().to_dict(recipe.to_albumentations())
     d.setdefault("__augkit__", {"version": __version__, "recipe": recipe.name, "recipe_hash": recipe.hash})
     if fmt == "json":
         text = json.dumps(d, indent=2)

@@ -5,6 +5,7 @@ Every test compares real pixels or real error messages, so each one can fail.
 from __future__ import annotations
 
 import copy
+import os
 import re
 
 import albumentations as A
@@ -344,3 +345,31 @@ def test_every_leaf_has_extremes(name, photo):
     # composites expand to their leaves
     all_ex = [e for s in recipe.train for e in step_extremes(s)]
     assert len(all_ex) >= len(leaves)
+
+
+def test_border_modes_are_opencv_constants():
+    """ops spells OpenCV's border constants as numbers (so the op table loads without cv2)."""
+    assert ops.BORDER_MODES == {"reflect": cv2.BORDER_REFLECT_101, "replicate": cv2.BORDER_REPLICATE,
+                                "constant": cv2.BORDER_CONSTANT, "wrap": cv2.BORDER_WRAP}
+
+
+def test_recipes_build_without_torch_and_albumentations_pytorch_still_imports():
+    """import_albumentations() keeps torch out, yet a user's later ``albumentations.pytorch`` import works."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from augkit.recipe import load_recipe\n"
+        "aug = load_recipe('heavy').build()\n"
+        "out, _ = aug(np.zeros((32, 32, 3), np.uint8), 1)\n"
+        "assert out.shape == (32, 32, 3)\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "from albumentations.pytorch import ToTensorV2\n"
+        "import albumentations\n"
+        "assert albumentations.pytorch.ToTensorV2 is ToTensorV2\n"
+        "assert ToTensorV2(p=1.0)(image=out)['image'].shape == (3, 32, 32)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]

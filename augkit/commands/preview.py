@@ -6,8 +6,6 @@ from typing import List
 
 import typer
 
-from ..preview import preview
-from ..recipe import load_recipe
 from ._common import cli_errors, err
 
 
@@ -23,6 +21,9 @@ def command(
     cell: int = typer.Option(160, "--cell", help="Cell size in pixels."),
 ) -> None:
     """Draw a grid: rows are source images, columns the original and augmented versions."""
+    from ..preview import preview  # deferred: OpenCV, numpy and albumentations load only when it runs
+    from ..recipe import load_recipe
+
     rec = load_recipe(recipe)
     path = preview(rec, sources, output, images=images, versions=versions, seed=seed, extremes=extremes, cell=cell)
     err.print(f"preview of recipe [bold]{rec.name}[/] written to {path}")

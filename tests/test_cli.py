@@ -1,0 +1,130 @@
+"""The ``augkit`` command itself: instant start-up (no torch for help, version and recipes), lazy
+command loading that agrees with each command, and Ctrl-C during start-up (exit 130, no traceback).
+
+Start-up is checked in fresh subprocesses through ``sys.modules`` (what got imported), never by
+wall-clock time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from augkit import cli
+
+HEAVY = ("torch", "torchvision", "ray")
+ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "RAY_AUTH_MODE": "disabled"}
+
+
+def run_cli_and_list_modules(*args: str, cwd: Path | None = None) -> tuple[int, str, set[str]]:
+    """Run ``augkit ARGS`` through :func:`augkit.cli.main` in a fresh interpreter; return its exit code,
+    its stdout and which of the heavy packages it imported."""
+    code = (
+        "import json, sys\n"
+        f"sys.argv = ['augkit', *{list(args)!r}]\n"
+        "from augkit.cli import main\n"
+        "try:\n    main()\n"
+        "except SystemExit as e:\n    rc = e.code or 0\nelse:\n    rc = 0\n"
+        f"print(json.dumps([rc, sorted(m for m in {HEAVY!r} if m in sys.modules)]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=cwd,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    *lines, last = proc.stdout.strip().splitlines()
+    rc, heavy = json.loads(last)
+    return rc, "\n".join(lines), set(heavy)
+
+
+@pytest.mark.parametrize("args", [("--version",), ("--help",), ("recipes", "--help")])
+def test_version_and_help_import_no_torch(args):
+    rc, out, heavy = run_cli_and_list_modules(*args)
+    assert rc == 0
+    assert heavy == set(), f"augkit {' '.join(args)} imported {heavy}"
+
+
+def test_version_prints_the_version():
+    from augkit import __version__
+
+    rc, out, _ = run_cli_and_list_modules("--version")
+    assert out.strip() == f"augkit {__version__}"
+
+
+def test_recipes_commands_import_no_torch(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("train:\n  - flip: {p: 0.5}\n  - albumentations: {transform: GaussianBlur, blur_limit: [3, 5]}\n")
+    for args in (("recipes", "list"), ("recipes", "show", "default"), ("recipes", "check", str(good)),
+                 ("recipes", "ops")):
+        rc, out, heavy = run_cli_and_list_modules(*args)
+        assert rc == 0, (args, out)
+        assert heavy == set(), f"augkit {' '.join(args)} imported {heavy}"
+
+
+def test_root_help_lists_every_command_with_its_own_help():
+    """The one-line helps in cli.COMMANDS (shown without importing) are each command's real help."""
+    runner = CliRunner()
+    res = runner.invoke(cli.app, ["--help"])
+    assert res.exit_code == 0
+    from augkit.commands._lazy import load_command
+
+    for name, (module, attr, short) in cli.COMMANDS.items():
+        assert name in res.output
+        real = load_command(name, module, attr)
+        first = " ".join((real.help or "").strip().split("\n\n")[0].split())
+        assert first == short, f"cli.COMMANDS[{name!r}] help drifted from the command's docstring"
+        sub = runner.invoke(cli.app, [name, "--help"])
+        assert sub.exit_code == 0, (name, sub.output)
+
+
+def test_unknown_command_suggests_without_importing():
+    rc, _, heavy = run_cli_and_list_modules("recipe")
+    assert rc == 2 and heavy == set()
+    res = CliRunner().invoke(cli.app, ["recipe"])
+    assert res.exit_code == 2
+    assert "Did you mean 'recipes'" in res.output
+
+
+def test_keyboard_interrupt_while_importing_a_command_exits_130():
+    """A SIGINT raised while main() is importing a command module: exit 130, one line, no traceback.
+
+    Deterministic: an import hook sends the signal when ``augkit.commands.recipes`` is being imported.
+    """
+    code = (
+        "import os, signal, sys\n"
+        "class Hook:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'augkit.commands.recipes':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        "sys.argv = ['augkit', 'recipes', 'list']\n"
+        "from augkit.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == cli.EXIT_INTERRUPTED == 130
+    assert "Traceback" not in proc.stderr
+    assert "interrupted" in proc.stderr
+
+
+def test_sigint_during_start_up_exits_130_without_traceback():
+    """A real Ctrl-C from outside, sent while the CLI is still importing albumentations."""
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "augkit", "recipes", "list"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    seen = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        seen.append(line)
+        if "albumentations.core" in line:  # albumentations' import has started and is far from done
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    rc = proc.wait(timeout=120)
+    assert any("albumentations.core" in s for s in seen), "the child never imported albumentations"
+    assert rc == 130, rest[-2000:]
+    assert "Traceback" not in rest
