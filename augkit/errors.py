@@ -2,6 +2,10 @@
 
 Every error a user can cause derives from :class:`AugkitError` and carries the exit
 code the CLI returns. Library users catch them like any exception.
+
+Every class here pickles (``__reduce__`` rebuilds it from its own fields): errors cross
+process boundaries (augment's worker pool, DataLoader workers, Ray), and an exception that
+cannot be unpickled there hangs or kills the parent instead of naming the file.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ class RecipeError(UsageError):
 
     def __init__(self, message: str, *, source: str | None = None, where: str | None = None,
                  line: int | None = None, allowed: str | None = None):
+        self.message = message
         self.source, self.where, self.line, self.allowed = source, where, line, allowed
         parts = []
         loc = source or "recipe"
@@ -42,6 +47,10 @@ class RecipeError(UsageError):
             text += f" (allowed: {allowed})"
         super().__init__(text)
 
+    def __reduce__(self):
+        kwargs = {"source": self.source, "where": self.where, "line": self.line, "allowed": self.allowed}
+        return (_rebuild, (type(self), (self.message,), kwargs), self.__dict__)
+
 
 class ImageError(AugkitError):
     """An input image that cannot be used; ``reason`` is a short machine-readable tag."""
@@ -49,3 +58,12 @@ class ImageError(AugkitError):
     def __init__(self, path, reason: str, detail: str = ""):
         self.path, self.reason, self.detail = str(path), reason, detail
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), (self.path, self.reason, self.detail), {}), self.__dict__)
+
+
+def _rebuild(cls: type, args: tuple, kwargs: dict) -> Exception:
+    """Unpickle an error through its own ``__init__`` (plain ``Exception`` pickling passes only
+    the formatted message, which the classes above cannot be rebuilt from)."""
+    return cls(*args, **kwargs)

@@ -39,10 +39,14 @@ def test_missing_file_is_not_found(tmp_path):
 def test_unreadable_file_is_reported(tmp_path, monkeypatch):
     p = write(tmp_path / "x.png", photo())
 
-    def deny(self):
-        raise PermissionError(13, "Permission denied")
+    real_open = os.open
 
-    monkeypatch.setattr(Path, "read_bytes", deny)  # root ignores chmod 000, so simulate the OS error
+    def deny(path, *args, **kwargs):
+        if os.fspath(path) == os.fspath(p):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", deny)  # root ignores chmod 000, so simulate the OS error
     with pytest.raises(ImageError) as e:
         read_image(p)
     assert e.value.reason == "permission denied"
