@@ -19,9 +19,11 @@ import torch
 
 from . import __version__
 from .checkpoint import ModelMeta
+from .devices import resolve_device
 from .errors import AugkitError, UsageError
 from .images import DEFAULT_MAX_PIXELS, scan_folder, write_image
-from .predict import Progress, load_for_inference, resolve_device, resolve_tta, run_tta, save_text
+from .inference import Progress, load_for_inference, resolve_tta, run_tta
+from .outfiles import save_text
 from .recipe import TTASpec
 from .tta import merge_probs
 from .views import View, view_to_yaml
@@ -126,10 +128,12 @@ def labelled_items(data: str | os.PathLike, meta: ModelMeta) -> tuple[list[str],
 # ====================================================================== evaluate
 
 def evaluate(run: str | os.PathLike, data: str | os.PathLike, *, tta: TTASpec | str | None = "flip",
-             top_k: int = 5, batch_size: int = 64, device: str = "cpu", workers: int = 0,
+             top_k: int = 5, batch_size: int = 64, device: str = "cpu", workers: int | None = 0,
              max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: Progress | None = None,
              on_start: Callable[[int], None] | None = None, tta_label: str | None = None) -> dict:
-    """Score the run's model on a labelled folder: the report as a JSON-ready dict."""
+    """Score the run's model on a labelled folder: the report as a JSON-ready dict.
+
+    ``workers``: decoding processes; None picks :func:`augkit.inference.default_workers`."""
     spec = tta if isinstance(tta, TTASpec) else resolve_tta(tta)
     if top_k < 1:
         raise UsageError(f"--top-k {top_k}: must be >= 1")

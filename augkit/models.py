@@ -1,4 +1,5 @@
-"""torchvision ResNets with a new classification head, and the weights they start from."""
+"""The weights a model starts from: ImageNet through torchvision, or a file (an earlier augkit
+run, or a plain torchvision state dict). The architectures themselves live in :mod:`augkit.archs`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,20 +8,13 @@ import torch
 import torchvision
 from torch import nn
 
+from .archs import ARCHS, build_model
+from .checkpoint import FORMAT, check_state_dict, find_checkpoint, load_checkpoint
 from .errors import UsageError
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+__all__ = ["ARCHS", "build_model", "imagenet_state_dict", "load_backbone_weights", "weights_file_state_dict"]
 _WEIGHTS_ENUM = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
                  "resnet101": "ResNet101_Weights", "resnet152": "ResNet152_Weights"}
-
-
-def build_model(arch: str, num_classes: int) -> nn.Module:
-    """An untrained torchvision ResNet whose ``fc`` has ``num_classes`` outputs."""
-    if arch not in ARCHS:
-        raise UsageError(f"unknown arch {arch!r} (allowed: {', '.join(ARCHS)})")
-    model = getattr(torchvision.models, arch)(weights=None)
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return model
 
 
 def imagenet_state_dict(arch: str) -> dict:
@@ -55,9 +49,11 @@ def load_backbone_weights(model: nn.Module, state: dict, source: str) -> list[st
 
 
 def weights_file_state_dict(path: str | Path) -> dict:
-    """A state dict from a file: an augkit checkpoint/run folder or a plain torchvision state dict."""
-    from .checkpoint import find_checkpoint, load_checkpoint
-
+    """A state dict from a file: an augkit checkpoint/run folder (validated in full, as predict
+    does) or a plain torchvision state dict (optionally under a ``state_dict`` key)."""
     path = Path(path)
-    ckpt = load_checkpoint(find_checkpoint(path)) if path.is_dir() else load_checkpoint(path, allow_plain=True)
-    return ckpt["state_dict"] if "state_dict" in ckpt else ckpt
+    source = find_checkpoint(path) if path.is_dir() else path
+    ckpt = load_checkpoint(source, allow_plain=not path.is_dir())
+    if ckpt.get("format") == FORMAT:
+        return ckpt["state_dict"]  # validated by load_checkpoint
+    return check_state_dict(ckpt["state_dict"] if "state_dict" in ckpt else ckpt, source)

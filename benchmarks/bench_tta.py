@@ -36,11 +36,12 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import augkit.predict as predict_mod  # noqa: E402
+import augkit.inference as inference_mod  # noqa: E402
 from augkit.checkpoint import ModelMeta, load_model, save_checkpoint  # noqa: E402
 from augkit.images import DECODE_POLICY  # noqa: E402
 from augkit.models import build_model  # noqa: E402
-from augkit.predict import DecodedImages, predict, to_model_input  # noqa: E402
+from augkit.inference import DecodedImages, to_model_input  # noqa: E402
+from augkit.predict import predict  # noqa: E402
 from augkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY  # noqa: E402
 from augkit.tta import TTAWrapper  # noqa: E402
 from augkit.views import preset_views  # noqa: E402
@@ -143,17 +144,17 @@ def main(argv: list[str] | None = None) -> int:
                 forward(TTAWrapper(model, views)), repeats=args.repeats)
             plain_e2e, plain_fwd = plain_e2e / v, plain_fwd / v
             calls: list[str] = []
-            real = predict_mod.read_image
+            real = inference_mod.read_image
 
             def counting(path, **kw):
                 calls.append(str(path))
                 return real(path, **kw)
 
-            predict_mod.read_image = counting
+            inference_mod.read_image = counting
             try:
                 predict(run, [tmp / "img"], tta=name, device="cpu", batch_size=args.batch_size, workers=0)
             finally:
-                predict_mod.read_image = real
+                inference_mod.read_image = real
             rows.append({"preset": name, "views": v, "plain_predict_s": round(plain_e2e, 3),
                          "plain_model_s": round(plain_fwd, 3), "predict_s": round(e2e, 3),
                          "predict_ratio_to_v_plain": round(e2e / (v * plain_e2e), 3),

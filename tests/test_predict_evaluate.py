@@ -18,14 +18,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import augkit.predict as predict_mod
+import augkit.inference as inference_mod
+import augkit.outfiles as outfiles_mod
 from augkit.checkpoint import ModelMeta, save_checkpoint
 from augkit.cli import app
 from augkit.errors import UsageError
 from augkit.evaluate import evaluate
 from augkit.images import DECODE_POLICY, read_image
 from augkit.models import build_model
-from augkit.predict import predict, to_model_input
+from augkit.inference import to_model_input
+from augkit.predict import predict
 from augkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY, eval_image
 
 CLASSES = ["zero", "one", "two"]  # the model's order; not alphabetical, so folder order would be wrong
@@ -127,13 +129,13 @@ def test_plain_predict_equals_the_model_on_hand_decoded_images(run_dir, data_dir
 
 def test_predict_decodes_each_image_once(run_dir, data_dir, monkeypatch):
     calls: list[str] = []
-    real = predict_mod.read_image
+    real = inference_mod.read_image
 
     def counting(path, **kw):
         calls.append(str(path))
         return real(path, **kw)
 
-    monkeypatch.setattr(predict_mod, "read_image", counting)
+    monkeypatch.setattr(inference_mod, "read_image", counting)
     preds = predict(run_dir, [data_dir], tta="flip+shift", device="cpu", workers=0)
     assert len(preds.rows) == 3 * PER_CLASS
     assert sorted(calls) == sorted(r["path"] for r in preds.rows)  # 10 views, one decode each
@@ -316,7 +318,7 @@ def test_a_failed_write_exits_1_and_leaves_no_file(run_dir, data_dir, tmp_path, 
     def full(path, text):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(predict_mod, "atomic_write_text", full)
+    monkeypatch.setattr(outfiles_mod, "atomic_write_text", full)
     out = tmp_path / "p.csv"
     res = cli("predict", run_dir, data_dir, "-o", out, "--device", "cpu", "--workers", "0")
     assert res.exit_code == 1 and "No space left" in res.stderr

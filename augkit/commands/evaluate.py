@@ -8,12 +8,11 @@ import typer
 from rich.markup import escape as esc
 from rich.table import Table
 
-from ..errors import EXIT_SKIPPED
-from ..evaluate import evaluate, write_confusion, write_report
+from ..errors import EXIT_SKIPPED, UsageError
 from ..images import DEFAULT_MAX_PIXELS
-from ..predict import check_output, resolve_device, resolve_tta
+from ..outfiles import check_output
 from ._common import cli_errors, err
-from .predict import TTA_HELP, Merge, default_workers, list_skipped, progress_bar, say
+from ._infer import BETA_HELP, MERGE_HELP, TTA_HELP, WORKERS_HELP, Merge, list_skipped, progress_bar, say
 
 MAX_TABLE_CLASSES = 12
 
@@ -23,18 +22,15 @@ def command(
     run: Path = typer.Argument(..., help="Run folder (uses its best.pt) or a checkpoint file."),
     data: Path = typer.Argument(..., help="Labelled folder: DATA/<class>/<image>; classes by the model's names."),
     tta: str = typer.Option("flip", "--tta", "-t", help=TTA_HELP),
-    merge: Optional[Merge] = typer.Option(None, "--merge", help="How views merge (on probabilities) "
-                                          "\\[default: the recipe's, else mean]."),
-    beta: Optional[float] = typer.Option(None, "--beta", min=0.0, max=1.0,
-                                         help="Blend: (1-beta) * merged + beta * plain view \\[default: 0]."),
+    merge: Optional[Merge] = typer.Option(None, "--merge", help=MERGE_HELP),
+    beta: Optional[float] = typer.Option(None, "--beta", min=0.0, max=1.0, help=BETA_HELP),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the full report as JSON."),
     confusion: Optional[Path] = typer.Option(None, "--confusion", help="Draw the TTA confusion matrix (.png)."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Also report top-k accuracy (k capped at the "
                               "number of classes)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per batch (each with all views)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0,
-                                          help="Decoding worker processes \\[default: min(4, CPU count)]."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0, help=WORKERS_HELP),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
                                    help="Reject images with more pixels (read from the header)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing report/confusion files."),
@@ -45,16 +41,20 @@ def command(
 
     Exit codes: 0 done; 1 nothing could be read; 2 bad options or classes the model does not know; 3 done, but some images were skipped (listed in the report).
     """
+    # deferred: the library imports torch (seconds); `augkit --help` must not pay for it
+    from ..devices import resolve_device
+    from ..evaluate import evaluate, write_confusion, write_report
+    from ..inference import resolve_tta
+
     spec = resolve_tta(tta, merge=merge.value if merge else None, beta=beta)
     resolve_device(device)
     check_output(report, overwrite, "report")
     check_output(confusion, overwrite, "confusion picture")
     if confusion is not None and confusion.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
-        from ..errors import UsageError
         raise UsageError(f"--confusion {confusion}: give a picture file name (.png)")
     with progress_bar("evaluate") as (on_start, on_progress):
         rep = evaluate(run, data, tta=spec, top_k=top_k, batch_size=batch_size, device=device,
-                       workers=default_workers() if workers is None else workers, max_pixels=max_pixels,
+                       workers=workers, max_pixels=max_pixels,
                        on_start=on_start, progress=on_progress, tta_label=tta)
     if report is not None:
         write_report(rep, report)

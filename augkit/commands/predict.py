@@ -1,7 +1,6 @@
 """``augkit predict RUN INPUTS...``: class predictions, optionally averaged over TTA views."""
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -11,19 +10,11 @@ from rich.markup import escape as esc
 
 from ..errors import EXIT_SKIPPED, UsageError
 from ..images import DEFAULT_MAX_PIXELS
-from ..predict import FORMATS, check_output, errors_path, predict, resolve_device, resolve_tta, write_predictions
-from ..views import MERGE_MODES
-from ._common import cli_errors, err, is_tty
+from ..outfiles import FORMATS, check_output, errors_path, write_predictions
+from ._common import cli_errors
+from ._infer import BETA_HELP, MERGE_HELP, TTA_HELP, WORKERS_HELP, Merge, list_skipped, progress_bar, say
 
-Merge = Enum("Merge", {m: m for m in MERGE_MODES}, type=str)
 Format = Enum("Format", {f: f for f in FORMATS}, type=str)
-TTA_HELP = ("TTA views: a preset (identity, flip, vflip, shift, five-crop, ten-crop, scales, d4; combine with +, "
-            "e.g. flip+shift), a built-in recipe (tta-flip, tta-flip-shift, tta-ten-crop) or a recipe .yaml "
-            "with a tta section.")
-
-
-def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
 
 
 @cli_errors
@@ -35,15 +26,12 @@ def command(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write \\[default: stdout]."),
     fmt: Format = typer.Option("csv", "--format", "-f", help="csv: path,label,prob (+ top-k columns); jsonl."),
     top_k: int = typer.Option(1, "--top-k", "-k", min=1, help="Also give the k most likely classes."),
-    merge: Optional[Merge] = typer.Option(None, "--merge", help="How views merge (on probabilities) "
-                                          "\\[default: the recipe's, else mean]."),
-    beta: Optional[float] = typer.Option(None, "--beta", min=0.0, max=1.0,
-                                         help="Blend: (1-beta) * merged + beta * plain view \\[default: 0]."),
+    merge: Optional[Merge] = typer.Option(None, "--merge", help=MERGE_HELP),
+    beta: Optional[float] = typer.Option(None, "--beta", min=0.0, max=1.0, help=BETA_HELP),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per batch (each with all views)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0,
-                                          help="Decoding worker processes; 0 decodes in the main process "
-                                          "\\[default: min(4, CPU count)]."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0, help=WORKERS_HELP + " With --engine ray: "
+                                          "actors in the pool \\[default: the cluster's CPUs]."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
                                    help="Reject images with more pixels (read from the header)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
@@ -59,6 +47,11 @@ def command(
 
     With -o, skipped inputs (unreadable, truncated, not an image) are listed in <output>.errors.csv. Exit codes: 0 done; 2 bad options; 3 done, but some inputs were skipped.
     """
+    # deferred: the library imports torch (seconds); `augkit --help` must not pay for it
+    from ..devices import resolve_device
+    from ..inference import resolve_tta
+    from ..predict import predict
+
     spec = resolve_tta(tta, merge=merge.value if merge else None, beta=beta)
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine {engine!r} is not supported (allowed: local, ray)")
@@ -78,7 +71,7 @@ def command(
                                 on_start=on_start, progress=on_progress)
         else:
             preds = predict(run, [str(i) for i in inputs], tta=spec, top_k=top_k, batch_size=batch_size,
-                            device=device, workers=default_workers() if workers is None else workers,
+                            device=device, workers=workers,
                             max_pixels=max_pixels, on_start=on_start, progress=on_progress)
     efile = write_predictions(preds, output, fmt.value, top_k)
     c = preds.counts
@@ -89,42 +82,3 @@ def command(
     if preds.errors:
         raise typer.Exit(code=EXIT_SKIPPED)
 
-
-def say(text: str) -> None:
-    """One message line on stderr, never wrapped (paths stay copyable)."""
-    err.print(text, soft_wrap=True)
-
-
-def list_skipped(errors: list[dict], where: str, show: int = 10) -> None:
-    for e in errors[:show]:
-        say("  [red]skipped[/] " + esc(f"{e['path']}: {e['reason']}" + (f" ({e['detail']})" if e["detail"] else "")))
-    if len(errors) > show:
-        say(esc(f"  ... {len(errors) - show} more {where}"))
-    elif errors and where:
-        say(esc(f"skipped inputs are listed {where}"))
-
-
-class progress_bar:
-    """A rich progress bar on stderr when it is a terminal; yields the library's callbacks."""
-
-    def __init__(self, title: str):
-        self.title = title
-
-    def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn(f"[bold]{self.title}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=err, transient=True, disable=not is_tty())
-        self.bar.__enter__()
-        self.task = None
-
-        def on_start(n: int) -> None:
-            self.task = self.bar.add_task("images", total=n)
-
-        def on_progress(k: int) -> None:
-            self.bar.update(self.task, advance=k)
-
-        return on_start, on_progress
-
-    def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
