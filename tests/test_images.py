@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from augkit.errors import ImageError
-from augkit.images import atomic_write_bytes, decode_image, read_image, scan_folder, write_image
+from augkit.images import atomic_write_bytes, check_image_bytes, decode_image, read_image, scan_folder, write_image
 from _imgs import class_folder, photo, write
 
 
@@ -182,3 +182,68 @@ def test_scan_survives_symlink_loop_and_flat_folder(tmp_path):
     os.symlink(tmp_path, tmp_path / "loop")
     s = scan_folder(tmp_path)
     assert [r for r, _ in s.items] == ["x.png"] and s.flat
+
+
+# ---------------------------------------------------------------- where a JPEG ends (issue 9, case 15)
+
+def fake_video() -> bytes:
+    """What a phone appends after a motion photo's JPEG: an MP4 (here its box header and noise,
+    with JPEG-like markers inside to show they are not mistaken for the picture's end)."""
+    rng = np.random.default_rng(0)
+    return b"\x00\x00\x00\x18ftypmp42" + b"\xff\xd8\xff\xd9" + rng.integers(0, 256, 4000, dtype=np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_data_after_the_jpeg_end_is_ignored(tmp_path, progressive):
+    buf = io.BytesIO()
+    Image.fromarray(photo("astronaut", (320, 240))).save(buf, "JPEG", quality=90, progressive=progressive)
+    p = tmp_path / "motion.jpg"
+    p.write_bytes(buf.getvalue() + fake_video())
+    plain = decode_image(buf.getvalue())
+    assert np.array_equal(read_image(p), plain)
+    assert np.array_equal(read_image(p, min_side=100), decode_image(buf.getvalue(), min_side=100))
+    check_image_bytes(p.read_bytes(), p)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.9])
+def test_a_jpeg_cut_short_with_an_end_marker_appended_is_truncated(tmp_path, fraction):
+    data = jpeg_bytes(photo("astronaut", (320, 240)))
+    p = tmp_path / "cut.jpg"
+    p.write_bytes(data[: int(len(data) * fraction)] + b"\xff\xd9")
+    for kwargs in ({}, {"min_side": 32}, {"max_side": 50}):
+        with pytest.raises(ImageError) as e:
+            read_image(p, **kwargs)
+        assert e.value.reason == "truncated"
+
+
+def test_a_jpeg_without_end_marker_is_truncated_by_the_header_check(tmp_path):
+    data = jpeg_bytes(photo("astronaut", (320, 240)))
+    with pytest.raises(ImageError) as e:
+        check_image_bytes(data[: len(data) * 2 // 3], "cut.jpg")
+    assert e.value.reason == "truncated" and e.value.path == "cut.jpg"
+
+
+def test_a_real_grey_corner_is_not_mistaken_for_a_cut(tmp_path):
+    img = photo("astronaut", (320, 240))
+    img[-32:] = 128  # a flat grey band (exactly 128) at the bottom, aligned to whole blocks
+    img[:, -32:] = 128
+    data = jpeg_bytes(img, quality=95)
+    out = decode_image(data)
+    assert (out[-1, -1] == 128).all()  # precondition: the corner decodes exactly as libjpeg's fill
+    assert np.abs(out.astype(int) - img).mean() < 4
+    assert decode_image(data, max_side=80).shape == (60, 80, 3)
+
+
+def test_segments_are_skipped_by_length_not_searched_for_markers(tmp_path):
+    """An EXIF thumbnail inside APP1 has its own end marker: a file cut right after it is truncated."""
+    thumb = jpeg_bytes(photo(size=(16, 12)))
+    main = jpeg_bytes(photo("astronaut", (320, 240)))
+    payload = b"Exif\x00\x00" + thumb
+    app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    whole = main[:2] + app1 + main[2:]
+    assert np.array_equal(decode_image(whole), decode_image(main))
+    cut = whole[: 2 + len(app1)]
+    assert cut.endswith(b"\xff\xd9")  # the old "ends with FFD9" test would have let it through
+    with pytest.raises(ImageError) as e:
+        decode_image(cut)
+    assert e.value.reason == "truncated"
