@@ -1,32 +1,33 @@
 """Offline augmentation of an image folder: a *plan* (work items with their seeds) and its
-execution by an executor, with an atomic, resumable output folder and a manifest.
+execution by an executor, with an atomic, resumable output folder and its records.
 
-Output layout: ``DST/<same relative folder>/<stem>__aug<k><ext>`` for copy ``k`` (0-based);
-``DST/manifest.jsonl`` (one row per output), ``DST/errors.jsonl`` (one row per skipped input),
-``DST/augkit-run.yaml`` (resolved settings and recipe). While running, finished rows are
-appended to the hidden journal ``DST/.augkit-journal.jsonl`` so a killed run can resume.
+Output layout: ``DST/<same relative folder>/<stem>__aug<k><ext>`` for copy ``k`` (0-based). The
+records (manifest history, errors, run history, journal, lock) are described in
+:mod:`augkit.outdir`; the work on one item in :mod:`augkit.augment_task`.
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterable
-
-import yaml
+from typing import Callable
 
 from . import __version__
-from .errors import EXIT_OK, EXIT_SKIPPED, AugkitError, ImageError, UsageError
-from .images import (DEFAULT_MAX_PIXELS, DECODE_POLICY, OUTPUT_FORMATS, atomic_write_bytes, atomic_write_text,
-                     encode_image, read_bytes, decode_image, scan_folder)
-from .recipe import Recipe, parse_recipe
+from .augment_task import AugmentTask, TaskSettings, WorkItem
+from .errors import EXIT_OK, EXIT_SKIPPED, AugkitError, UsageError
+from .images import DECODE_POLICY, DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, scan_folder
+from .outdir import ERRORS, JOURNAL, MANIFEST, RUNFILE, Journal, append_run, finalize, latest_rows, locked, \
+    remove_stale_temps
+from .recipe import Recipe, load_recipe
 from .seeding import derive_seed
 
-MANIFEST, ERRORS, RUNFILE, JOURNAL = "manifest.jsonl", "errors.jsonl", "augkit-run.yaml", ".augkit-journal.jsonl"
+__all__ = ["AugmentOptions", "AugmentResult", "Plan", "WorkItem", "augment", "make_plan", "run_plan",
+           "MANIFEST", "ERRORS", "RUNFILE", "JOURNAL"]
 
 
 @dataclass
@@ -43,6 +44,8 @@ class AugmentOptions:
     dry_run: bool = False
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     engine: str = "local"
+    max_side: int | None = None  # shrink so the longer side is <= max_side (never enlarge)
+    require_change: bool = False  # redraw copies identical to their source
 
     def validate(self) -> None:
         if self.copies is None and self.per_class is None:
@@ -57,20 +60,13 @@ class AugmentOptions:
             raise UsageError(f"--format {self.format!r} is not supported (allowed: {', '.join(OUTPUT_FORMATS)})")
         if not 1 <= self.quality <= 100:
             raise UsageError(f"--quality must be in [1, 100], got {self.quality}")
-        if self.workers is not None and self.workers < 1:
-            raise UsageError(f"--workers must be >= 1, got {self.workers}")
-        if self.max_pixels is not None and self.max_pixels < 1:
-            raise UsageError(f"--max-pixels must be >= 1, got {self.max_pixels}")
+        for name in ("workers", "max_pixels", "max_side"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
-
-@dataclass(frozen=True)
-class WorkItem:
-    src: str  # path relative to SRC (posix)
-    out: str  # path relative to DST (posix)
-    cls: str
-    copy: int  # copy index; -1 for a copy of the original
-    seed: int  # the sample seed, derived from (seed, src, copy)
-    verify: bool = False  # the output exists without a manifest row: keep it only if it is byte-identical
+    def settings(self) -> TaskSettings:
+        return TaskSettings(self.max_pixels, self.max_side, self.quality, self.require_change)
 
 
 @dataclass
@@ -84,6 +80,7 @@ class Plan:
     empty_classes: list[str]
     classes: list[str]
     per_class_counts: dict[str, int] = field(default_factory=dict)
+    links_into_dst: list[str] = field(default_factory=list)  # inputs that lead into DST: skipped
 
 
 def _check_dirs(src: Path, dst: Path) -> None:
@@ -100,6 +97,42 @@ def _check_dirs(src: Path, dst: Path) -> None:
         raise UsageError(f"output {dst} exists and is not a folder")
 
 
+def _split_links_into_dst(src: Path, dst: Path, items: list[tuple[str, str]]):
+    """Inputs whose real path lies in DST (a symlink in SRC pointing there): augkit must never
+    augment its own outputs. Returns (kept items, skipped relative paths)."""
+    d = dst.resolve()
+    kept, links = [], []
+    for rel, cls in items:
+        real = (src / rel).resolve()
+        (links if real == d or d in real.parents else kept).append((rel, cls))
+    return kept, [rel for rel, _ in links]
+
+
+def _copies_per_file(by_class: dict[str, list[str]], options: AugmentOptions) -> tuple[dict[str, int], dict]:
+    """Copies for each file; with ``per_class`` the remainder goes to files chosen by the seed."""
+    if options.per_class is None:
+        return {rel: options.copies for rels in by_class.values() for rel in rels}, {}
+    copies, counts = {}, {}
+    for cls, rels in by_class.items():
+        need = max(0, options.per_class - len(rels))
+        base, extra = divmod(need, len(rels))
+        lucky = set(sorted(rels, key=lambda r: derive_seed(options.seed, r, 0, salt="per-class"))[:extra])
+        copies.update({rel: base + (rel in lucky) for rel in rels})
+        counts[cls] = len(rels) + need
+    return copies, counts
+
+
+def _outputs(rel: str, copies: int, originals: bool, fmt: str | None) -> list[tuple[int, str, str]]:
+    """(copy, output name, the name with the source's extension folded in) for one source."""
+    p = Path(rel)
+    ext = OUTPUT_FORMATS[fmt.lower()] if fmt else p.suffix
+    outs = [(-1, f"{p.stem}{p.suffix}")] if originals else []
+    outs += [(k, f"{p.stem}__aug{k}{ext}") for k in range(copies)]
+    alt = f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+    parent = "" if p.parent.as_posix() == "." else p.parent.as_posix() + "/"
+    return [(k, parent + name, parent + alt + name[len(p.stem):]) for k, name in outs]
+
+
 def make_plan(src: str | os.PathLike, dst: str | os.PathLike, recipe: Recipe, options: AugmentOptions) -> Plan:
     """Every output to produce, with its seed. Pure: reads the folder listing, writes nothing."""
     options.validate()
@@ -107,106 +140,27 @@ def make_plan(src: str | os.PathLike, dst: str | os.PathLike, recipe: Recipe, op
     _check_dirs(src, dst)
     if not recipe.train:
         raise UsageError(f"recipe {recipe.name!r} has no train section: nothing to augment with")
-    scan = scan_folder(src)
-    if not scan.items:
-        raise UsageError(f"{src}: no images found (looked for {', '.join(sorted({'.jpg', '.png', '.webp', '.bmp', '.tif'}))} "
+    scan = scan_folder(src, exclude=dst)
+    found, links = _split_links_into_dst(src, dst, scan.items)
+    if not found:
+        raise UsageError(f"{src}: no images found (looked for .bmp, .jpg, .png, .tif, .webp "
                          "in the folder and its class folders)")
     by_class: dict[str, list[str]] = defaultdict(list)
-    for rel, cls in scan.items:
+    for rel, cls in found:
         by_class[cls].append(rel)
-    copies_of: dict[str, int] = {}
-    originals = options.originals
-    counts: dict[str, int] = {}
-    if options.per_class is not None:
-        originals = True  # a balanced folder holds the originals plus the top-up
-        for cls, rels in by_class.items():
-            need = max(0, options.per_class - len(rels))
-            base, extra = divmod(need, len(rels))
-            for i, rel in enumerate(rels):
-                copies_of[rel] = base + (1 if i < extra else 0)
-            counts[cls] = len(rels) + need
-    else:
-        copies_of = {rel: options.copies for rel, _ in scan.items}
+    copies_of, counts = _copies_per_file(by_class, options)
+    originals = options.originals or options.per_class is not None  # a balanced folder holds the originals
     items: list[WorkItem] = []
     seen: dict[str, str] = {}
-    for rel, cls in scan.items:
-        p = Path(rel)
-        ext = OUTPUT_FORMATS[options.format.lower()] if options.format else p.suffix
-        stem = p.stem
-        parent = p.parent.as_posix()
-        outs = []
-        if originals:
-            outs.append((-1, f"{stem}{p.suffix}"))
-        outs += [(k, f"{stem}__aug{k}{ext}") for k in range(copies_of[rel])]
-        for k, name in outs:
-            out = name if parent == "." else f"{parent}/{name}"
+    for rel, cls in found:
+        for k, out, alt in _outputs(rel, copies_of[rel], originals, options.format):
             if out.lower() in seen:  # a.jpg and a.png both asked for a__aug0.jpg
-                name = f"{stem}_{p.suffix.lstrip('.').lower()}{name[len(stem):]}"
-                out = name if parent == "." else f"{parent}/{name}"
+                out = alt
             if out.lower() in seen:
                 raise UsageError(f"{rel} and {seen[out.lower()]} would both write {out}")
             seen[out.lower()] = rel
             items.append(WorkItem(rel, out, cls, k, derive_seed(options.seed, rel, k, salt="augment")))
-    return Plan(src, dst, recipe, options, items, scan.ignored, scan.empty_classes, scan.classes, counts)
-
-
-class AugmentTask:
-    """What a worker does with one item: read SRC file, augment with the item's seed, write DST file."""
-
-    def __init__(self, src: Path, dst: Path, recipe_text: str, recipe_source: str, options: AugmentOptions):
-        self.src, self.dst = Path(src), Path(dst)
-        self.recipe_text, self.recipe_source, self.options = recipe_text, recipe_source, options
-        self._aug = None
-        self._last = None  # (src, bytes, decoded image) of the last source
-
-    def setup(self) -> None:
-        if self._aug is None:
-            self._aug = parse_recipe(self.recipe_text, self.recipe_source).build()
-
-    def _decoded(self, src: str, path: Path):
-        """Decode once per source: the copies of one image are consecutive work items, so the
-        last decoded image is reused (each executor hands a worker consecutive items in chunks)."""
-        last = self._last
-        if last is not None and last[0] == src:
-            return last[1], last[2]
-        self._last = None
-        data = read_bytes(path)
-        img = decode_image(data, path, max_pixels=self.options.max_pixels)
-        self._last = (src, data, img)
-        return data, img
-
-    def __call__(self, item: WorkItem) -> dict:
-        t0 = time.perf_counter()
-        path = self.src / item.src
-        out_path = self.dst / item.out
-        try:
-            data, img = self._decoded(item.src, path)
-        except ImageError as exc:
-            return {"status": "bad", "item": item, "reason": exc.reason, "detail": exc.detail}
-        applied: list = []
-        if item.copy < 0:
-            payload = data  # the original, byte for byte
-        else:
-            self.setup()
-            out, applied = self._aug(img.copy(), item.seed)  # the cached image stays pristine
-            payload = encode_image(out, out_path.suffix, quality=self.options.quality)
-        if item.verify:
-            try:
-                same = out_path.read_bytes() == payload
-            except OSError:
-                same = False
-            if not same:
-                return {"status": "exists", "item": item}
-            return {"status": "ok", "item": item, "transforms": applied, "width": int(img.shape[1]),
-                    "height": int(img.shape[0]), "verified": True}
-        try:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(out_path, payload)
-        except OSError as exc:
-            return {"status": "fatal", "item": item, "reason": "write failed",
-                    "detail": f"{out_path}: {exc.strerror or exc}"}
-        return {"status": "ok", "item": item, "transforms": applied, "width": int(img.shape[1]),
-                "height": int(img.shape[0]), "seconds": time.perf_counter() - t0}
+    return Plan(src, dst, recipe, options, items, scan.ignored, scan.empty_classes, scan.classes, counts, links)
 
 
 @dataclass
@@ -216,10 +170,12 @@ class AugmentResult:
     already_done: int = 0
     bad: list[dict] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)  # outputs present but not from these settings
+    unchanged: int = 0  # augmented copies identical to their source (no step changed a pixel)
     fatal: str | None = None
     aborted: str | None = None
     seconds: float = 0.0
     dry_run: bool = False
+    todo: list[WorkItem] = field(default_factory=list)  # what a dry run would do
 
     @property
     def exit_code(self) -> int:
@@ -232,118 +188,129 @@ class AugmentResult:
         return self.written / self.seconds if self.seconds > 0 else 0.0
 
 
-def _manifest_row(plan: Plan, item: WorkItem, res: dict) -> dict:
-    import albumentations
-
-    return {"source": item.src, "output": item.out, "class": item.cls, "copy": item.copy,
-            "kind": "original" if item.copy < 0 else "augmented", "seed": plan.options.seed,
-            "sample_seed": item.seed, "transforms": res.get("transforms", []),
-            "width": res.get("width"), "height": res.get("height"),
-            "recipe": plan.recipe.name, "recipe_hash": plan.recipe.hash,
-            "augkit": __version__, "albumentations": albumentations.__version__}
-
-
-def _read_rows(path: Path) -> list[dict]:
-    rows = []
+@lru_cache(maxsize=1)
+def _albumentations_version() -> str:
+    """From the package metadata: importing albumentations just for its version costs ~0.5 s."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a torn last line from a killed run
-    except FileNotFoundError:
-        pass
-    return rows
+        return metadata.version("albumentations")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
-def _done_rows(plan: Plan) -> dict[str, dict]:
-    """Rows of outputs finished earlier with the same recipe and seed, keyed by output path."""
-    rows = {}
-    for r in _read_rows(plan.dst / MANIFEST) + _read_rows(plan.dst / JOURNAL):
-        if (r.get("recipe_hash") == plan.recipe.hash and r.get("seed") == plan.options.seed
-                and (plan.dst / r.get("output", "\0")).is_file()):
-            rows[r["output"]] = r
-    return rows
-
-
-def run_plan(plan: Plan, *, executor=None, on_progress: Callable[[dict], None] | None = None,
-             on_start: Callable[[int], None] | None = None) -> AugmentResult:
-    """Execute a plan: skip finished work, write the rest, then the manifest and errors files."""
-    from .executors import get_executor
-
+def _manifest_row(plan: Plan, item: WorkItem, res: dict) -> dict:
     opts = plan.options
-    result = AugmentResult(plan, dry_run=opts.dry_run)
-    done = _done_rows(plan) if plan.dst.exists() and not opts.overwrite else {}
-    todo: list[WorkItem] = []
+    row = {"source": item.src, "output": item.out, "class": item.cls, "copy": item.copy,
+           "kind": "original" if item.copy < 0 else "augmented", "seed": opts.seed,
+           "sample_seed": item.seed, "transforms": res.get("transforms", []),
+           "width": res.get("width"), "height": res.get("height"), "max_side": opts.max_side,
+           "recipe": plan.recipe.name, "recipe_hash": plan.recipe.hash,
+           "augkit": __version__, "albumentations": _albumentations_version()}
+    if item.copy >= 0:
+        row["unchanged"] = bool(res.get("unchanged"))
+        if opts.require_change:
+            row.update(require_change=True, redraws=int(res.get("redraws", 0)))
+    return row
+
+
+def _same_settings(plan: Plan, row: dict) -> bool:
+    """Whether a recorded output was made as this plan would make it."""
+    o = plan.options
+    return (row.get("recipe_hash") == plan.recipe.hash and row.get("seed") == o.seed
+            and row.get("max_side") == o.max_side
+            and bool(row.get("require_change", False)) == (o.require_change and row.get("kind") != "original"))
+
+
+def _todo(plan: Plan, result: AugmentResult) -> list[WorkItem]:
+    """The items still to run; finished ones count as already done, unrecorded outputs are verified."""
+    opts = plan.options
+    done = {} if opts.overwrite or not plan.dst.is_dir() else latest_rows(plan.dst)
+    todo = []
     for item in plan.items:
-        if item.out in done:
+        row = done.get(item.out)
+        exists = (plan.dst / item.out).is_file() if (row or not opts.overwrite) else False
+        if row is not None and exists and _same_settings(plan, row):
             result.already_done += 1
-        elif (plan.dst / item.out).exists() and not opts.overwrite:
+        elif exists and not opts.overwrite:
             # e.g. finished by a killed run before its row reached the journal: recompute and compare
             todo.append(replace(item, verify=True))
         else:
             todo.append(item)
+    return todo
+
+
+def _run_entry(plan: Plan, executor) -> dict:
+    return {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "augkit": __version__,
+            "source": str(plan.src), "destination": str(plan.dst), "decode_policy": DECODE_POLICY,
+            "executor": type(executor).__name__, "options": asdict(plan.options),
+            "recipe_hash": plan.recipe.hash, "recipe": plan.recipe.resolved()}
+
+
+def run_plan(plan: Plan, *, executor=None, on_progress: Callable[[dict], None] | None = None,
+             on_start: Callable[[int], None] | None = None) -> AugmentResult:
+    """Execute a plan: skip finished work, write the rest, then the manifest and errors files.
+
+    Raises :class:`AugkitError` when the output folder cannot be written before any work (exit 1)
+    and :class:`UsageError` when another run holds DST; failures during the run end it cleanly
+    with ``result.fatal`` set and everything finished so far recorded."""
+    from .executors import get_executor  # deferred: the executors module is only needed to run
+
+    opts = plan.options
+    result = AugmentResult(plan, dry_run=opts.dry_run)
     if opts.dry_run:
-        result.todo = todo  # type: ignore[attr-defined]
+        result.todo = _todo(plan, result)
         return result
-    plan.dst.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(plan)
-    _write_runfile(plan)
     executor = executor or get_executor(opts.engine, workers=opts.workers)
-    task = AugmentTask(plan.src, plan.dst, plan.recipe.text, plan.recipe.source, opts)
-    rows = dict(done)
+    with locked(plan.dst):
+        todo = _todo(plan, result)
+        remove_stale_temps({(plan.dst / it.out).parent for it in plan.items} | {plan.dst})
+        append_run(plan.dst, _run_entry(plan, executor))
+        task = AugmentTask(plan.src, plan.dst, plan.recipe.text, plan.recipe.source, opts.settings())
+        if on_start:
+            on_start(len(todo))
+        _execute(plan, executor, task, todo, result, on_progress)
+    return result
+
+
+def _record(plan: Plan, result: AugmentResult, res: dict, journal: Journal, rows: list[dict]) -> None:
+    """Account one result; sets ``result.aborted``/``fatal`` when the run must stop."""
+    item, status = res["item"], res["status"]
+    if status == "ok":
+        row = _manifest_row(plan, item, res)
+        journal.append(row)
+        rows.append(row)
+        result.unchanged += bool(res.get("unchanged"))
+        if res.get("verified"):
+            result.already_done += 1
+        else:
+            result.written += 1
+    elif status == "exists":
+        result.existing.append(item.out)
+    elif status in ("bad", "failed"):
+        result.bad.append({"path": item.src, "reason": res["reason"], "detail": res.get("detail", "")})
+        if plan.options.strict:
+            result.aborted = f"{plan.src / item.src}: {res['reason']} ({res.get('detail', '')}) [--strict]"
+    else:
+        result.fatal = res.get("detail") or res.get("reason") or "the run failed"
+
+
+def _execute(plan: Plan, executor, task: AugmentTask, todo: list[WorkItem], result: AugmentResult,
+             on_progress: Callable[[dict], None] | None) -> None:
+    rows: list[dict] = []
     t0 = time.perf_counter()
-    if on_start:
-        on_start(len(todo))
-    journal = open(plan.dst / JOURNAL, "a", encoding="utf-8")
+    journal = Journal(plan.dst)
     try:
         for res in executor.run(task, todo):
-            item = res["item"]
-            if res["status"] == "ok":
-                row = _manifest_row(plan, item, res)
-                rows[item.out] = row
-                journal.write(json.dumps(row, ensure_ascii=False) + "\n")
-                journal.flush()
-                if res.get("verified"):
-                    result.already_done += 1
-                else:
-                    result.written += 1
-            elif res["status"] == "exists":
-                result.existing.append(item.out)
-            elif res["status"] == "bad":
-                result.bad.append({"path": item.src, "reason": res["reason"], "detail": res["detail"]})
-                if opts.strict:
-                    result.aborted = f"{plan.src / item.src}: {res['reason']} ({res['detail']}) [--strict]"
-                    break
-            else:
-                result.fatal = res["detail"]
+            _record(plan, result, res, journal, rows)
+            if result.aborted or result.fatal:
                 break
             if on_progress:
                 on_progress(res)
+    except AugkitError as exc:  # the journal could not be written: stop, record what we can
+        result.fatal = str(exc)
     finally:
         journal.close()
         result.seconds = time.perf_counter() - t0
         _finalize(plan, result, rows)
-    return result
-
-
-_TEMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
-
-
-def _remove_stale_temps(plan: Plan) -> None:
-    """Temp files of a killed run (``.<name>.<hex8>.tmp``, never an output) are removed on resume."""
-    for folder in {(plan.dst / it.out).parent for it in plan.items} | {plan.dst}:
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            continue
-        for e in entries:
-            if _TEMP.match(e.name) and e.is_file(follow_symlinks=False):
-                try:
-                    os.unlink(e.path)
-                except OSError:
-                    pass
 
 
 def _dedupe_bad(bad: list[dict]) -> list[dict]:
@@ -355,35 +322,22 @@ def _dedupe_bad(bad: list[dict]) -> list[dict]:
     return out
 
 
-def _finalize(plan: Plan, result: AugmentResult, rows: dict[str, dict]) -> None:
-    """Write manifest and errors atomically; drop the journal once its rows are in the manifest."""
+def _finalize(plan: Plan, result: AugmentResult, rows: list[dict]) -> None:
     result.bad = _dedupe_bad(result.bad)
+    errors = [dict(b, kind="bad input") for b in result.bad]
+    errors += [{"path": o, "reason": "output exists", "detail": "not made with these settings; "
+                "use --overwrite to replace", "kind": "existing output"} for o in result.existing]
+    errors += [{"path": p, "reason": "leads into DST", "detail": "a link to augkit's own outputs: not read",
+                "kind": "ignored input"} for p in plan.links_into_dst]
     order = {it.out: i for i, it in enumerate(plan.items)}
-    ordered = sorted(rows.values(), key=lambda r: order.get(r["output"], len(order)))
     try:
-        atomic_write_text(plan.dst / MANIFEST, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
-        errors = [dict(b, kind="bad input") for b in result.bad]
-        errors += [{"path": o, "reason": "output exists", "detail": "not made with this recipe and seed; "
-                    "use --overwrite to replace", "kind": "existing output"} for o in result.existing]
-        atomic_write_text(plan.dst / ERRORS, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors))
-        (plan.dst / JOURNAL).unlink(missing_ok=True)
-    except OSError as exc:
-        # Disk full or read-only: the journal (if any) still lets the next run resume.
-        result.fatal = result.fatal or f"could not write {MANIFEST}/{ERRORS} in {plan.dst}: {exc.strerror or exc}"
-
-
-def _write_runfile(plan: Plan) -> None:
-    opts = asdict(plan.options)
-    settings = {"augkit": __version__, "source": str(plan.src), "destination": str(plan.dst),
-                "decode_policy": DECODE_POLICY, "options": opts, "recipe_hash": plan.recipe.hash,
-                "recipe": plan.recipe.resolved()}
-    atomic_write_text(plan.dst / RUNFILE, yaml.safe_dump(settings, sort_keys=False, allow_unicode=True))
+        finalize(plan.dst, rows, errors, lambda r: order.get(r["output"], len(order)))
+    except AugkitError as exc:
+        result.fatal = result.fatal or str(exc)
 
 
 def augment(src: str | os.PathLike, dst: str | os.PathLike, recipe: Recipe | str, **options) -> AugmentResult:
     """Augment ``src`` into ``dst`` (the Python API behind ``augkit augment``)."""
-    from .recipe import load_recipe
-
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     plan = make_plan(src, dst, recipe, AugmentOptions(**options))

@@ -1,20 +1,37 @@
-"""Executors run a plan's work items. The parent passes work items (paths and seeds); workers
-read, augment and write the files themselves and send back only small result records.
+"""Executors run a task on a list of items. They know only the :class:`Task` protocol: the
+task does the work for one item and returns a small, picklable result dict that names the item;
+what an item *is* (paths, seeds) is the task's business.
 
-``LocalExecutor`` (the default) uses the calling process for one worker and a process pool
-for more. An executor yields results as they finish, in any order; the plan's per-item
-seeds make the outputs independent of that order and of the worker count.
+``LocalExecutor`` (the default) runs in this process and, when the work left would repay it, in
+a process pool started meanwhile (see :class:`LocalExecutor`). An executor yields results as they
+finish, in any order; a task whose results depend only on the item (per-item seeds) gives the same
+outputs whichever process ran it.
+
+A worker failure never hangs the parent: the task is called through :func:`call_safely`, so any
+exception becomes a ``failed`` result naming the item, and a worker process that dies is detected
+(``concurrent.futures`` marks the pool broken) and its items are reported as failed.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from typing import Callable, Iterable, Iterator, Protocol
+import time
+from typing import Callable, Iterator, Protocol
 
-_TASK = None  # the task object of this worker process
+from .local_pool import PoolStarter, call_safely, run_in_pool
+
+#: Seconds of remaining in-process work above which a pool is started. Starting one costs about
+#: 0.5-1 s here (fork server start and its imports, then each worker's setup); while it starts the
+#: parent keeps working, so the pool pays off once the work left clearly exceeds that.
+POOL_PAYOFF_S = 1.5
+_MEASURE_ITEMS = 3  # items timed in-process (the first, which pays for setup, is not counted)
 
 
 class Task(Protocol):
+    """What executors run. ``preload``: modules the fork server imports once for every worker."""
+
+    preload: tuple[str, ...]
+
     def setup(self) -> None: ...
 
     def __call__(self, item) -> dict: ...
@@ -24,50 +41,81 @@ class Executor(Protocol):
     def run(self, task: Task, items: list) -> Iterator[dict]: ...
 
 
-def _init(task) -> None:
-    global _TASK
-    import cv2
-
-    cv2.setNumThreads(1)  # one OpenCV thread per worker: no oversubscription, no fork deadlocks
-    _TASK = task
-    _TASK.setup()
-
-
-def _call(item) -> dict:
-    return _TASK(item)
+def pool_context():
+    """A fork server, never plain fork: a parent that already ran OpenCV (its thread pool) can
+    deadlock forked children. Spawn where there is no fork server (Windows, macOS without it)."""
+    if "forkserver" in mp.get_all_start_methods():
+        return mp.get_context("forkserver")
+    return mp.get_context("spawn")
 
 
 class LocalExecutor:
-    """Runs items in this process (``workers == 1``) or in a pool of ``workers`` processes."""
+    """Runs items in this process, and in a pool of ``workers`` processes when that pays.
 
-    def __init__(self, workers: int | None = None):
+    ``adaptive`` (default): the first items run in-process and are timed; when the work left
+    (items left x measured time per item) exceeds ``payoff_s`` a pool is started in the
+    background while this process keeps working, and the remaining items go to the pool once it
+    is up. Small plans never start a pool. ``adaptive=False`` always uses a pool for
+    ``workers > 1``. ``stats`` counts the items each side ran (for tests and benchmarks).
+    """
+
+    def __init__(self, workers: int | None = None, *, adaptive: bool = True, payoff_s: float = POOL_PAYOFF_S):
         self.workers = max(1, workers or os.cpu_count() or 1)
+        self.adaptive, self.payoff_s = adaptive, payoff_s
+        self.stats = {"in_process": 0, "pool": 0}
 
     def run(self, task: Task, items: list) -> Iterator[dict]:
+        self.stats = {"in_process": 0, "pool": 0}
         if not items:
             return
         if self.workers == 1 or len(items) == 1:
-            task.setup()
-            for item in items:
-                yield task(item)
+            yield from self._in_process(task, items)
             return
-        # Not plain fork: a parent that already ran OpenCV (its thread pool) can deadlock forked
-        # children. The fork server is a clean process that has imported augkit once; workers
-        # fork from it quickly.
-        if "forkserver" in mp.get_all_start_methods():
-            ctx = mp.get_context("forkserver")
-            ctx.set_forkserver_preload(["augkit.augment"])
-        else:
-            ctx = mp.get_context("spawn")
-        n = min(self.workers, len(items))
-        chunk = max(1, min(8, len(items) // (n * 8)))
-        pool = ctx.Pool(n, initializer=_init, initargs=(task,))
+        starter = PoolStarter(pool_context(), min(self.workers, len(items)), task)
         try:
-            yield from pool.imap_unordered(_call, items, chunksize=chunk)
-            pool.close()
+            if self.adaptive:
+                yield from self._adaptive(task, items, starter)
+            else:
+                yield from self._pool(starter, items)
         finally:
-            pool.terminate()
-            pool.join()
+            starter.close()
+
+    def _in_process(self, task: Task, items: list) -> Iterator[dict]:
+        task.setup()
+        for item in items:
+            self.stats["in_process"] += 1
+            yield call_safely(task, item)
+
+    def _adaptive(self, task: Task, items: list, starter: PoolStarter) -> Iterator[dict]:
+        task.setup()
+        times: list[float] = []
+        i = 0
+        while i < len(items):
+            if starter.ready():
+                break
+            t0 = time.perf_counter()
+            res = call_safely(task, items[i])
+            times.append(time.perf_counter() - t0)
+            i += 1
+            self.stats["in_process"] += 1
+            yield res
+            if not starter.started and len(times) > _MEASURE_ITEMS:
+                per_item = sorted(times[1:])[len(times[1:]) // 2]  # median, setup excluded
+                if per_item * (len(items) - i) > self.payoff_s:
+                    starter.start()
+        if i < len(items):
+            yield from self._pool(starter, items[i:])
+
+    def _pool(self, starter: PoolStarter, items: list) -> Iterator[dict]:
+        pool = starter.wait()
+        if pool is None:  # the pool could not start: the work still gets done, here
+            yield from self._in_process(starter.task, items)
+            return
+        before, n = self.stats["in_process"], 0
+        for res in run_in_pool(pool, items, starter.workers, lambda rest: self._in_process(starter.task, rest)):
+            n += 1
+            yield res
+        self.stats["pool"] += n - (self.stats["in_process"] - before)
 
 
 def _ray_executor(**kwargs) -> Executor:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import UsageError
+from .local_pool import call_safely
 
 INSTALL_HINT = 'the ray engine needs Ray Data: pip install "augkit[ray]"'
 
@@ -45,15 +46,13 @@ def _item_to_dict(item) -> dict:
 class _Worker:
     """One Ray Data actor: builds the task once, then runs it on every item of each batch."""
 
-    def __init__(self, task) -> None:
-        import cv2
+    def __init__(self, task, item_type: type) -> None:
+        import cv2  # deferred: only actors need it
 
         cv2.setNumThreads(1)  # one OpenCV thread per actor: no oversubscription
         self.task = task
         self.task.setup()
-        from .augment import WorkItem
-
-        self.item_type = WorkItem
+        self.item_type = item_type  # the items' dataclass, pickled by reference from the parent
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -63,8 +62,8 @@ class _Worker:
         out = []
         for i in range(n):
             item = self.item_type(**{k: _plain(batch[k][i]) for k in names})
-            res = dict(self.task(item))
-            res["item"] = asdict(res["item"])
+            res = dict(call_safely(self.task, item))
+            res["item"] = _item_to_dict(res["item"])
             out.append(json.dumps(res, ensure_ascii=False))
         return {"result": np.array(out, dtype=object)}
 
@@ -127,8 +126,7 @@ class RayExecutor:
         if not items:
             return
         ray = import_ray()
-        from .augment import WorkItem
-
+        item_type = type(items[0])  # executors know only a task and its items (plain dataclasses)
         task = _absolute(task)  # actors may run in another working folder, or on another node
         self.started = self._init(ray)
         data_ctx = ray.data.DataContext.get_current()
@@ -143,12 +141,12 @@ class RayExecutor:
             batch = max(1, min(self.batch_size, math.ceil(len(items) / (4 * n))))
             blocks = max(1, math.ceil(len(items) / batch))
             ds = ray.data.from_items([_item_to_dict(it) for it in items], override_num_blocks=blocks)
-            ds = ds.map_batches(_Worker, fn_constructor_args=(task,), batch_size=batch, batch_format="numpy",
+            ds = ds.map_batches(_Worker, fn_constructor_args=(task, item_type), batch_size=batch, batch_format="numpy",
                                 compute=ray.data.ActorPoolStrategy(size=n), num_cpus=cpus, zero_copy_batch=False)
-            names = {f.name for f in fields(WorkItem)}
+            names = {f.name for f in fields(item_type)}
             for row in ds.iter_rows():
                 res = json.loads(row["result"])
-                res["item"] = WorkItem(**{k: v for k, v in res["item"].items() if k in names})
+                res["item"] = item_type(**{k: v for k, v in res["item"].items() if k in names})
                 yield res
         finally:
             data_ctx.enable_progress_bars, data_ctx.print_on_execution_start = saved

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from augkit import augment as augmod
+from augkit import augment_task as taskmod
 from augkit.augment import AugmentOptions, make_plan, run_plan
 from augkit.cli import app
 from augkit.images import read_image
@@ -154,7 +155,7 @@ def test_strict_aborts_and_keeps_finished_work(src, tmp_path):
 
 def test_disk_full_fails_cleanly_and_resumes(src, tmp_path, monkeypatch):
     dst = tmp_path / "dst"
-    real = augmod.atomic_write_bytes
+    real = taskmod.atomic_write_bytes
     calls = {"n": 0}
 
     def flaky(path, data):
@@ -163,13 +164,13 @@ def test_disk_full_fails_cleanly_and_resumes(src, tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr(augmod, "atomic_write_bytes", flaky)
+    monkeypatch.setattr(taskmod, "atomic_write_bytes", flaky)
     r = run(src, dst, copies=1, workers=1)
     assert r.exit_code == 1 and "No space left" in r.fatal
     written = [p for p in dst.rglob("*") if p.is_file() and p.suffix in (".jpg", ".png")]
     assert len(written) == 4 and all(p.stat().st_size > 0 for p in written)
     assert not [p for p in dst.rglob(".*.tmp")]
-    monkeypatch.setattr(augmod, "atomic_write_bytes", real)
+    monkeypatch.setattr(taskmod, "atomic_write_bytes", real)
     r = run(src, dst, copies=1, workers=1)
     assert r.exit_code == 0 and r.written == 5 and r.already_done == 4
 

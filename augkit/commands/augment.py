@@ -33,18 +33,20 @@ def command(
     strict: bool = typer.Option(False, "--strict", help="Abort on the first bad input (finished outputs are kept)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be written; write nothing."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Reject images with more pixels (read from the header)."),
+    max_side: Optional[int] = typer.Option(None, "--max-side", help="Shrink each image so its longer side is at most N px before the recipe (never enlarges; JPEGs are decoded at reduced size). Originals copied with --originals stay byte for byte."),
+    require_change: bool = typer.Option(False, "--require-change", help="Redraw a copy in which no step changed a pixel (an exact duplicate of its source), up to 10 times, from seeds derived from its own."),
     engine: str = typer.Option("local", "--engine", help="Executor: local (process pool) or ray (Ray Data; needs augkit's ray extra)."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster, auto (the one `ray start` started on this node) or ray://HOST:10001 (default: RAY_ADDRESS, else a running cluster on this node, else a Ray started for this run)."),
 ) -> None:
     """Write augmented copies of SRC into DST, keeping its class folders.
 
-    Outputs are named <stem>__aug<k>.<ext>. DST also gets manifest.jsonl (what was done to each file), errors.jsonl (skipped inputs and why) and augkit-run.yaml (resolved settings). Re-running the same command skips finished work, so an interrupted run resumes.
+    Outputs are named <stem>__aug<k>.<ext>. DST also gets manifest.jsonl (append-only: one row per output written, by every run), errors.jsonl (skipped inputs and why) and augkit-run.yaml (the settings of every run). Re-running the same command skips finished work, so an interrupted run resumes. Small jobs run in this process; larger ones also start --workers processes once the work left repays them (the outputs are the same either way).
 
-    Exit codes: 0 all done; 1 the run failed (e.g. disk full); 2 bad options or recipe; 3 finished, but some inputs were skipped (see errors.jsonl).
+    Exit codes: 0 all done; 1 the run failed (e.g. disk full); 2 bad options or recipe, or another run is using DST; 3 finished, but some inputs were skipped (see errors.jsonl).
     """
     opts = AugmentOptions(copies=copies, per_class=per_class, seed=seed, workers=workers, originals=originals,
                           format=fmt, quality=quality, overwrite=overwrite, strict=strict, dry_run=dry_run,
-                          max_pixels=max_pixels, engine=engine)
+                          max_pixels=max_pixels, engine=engine, max_side=max_side, require_change=require_change)
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine {engine!r} is not supported (allowed: local, ray)")
     if address is not None and engine != "ray":
@@ -78,8 +80,8 @@ def command(
 def _summary(r: AugmentResult) -> None:
     plan = r.plan
     if r.dry_run:
-        todo = [i for i in getattr(r, "todo", []) if not i.verify]
-        check = len(getattr(r, "todo", [])) - len(todo)
+        todo = [i for i in r.todo if not i.verify]
+        check = len(r.todo) - len(todo)
         out.print("dry run: " + esc(f"would write {len(todo)} files into {plan.dst} "
                   f"({r.already_done} already done, {check} existing outputs would be checked and kept)"))
         for item in todo[:20]:
@@ -98,8 +100,14 @@ def _summary(r: AugmentResult) -> None:
     t.add_row("already done", str(r.already_done))
     if r.existing:
         t.add_row("[yellow]kept existing", f"{len(r.existing)} (use --overwrite to replace)")
+    if not r.dry_run:
+        t.add_row("unchanged copies", f"{r.unchanged} (identical to their source"
+                  + (", after 10 redraws)" if plan.options.require_change else "; --require-change redraws them)")
+                  if r.unchanged else "0")
     if r.bad:
         t.add_row("[red]skipped inputs", str(len(r.bad)))
+    if plan.links_into_dst:
+        t.add_row("[yellow]links into DST", f"{len(plan.links_into_dst)} not read (augkit never reads its own outputs)")
     if plan.per_class_counts:
         t.add_row("per class", ", ".join(f"{c or '.'}={n}" for c, n in sorted(plan.per_class_counts.items())))
     err.print(t)

@@ -1,0 +1,139 @@
+"""The local executor's process pool: started in the background, fed in chunks, never a hang.
+
+``concurrent.futures.ProcessPoolExecutor`` rather than ``multiprocessing.Pool``: when a worker
+process dies (killed, out of memory, a crash in a native library) it marks the pool broken and
+every waiting future raises, where ``Pool`` would wait forever for the lost results.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Iterator
+
+_TASK = None  # the task object of this worker process
+
+
+def _init(task) -> None:
+    global _TASK
+    import cv2  # deferred: only pool workers need it here
+
+    cv2.setNumThreads(1)  # one OpenCV thread per worker: no oversubscription
+    _TASK = task
+    _TASK.setup()
+
+
+def _ping() -> bool:
+    return True
+
+
+def failure(item, reason: str, exc: BaseException) -> dict:
+    """The result of an item whose task raised: plain strings, so it always pickles."""
+    detail = f"{type(exc).__name__}: {exc}"
+    return {"status": "failed", "item": item, "reason": reason, "detail": detail[:500]}
+
+
+def call_safely(task, item) -> dict:
+    """Run one item; any exception is a per-item ``failed`` result, never a crash or a hang."""
+    try:
+        return task(item)
+    except Exception as exc:  # noqa: BLE001 - reported per file, the run goes on
+        return failure(item, "worker error", exc)
+
+
+def _call_chunk(items: list) -> list[dict]:
+    return [call_safely(_TASK, it) for it in items]
+
+
+class PoolStarter:
+    """Starts a pool of ``workers`` processes in a background thread (creating the workers blocks
+    until the fork server has imported ``task.preload``), so the caller keeps working meanwhile."""
+
+    def __init__(self, ctx, workers: int, task):
+        self.ctx, self.workers, self.task = ctx, workers, task
+        self.pool: ProcessPoolExecutor | None = None
+        self._ping: Future | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._start, name="augkit-pool-start", daemon=True)
+            self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            preload = list(getattr(self.task, "preload", ()))
+            if preload and hasattr(self.ctx, "set_forkserver_preload"):
+                self.ctx.set_forkserver_preload(preload)
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=self.ctx, initializer=_init,
+                                            initargs=(self.task,))
+            self._ping = self.pool.submit(_ping)  # done once a worker has run its setup
+        except BaseException as exc:  # noqa: BLE001 - surfaced by wait()
+            self._error = exc
+
+    def ready(self) -> bool:
+        """A worker is up (or the start failed: then :meth:`wait` says so)."""
+        if self._thread is None or self._thread.is_alive():
+            return False
+        return self._error is not None or self._ping is None or self._ping.done()
+
+    def wait(self) -> ProcessPoolExecutor | None:
+        """The pool, once started; None when it could not start (the caller runs in-process)."""
+        self.start()
+        self._thread.join()
+        return self.pool
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
+def run_in_pool(pool: ProcessPoolExecutor, items: list, workers: int,
+                fallback: Callable[[list], Iterator[dict]]) -> Iterator[dict]:
+    """Feed ``items`` to the pool in chunks (a few in flight per worker) and yield results as they come.
+
+    When the pool breaks (a worker died), the items in flight are reported as ``failed`` ("worker
+    crashed") and the items not yet sent run through ``fallback`` (in this process)."""
+    chunk = max(1, min(8, len(items) // (workers * 4)))
+    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+    pending: dict[Future, list] = {}
+    nxt = 0
+    while nxt < len(chunks) or pending:
+        while nxt < len(chunks) and len(pending) < 2 * workers:
+            try:
+                pending[pool.submit(_call_chunk, chunks[nxt])] = chunks[nxt]
+            except (BrokenProcessPool, RuntimeError):
+                break
+            nxt += 1
+        if not pending:  # the pool refused new work: it is broken or shut down
+            break
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        broken = False
+        for fut in done:
+            batch = pending.pop(fut)
+            try:
+                results = fut.result()
+            except BrokenProcessPool as exc:
+                broken = True
+                results = [failure(it, "worker crashed", exc) for it in batch]
+            except Exception as exc:  # noqa: BLE001 - e.g. an item that does not pickle
+                results = [failure(it, "worker error", exc) for it in batch]
+            yield from results
+        if broken:
+            for fut, batch in pending.items():
+                fut.cancel()
+                yield from (failure(it, "worker crashed", BrokenProcessPool("a worker process died"))
+                            for it in batch)
+            pending.clear()
+            break
+    rest = [it for c in chunks[nxt:] for it in c]
+    if rest:
+        yield from fallback(rest)
