@@ -37,7 +37,7 @@ import contextlib
 import io
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -46,6 +46,7 @@ import numpy as np
 from .errors import ImageError, UsageError
 from .fileio import atomic_write_bytes, atomic_write_text, is_temp_name, read_bytes, temp_name  # noqa: F401 (public here)
 from .jpeg import JpegInfo, JpegStructureError, reduction, walk_jpeg, with_probe
+from .scan import IGNORED_NAMES, IMAGE_EXTENSIONS, Scan, is_ignored, is_image_name, scan_folder  # noqa: F401 (public here)
 
 DECODE_POLICY = ("augkit-v2: rgb uint8, exif-oriented, alpha over white, 16-bit/257, "
                  "jpeg dct-reduced to the needed size")
@@ -54,8 +55,6 @@ DEFAULT_MAX_PIXELS = 100_000_000
 MAX_ASPECT = 100
 #: Longest side in pixels, checked from the header (reason "bad dimensions"); JPEG's own limit.
 MAX_SIDE = 65_535
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "__macosx", ".ipynb_checkpoints"})
 
 _JPEG = b"\xff\xd8\xff"
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -81,15 +80,6 @@ def max_bytes_for(max_pixels: int | None) -> int | None:
     if max_pixels is None:
         return None
     return _BYTES_PER_PIXEL * int(max_pixels) + _BYTES_HEADROOM
-
-
-def is_ignored(name: str) -> bool:
-    """Hidden files (``.x``, AppleDouble ``._x``), OS litter and notebook checkpoints."""
-    return name.startswith(".") or name.lower() in IGNORED_NAMES
-
-
-def is_image_name(name: str) -> bool:
-    return not is_ignored(name) and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _sniff(data: bytes) -> str | None:
@@ -345,95 +335,6 @@ def encode_image(img: np.ndarray, ext: str, *, quality: int = 95) -> bytes:
 
 def write_image(img: np.ndarray, path: str | os.PathLike, *, quality: int = 95) -> None:
     atomic_write_bytes(path, encode_image(img, Path(path).suffix, quality=quality))
-
-
-# ---------------------------------------------------------------- scanning
-
-@dataclass
-class Scan:
-    """What a folder holds. ``items`` are (relative posix path, class name) in sorted order."""
-
-    root: Path
-    items: list[tuple[str, str]] = field(default_factory=list)
-    classes: list[str] = field(default_factory=list)
-    empty_classes: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-    flat: bool = False
-
-
-def scan_folder(root: str | os.PathLike, *, exclude: str | os.PathLike | None = None) -> Scan:
-    """List the image files under ``root``.
-
-    Class layout: each first-level folder is a class (``root/cat/x.jpg`` -> ``cat``); deeper
-    folders keep their relative path and belong to their first-level class. A folder with
-    images directly in it and no class folders is *flat* (class ``""``). Hidden files, OS
-    litter and non-image files are ignored (and listed in ``ignored``). Symlinked folders
-    are followed once; loops are cut. ``exclude`` is a folder never to descend into.
-    """
-    root = Path(root)
-    if not root.exists():
-        raise UsageError(f"{root}: folder not found")
-    if not root.is_dir():
-        raise UsageError(f"{root}: not a folder")
-    excluded = Path(exclude).resolve() if exclude else None
-    scan = Scan(root=root)
-    seen: set[tuple[int, int]] = set()
-    class_dirs: list[str] = []
-    files: list[str] = []
-
-    def walk(rel: str) -> None:
-        here = root / rel if rel else root
-        try:
-            st = here.stat()
-        except OSError:
-            scan.ignored.append(rel or ".")
-            return
-        key = (st.st_dev, st.st_ino)
-        if key in seen:
-            return  # symlink loop or second link to the same folder
-        seen.add(key)
-        if excluded is not None and here.resolve() == excluded:
-            return
-        try:
-            entries = sorted(os.scandir(here), key=lambda e: e.name)
-        except OSError:
-            scan.ignored.append(rel or ".")
-            return
-        for e in entries:
-            sub = f"{rel}/{e.name}" if rel else e.name
-            if is_ignored(e.name):
-                scan.ignored.append(sub)
-                continue
-            try:
-                is_dir = e.is_dir()  # follows symlinks
-            except OSError:
-                is_dir = False
-            if is_dir:
-                if not rel:
-                    class_dirs.append(e.name)
-                walk(sub)
-            elif is_image_name(e.name):
-                files.append(sub)
-            else:
-                scan.ignored.append(sub)
-
-    walk("")
-
-    def order(f: str) -> tuple[str, str, str]:
-        # torchvision ImageFolder order: class, then folder (os.walk, sorted), then file name
-        head, _, name = f.rpartition("/")
-        return (f.split("/", 1)[0] if "/" in f else "", head, name)
-
-    nested = [f for f in files if "/" in f]
-    counts = {c: 0 for c in class_dirs}
-    for f in nested:
-        counts[f.split("/", 1)[0]] += 1
-    scan.classes = sorted(c for c, n in counts.items() if n)
-    scan.empty_classes = sorted(c for c, n in counts.items() if not n)
-    scan.flat = not scan.classes
-    # loose files beside class folders are kept (class ""), so nothing is silently dropped
-    scan.items = [(f, f.split("/", 1)[0] if "/" in f else "") for f in sorted(files, key=order)]
-    return scan
 
 
 @contextlib.contextmanager

@@ -53,6 +53,6 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(img[top:top + size, left:left + size])
 
 
-def eval_image(img: np.ndarray, size: int) -> np.ndarray:
+def eval_image(img: np.ndarray, size: int, *, path: str | os.PathLike = "<image>") -> np.ndarray:
     """The deterministic view of an image a model sees at prediction time (uint8, size x size x 3)."""
-    return center_crop(resize_short(img, size), size)
+    return center_crop(resize_short(img, size, path=path), size)
