@@ -316,8 +316,11 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
 OUTPUT_FORMATS = {"jpg": ".jpg", "jpeg": ".jpg", "png": ".png", "webp": ".webp", "bmp": ".bmp"}
 
 
-def encode_image(img: np.ndarray, ext: str, *, quality: int = 95) -> bytes:
-    """Encode RGB uint8 to bytes of the format named by ``ext`` (``.jpg``, ``.png``, ...)."""
+def encode_image(img: np.ndarray, ext: str, *, quality: int = 95, path: str | os.PathLike | None = None) -> bytes:
+    """Encode RGB uint8 to bytes of the format named by ``ext`` (``.jpg``, ``.png``, ...).
+
+    Failure (e.g. a side over WebP's 16383 or JPEG's 65535 pixels) is an :class:`ImageError`
+    "encode failed" naming ``path`` (or the format) and the size, never a ``cv2.error``."""
     ext = ext.lower()
     params: list[int] = []
     if ext in (".jpg", ".jpeg"):
@@ -327,14 +330,18 @@ def encode_image(img: np.ndarray, ext: str, *, quality: int = 95) -> bytes:
     elif ext == ".png":
         params = [cv2.IMWRITE_PNG_COMPRESSION, 3]
     bgr = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(ext if ext != ".jpeg" else ".jpg", bgr, params)
+    try:
+        ok, buf = cv2.imencode(ext if ext != ".jpeg" else ".jpg", bgr, params)
+    except cv2.error:
+        ok = False
     if not ok:
-        raise ImageError(f"<{ext}>", "encode failed")
+        raise ImageError(path if path is not None else f"<{ext}>", "encode failed",
+                         f"{img.shape[1]}x{img.shape[0]} image to {ext}")
     return buf.tobytes()
 
 
 def write_image(img: np.ndarray, path: str | os.PathLike, *, quality: int = 95) -> None:
-    atomic_write_bytes(path, encode_image(img, Path(path).suffix, quality=quality))
+    atomic_write_bytes(path, encode_image(img, Path(path).suffix, quality=quality, path=path))
 
 
 @contextlib.contextmanager

@@ -11,14 +11,15 @@ import pickle
 import signal
 import socket
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 import augkit.errors as errors
 from augkit.errors import ImageError
-from augkit.images import (MAX_ASPECT, atomic_write_bytes, check_image_bytes, check_image_file, is_temp_name,
-                           max_bytes_for, read_bytes, read_image)
+from augkit.images import (MAX_ASPECT, atomic_write_bytes, check_image_bytes, check_image_file, encode_image,
+                           is_temp_name, max_bytes_for, read_bytes, read_image, write_image)
 from augkit.preprocess import eval_image, resize_short
 from _imgs import photo, write
 
@@ -127,8 +128,6 @@ def test_extreme_aspect_ratio_is_refused_from_the_header(tmp_path, monkeypatch, 
     assert len(data) < 100_000  # a few KB on disk...
     p = tmp_path / f"strip.{fmt.lower()}"
     p.write_bytes(data)
-    import cv2
-
     calls = []
     monkeypatch.setattr(cv2, "imdecode", lambda *a: calls.append(a))
     for check in (read_image, check_image_file):
@@ -203,3 +202,12 @@ def test_an_output_name_over_255_bytes_fails_before_writing(tmp_path):
         atomic_write_bytes(tmp_path / ("a" * 252 + ".jpg"), b"data")
     assert e.value.errno == errno.ENAMETOOLONG
     assert os.listdir(tmp_path) == []
+
+
+def test_an_image_that_cannot_be_encoded_names_the_file(tmp_path):
+    with pytest.raises(ImageError) as e:
+        write_image(np.zeros((2, 20_000, 3), np.uint8), tmp_path / "strip.webp")  # WebP stops at 16383
+    assert e.value.reason == "encode failed" and e.value.path == str(tmp_path / "strip.webp")
+    assert "20000x2" in e.value.detail and os.listdir(tmp_path) == []
+    with pytest.raises(ImageError, match="encode failed"):
+        encode_image(np.zeros((1, 70_000, 3), np.uint8), ".jpg")
