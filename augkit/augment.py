@@ -142,6 +142,8 @@ def make_plan(src: str | os.PathLike, dst: str | os.PathLike, recipe: Recipe, op
         raise UsageError(f"recipe {recipe.name!r} has no train section: nothing to augment with")
     scan = scan_folder(src, exclude=dst)
     found, links = _split_links_into_dst(src, dst, scan.items)
+    empty, empty_links = _split_links_into_dst(src, dst, [(c, c) for c in scan.empty_classes])
+    links += empty_links  # a class folder that is a link to DST (never entered by the scan)
     if not found:
         raise UsageError(f"{src}: no images found (looked for .bmp, .jpg, .png, .tif, .webp "
                          "in the folder and its class folders)")
@@ -160,7 +162,7 @@ def make_plan(src: str | os.PathLike, dst: str | os.PathLike, recipe: Recipe, op
                 raise UsageError(f"{rel} and {seen[out.lower()]} would both write {out}")
             seen[out.lower()] = rel
             items.append(WorkItem(rel, out, cls, k, derive_seed(options.seed, rel, k, salt="augment")))
-    return Plan(src, dst, recipe, options, items, scan.ignored, scan.empty_classes, scan.classes, counts, links)
+    return Plan(src, dst, recipe, options, items, scan.ignored, [c for c, _ in empty], scan.classes, counts, links)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from .local_pool import PoolStarter, call_safely, run_in_pool
 #: Seconds of remaining in-process work above which a pool is started. Starting one costs about
 #: 0.5-1 s here (fork server start and its imports, then each worker's setup); while it starts the
 #: parent keeps working, so the pool pays off once the work left clearly exceeds that.
-POOL_PAYOFF_S = 1.5
+POOL_PAYOFF_S = 1.0
 _MEASURE_ITEMS = 3  # items timed in-process (the first, which pays for setup, is not counted)
 
 

@@ -1,0 +1,154 @@
+"""The local executor: small plans stay in-process, larger ones hand over to a pool with the same
+outputs, worker failures (exceptions that do not unpickle, a dying worker) never hang the parent,
+and neither the parent's augment path nor the pool's fork server imports torch."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from augkit.augment import AugmentOptions, make_plan, run_plan
+from augkit.executors import LocalExecutor
+from augkit.recipe import load_recipe
+from _imgs import class_folder
+
+
+class Unpicklable(Exception):
+    """Pickles, but cannot be rebuilt on the other side (``__init__`` needs two arguments)."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a}/{b}")
+
+
+class FlakyTask:
+    """Item 3 raises an exception that does not unpickle; item 5 kills its worker (or raises in-process)."""
+
+    preload = ()
+
+    def __init__(self, kill: bool = False):
+        self.kill, self.parent = kill, os.getpid()  # (a fork server keeps the environment it started with)
+
+    def setup(self) -> None:
+        pass
+
+    def __call__(self, item: int) -> dict:
+        if item == 3:
+            raise Unpicklable("x", "y")
+        if item == 5 and self.kill and os.getpid() != self.parent:
+            os._exit(7)
+        return {"status": "ok", "item": item}
+
+
+class SlowInParent:
+    """Wraps a task: 20 ms more per item in the parent, so that a pool repays itself on a tiny plan."""
+
+    def __init__(self, task, parent: int):
+        self.task, self.parent, self.preload = task, parent, task.preload
+
+    def setup(self) -> None:
+        self.task.setup()
+
+    def __call__(self, item) -> dict:
+        if os.getpid() == self.parent:
+            time.sleep(0.02)
+        return self.task(item)
+
+
+class SlowParentExecutor(LocalExecutor):
+    def run(self, task, items):
+        return super().run(SlowInParent(task, os.getpid()), items)
+
+
+def outputs(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.suffix in (".jpg", ".png")}
+
+
+def run_with(src, dst, executor, **kw):
+    plan = make_plan(src, dst, load_recipe("default"), AugmentOptions(seed=5, **kw))
+    return run_plan(plan, executor=executor)
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    return class_folder(tmp_path_factory.mktemp("src") / "src", per_class=4)
+
+
+def test_small_plan_never_starts_a_pool(src, tmp_path):
+    ex = LocalExecutor(workers=2)
+    r = run_with(src, tmp_path / "d", ex, copies=2)
+    assert r.written == 24 and ex.stats == {"in_process": 24, "pool": 0}
+
+
+def test_handover_to_the_pool_gives_the_same_bytes(src, tmp_path):
+    ref = tmp_path / "ref"
+    run_with(src, ref, LocalExecutor(workers=1), copies=6)
+    eager = SlowParentExecutor(workers=2)
+    r = run_with(src, tmp_path / "mixed", eager, copies=6)
+    assert r.exit_code == 0 and r.written == 72
+    assert eager.stats["in_process"] >= 4 and eager.stats["pool"] > 0, eager.stats
+    pooled = LocalExecutor(workers=2, adaptive=False)
+    run_with(src, tmp_path / "pool", pooled, copies=6)
+    assert pooled.stats == {"in_process": 0, "pool": 72}
+    assert outputs(ref) == outputs(tmp_path / "mixed") == outputs(tmp_path / "pool")
+    assert (ref / "manifest.jsonl").read_bytes() == (tmp_path / "pool" / "manifest.jsonl").read_bytes()
+
+
+def test_an_exception_that_does_not_unpickle_is_a_per_item_failure():
+    for ex in (LocalExecutor(workers=1), LocalExecutor(workers=2, adaptive=False)):
+        res = {r["item"]: r for r in ex.run(FlakyTask(), list(range(8)))}
+        assert sorted(res) == list(range(8))
+        assert res[3]["status"] == "failed" and "Unpicklable" in res[3]["detail"]
+        assert all(res[i]["status"] == "ok" for i in res if i != 3)
+
+
+def test_a_dying_worker_never_hangs_the_parent():
+    ex = LocalExecutor(workers=2, adaptive=False)
+    res = list(ex.run(FlakyTask(kill=True), list(range(40))))
+    assert sorted(r["item"] for r in res) == list(range(40))  # every item has exactly one result
+    crashed = [r for r in res if r["status"] == "failed" and r["reason"] == "worker crashed"]
+    assert 5 in {r["item"] for r in crashed}
+
+
+PROBE = '''
+import sys
+from augkit.augment_task import AugmentTask
+
+
+class Probe:
+    """Runs in a pool worker forked from the fork server that preloaded AugmentTask.preload."""
+
+    preload = AugmentTask.preload
+
+    def setup(self):
+        pass
+
+    def __call__(self, item):
+        return {"status": "ok", "item": item, "torch": "torch" in sys.modules,
+                "albumentations": "albumentations" in sys.modules}
+'''
+
+
+def test_augment_imports_no_torch_in_parent_or_workers(src, tmp_path):
+    (tmp_path / "probe.py").write_text(PROBE)
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from augkit.augment import augment
+        r = augment({str(src)!r}, {str(tmp_path / 'out')!r}, "default", copies=1, workers=1)
+        assert r.written == 12 and r.exit_code == 0, r
+        assert "torch" not in sys.modules, "the parent imported torch"
+        from augkit.executors import LocalExecutor
+        from probe import Probe
+        res = list(LocalExecutor(workers=2, adaptive=False).run(Probe(), list(range(4))))
+        assert res and all(r["albumentations"] for r in res), "the fork server did not preload albumentations"
+        assert not any(r["torch"] for r in res), "a pool worker imported torch"
+        assert "torch" not in sys.modules
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
