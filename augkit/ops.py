@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .albu import import_albumentations
 from .errors import RecipeError
-from .params import Param, suggest
+from .params import Param, is_number, short, suggest
+from .yamlio import BadNumber
+
+#: Largest pixel size (per side, kernel, pad or crop) a pass-through albumentations parameter may ask
+#: for: larger values pass albumentations' own checks but allocate tens of GB (Resize to 100000 px).
+MAX_SIDE = 16384
+#: Pass-through parameter names that are sizes in pixels (Resize height/width, LongestMaxSize max_size,
+#: PadIfNeeded min_height, crop sizes, kernel and hole sizes, pads, grids): bounded by MAX_SIDE.
+SIZE_KEY = re.compile(r"height|width|size|length|radius|^px$|_px$|^[xy]_(min|max)$|^padding$|_divisor$"
+                      r"|grid|kernel|blur_limit")
 
 # OpenCV's border constants (cv2.BORDER_*), spelled as numbers so that reading the op table
 # (``recipes ops``, ``--help``) does not import OpenCV; a test checks them against cv2.
@@ -127,10 +137,11 @@ def _affine(prm, p, border, fill):
 
 
 @register_op("color", doc="Jitter brightness, contrast and saturation by factors (x means [1-x, 1+x]) "
-             "and hue by a fraction of the color wheel (x means [-x, x]), as torchvision's ColorJitter.",
-             params={"brightness": Param("range", [0.8, 1.2], lo=0, hi=10, scalar="around1"),
-                     "contrast": Param("range", [0.8, 1.2], lo=0, hi=10, scalar="around1"),
-                     "saturation": Param("range", [0.8, 1.2], lo=0, hi=10, scalar="around1"),
+             "and hue by a fraction of the color wheel (x means [-x, x]), as torchvision's ColorJitter: "
+             "a parameter left out is not changed.",
+             params={"brightness": Param("range", [1.0, 1.0], lo=0, hi=10, scalar="around1"),
+                     "contrast": Param("range", [1.0, 1.0], lo=0, hi=10, scalar="around1"),
+                     "saturation": Param("range", [1.0, 1.0], lo=0, hi=10, scalar="around1"),
                      "hue": Param("range", [0.0, 0.0], lo=-0.5, hi=0.5)},
              example={"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02, "p": 0.8})
 def _color(prm, p, border, fill):
@@ -181,6 +192,23 @@ def _tuplify(v: Any) -> Any:
     return v
 
 
+def _check_passthrough_value(what: str, value: Any, is_size: bool, *, where: str, source: str | None,
+                             line: int | None) -> None:
+    """Refuse numbers YAML could not represent and sizes beyond :data:`MAX_SIDE`, before albumentations sees them."""
+    if isinstance(value, BadNumber):
+        raise RecipeError(f"{what}: {value!r}", source=source, where=where, line=line, allowed="a finite number")
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_passthrough_value(what, v, is_size, where=where, source=source, line=line)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_passthrough_value(f"{what}.{short(k)}", v, is_size or bool(SIZE_KEY.search(str(k))), where=where,
+                                     source=source, line=line)
+    elif is_size and is_number(value) and abs(value) > MAX_SIDE:
+        raise RecipeError(f"{what}: {short(value)} is larger than augkit's bound on sizes ({MAX_SIDE} px)",
+                          source=source, where=where, line=line, allowed=f"sizes up to {MAX_SIDE} px")
+
+
 def build_albumentations(name: str, params: dict[str, Any], p: float, *, where: str, source: str | None,
                          line: int | None):
     """Build ``albumentations.<name>(**params, p=p)`` strictly: unknown or invalid arguments and
@@ -193,6 +221,10 @@ def build_albumentations(name: str, params: dict[str, Any], p: float, *, where: 
     cls = getattr(A, name)
     if "p" in params:
         raise RecipeError("put p beside transform, not inside its parameters", source=source, where=where, line=line)
+    for key, value in params.items():
+        kline = params.line_of(key) if hasattr(params, "line_of") else line
+        _check_passthrough_value(f"{name}: {key}", value, bool(SIZE_KEY.search(str(key))), where=where,
+                                 source=source, line=kline)
     kwargs = _tuplify(params)
     # Only classes that define their own InitSchema take ``strict`` (MedianBlur, RandomRotate90 and
     # ToSepia do not); without it, an unknown argument is still a TypeError and a fix still a warning.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,12 +57,35 @@ def _fmt(v: float | None) -> str:
     return str(int(v)) if float(v).is_integer() else str(v)
 
 
+class _ShortRepr(reprlib.Repr):
+    """reprlib with YAML's line-tracking containers treated as the dict and list they are."""
+
+    def repr_LineDict(self, x: dict, level: int) -> str:
+        return self.repr_dict(x, level)
+
+    def repr_LineList(self, x: list, level: int) -> str:
+        return self.repr_list(x, level)
+
+
+_SHORT = _ShortRepr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 6, 6, 60, 60
+_SHORT.maxlong = 40
+
+
+def short(value: Any, limit: int = 120) -> str:
+    """A repr for error messages, bounded in size and time however large (or aliased) the value is."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def suggest(name: str, options) -> str:
-    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=3, cutoff=0.6)
+def suggest(name: Any, options) -> str:
+    if not isinstance(name, str) or len(name) > 100:  # nothing sensible to suggest; keep difflib cheap
+        return ""
+    close = difflib.get_close_matches(name, [str(o) for o in options], n=3, cutoff=0.6)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
@@ -76,39 +100,39 @@ def check_value(spec: Param, key: str, value: Any, *, where: str, source: str | 
 
     if spec.kind in ("number", "int"):
         if not is_number(value) or (spec.kind == "int" and not float(value).is_integer()):
-            raise fail(f"{value!r} is not {'an integer' if spec.kind == 'int' else 'a number'}")
+            raise fail(f"{short(value)} is not {'an integer' if spec.kind == 'int' else 'a number'}")
         if not in_bounds(value):
-            raise fail(f"{value!r} is out of range")
+            raise fail(f"{short(value)} is out of range")
         return int(value) if spec.kind == "int" else float(value)
     if spec.kind == "range":
         if is_number(value):
             x = float(value)
             if spec.scalar == "sym":
                 if x < 0:
-                    raise fail(f"{value!r}: a single number must be >= 0 (it means [-x, x])")
+                    raise fail(f"{short(value)}: a single number must be >= 0 (it means [-x, x])")
                 pair = [-x, x]
             elif spec.scalar == "around1":
                 if x < 0:
-                    raise fail(f"{value!r}: a single number must be >= 0 (it means [1-x, 1+x])")
+                    raise fail(f"{short(value)}: a single number must be >= 0 (it means [1-x, 1+x])")
                 pair = [1 - x, 1 + x]
             else:
                 pair = [x, x]
         elif isinstance(value, (list, tuple)) and len(value) == 2 and all(is_number(v) for v in value):
             pair = [float(value[0]), float(value[1])]
             if pair[0] > pair[1]:
-                raise fail(f"{list(value)!r}: low is greater than high")
+                raise fail(f"{short(list(value))}: low is greater than high")
         else:
-            raise fail(f"{value!r} is not a number or a [low, high] pair")
+            raise fail(f"{short(value)} is not a number or a [low, high] pair")
         if not (in_bounds(pair[0]) and in_bounds(pair[1])):
-            raise fail(f"{value!r} (= {pair}) is out of range")
+            raise fail(f"{short(value)} (= {pair}) is out of range")
         return pair
     if spec.kind == "choice":
         if value not in spec.choices:
-            raise fail(f"{value!r} is not one of the choices" + suggest(value, spec.choices))
+            raise fail(f"{short(value)} is not one of the choices" + suggest(value, spec.choices))
         return value
     if spec.kind == "bool":
         if not isinstance(value, bool):
-            raise fail(f"{value!r} is not true or false")
+            raise fail(f"{short(value)} is not true or false")
         return value
     if spec.kind == "fill":
         if is_number(value) and 0 <= value <= 255:
@@ -116,7 +140,7 @@ def check_value(spec: Param, key: str, value: Any, *, where: str, source: str | 
         if (isinstance(value, (list, tuple)) and len(value) == 3
                 and all(is_number(v) and 0 <= v <= 255 for v in value)):
             return list(value)
-        raise fail(f"{value!r} is not a valid fill")
+        raise fail(f"{short(value)} is not a valid fill")
     raise AssertionError(f"unknown param kind {spec.kind}")
 
 
@@ -126,13 +150,13 @@ def check_params(raw: Any, specs: dict[str, Param], *, what: str, where: str, so
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise RecipeError(f"{what} takes a mapping of parameters, got {raw!r}", source=source, where=where,
+        raise RecipeError(f"{what} takes a mapping of parameters, got {short(raw)}", source=source, where=where,
                           line=line, allowed=", ".join(specs) or "no parameters")
     out: dict[str, Any] = {}
     for key, value in raw.items():
         kline = raw.line_of(key) if hasattr(raw, "line_of") else line
         if key not in specs:
-            raise RecipeError(f"unknown parameter {key!r} for {what}" + suggest(key, specs), source=source,
+            raise RecipeError(f"unknown parameter {short(key)} for {what}" + suggest(key, specs), source=source,
                               where=where, line=kline, allowed=", ".join(specs) or "no parameters")
         out[key] = check_value(specs[key], key, value, where=where, source=source, line=kline)
     for key, spec in specs.items():

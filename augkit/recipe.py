@@ -23,7 +23,7 @@ from . import __version__
 from .albu import import_albumentations
 from .errors import RecipeError, UsageError
 from .ops import BORDER_MODES, DEFAULT_BORDER, OPS, build_albumentations, get_op
-from .params import Param, check_params, check_value, is_number, suggest
+from .params import Param, check_params, check_value, is_number, short, suggest
 from .views import MERGE_MODES, View, parse_view, preset_views, view_to_yaml
 from .yamlio import load_yaml
 
@@ -223,7 +223,7 @@ def _step_entry(raw: Any, where: str, source: str, line: int | None) -> tuple[st
         return raw, None, line
     if not isinstance(raw, dict) or len(raw) != 1:
         keys = list(raw) if isinstance(raw, dict) else raw
-        raise RecipeError(f"a step is a mapping with exactly one op name, got {keys!r}", source=source,
+        raise RecipeError(f"a step is a mapping with exactly one op name, got {short(keys)}", source=source,
                           where=where, line=line, allowed=", ".join(sorted(OPS) + list(COMPOSITE_OPS) + [ALBU_OP]))
     op, body = next(iter(raw.items()))
     return op, body, (raw.line_of(op) if hasattr(raw, "line_of") else line)
@@ -251,12 +251,12 @@ def parse_step(raw: Any, where: str, source: str, line: int | None) -> Step:
         from .ops import albumentations_transforms
         if not hint and op in albumentations_transforms():
             hint = f"; {op} is an albumentations transform: write  - albumentations: {{transform: {op}, ...}}"
-        raise RecipeError(f"unknown op {op!r}{hint}", source=source, where=where, line=line, allowed=", ".join(all_ops))
+        raise RecipeError(f"unknown op {short(op)}{hint}", source=source, where=where, line=line, allowed=", ".join(all_ops))
     where = f"{where} {op}"
     if body is None:
         body = {}
     if not isinstance(body, dict):
-        raise RecipeError(f"{op} takes a mapping of parameters, got {body!r}", source=source, where=where, line=line)
+        raise RecipeError(f"{op} takes a mapping of parameters, got {short(body)}", source=source, where=where, line=line)
     p = _pop_p(body, where, source, line)
     rest = {k: v for k, v in body.items() if k != "p"}
     if hasattr(body, "key_lines"):
@@ -268,7 +268,7 @@ def parse_step(raw: Any, where: str, source: str, line: int | None) -> Step:
         if not isinstance(name, str):
             raise RecipeError("albumentations step needs transform: <ClassName>", source=source, where=where,
                               line=line)
-        build_albumentations(name, dict(rest), p, where=where, source=source, line=line)  # validate now
+        build_albumentations(name, rest, p, where=where, source=source, line=line)  # validate now
         return Step(op, {"transform": name, **{k: _plain(v) for k, v in rest.items()}}, p, where, line)
     spec = OPS[op]
     params = check_params(rest, spec.all_params(), what=f"op {op!r}", where=where, source=source, line=line)
@@ -294,7 +294,7 @@ def _parse_composite(op: str, body: dict, p: float, where: str, source: str, lin
     allowed = {"one_of": ("steps", "weights"), "some_of": ("steps", "n", "replace"), "sequence": ("steps",)}[op]
     for key in body:
         if key not in allowed:
-            raise RecipeError(f"unknown key {key!r} for {op}" + suggest(key, allowed), source=source, where=where,
+            raise RecipeError(f"unknown key {short(key)} for {op}" + suggest(key, allowed), source=source, where=where,
                               line=body.line_of(key) if hasattr(body, "line_of") else line,
                               allowed=", ".join(allowed + ("p",)))
     if "steps" not in body:
@@ -308,7 +308,7 @@ def _parse_composite(op: str, body: dict, p: float, where: str, source: str, lin
         if w is not None:
             if (not isinstance(w, list) or len(w) != len(children) or not all(is_number(x) and x >= 0 for x in w)
                     or sum(w) <= 0):
-                raise RecipeError(f"weights {w!r} must be {len(children)} numbers >= 0 with a positive sum "
+                raise RecipeError(f"weights {short(w)} must be {len(children)} numbers >= 0 with a positive sum "
                                   "(one per step)", source=source, where=where, line=line)
             w = [float(x) for x in w]
         params["weights"] = w
@@ -333,13 +333,13 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
                           allowed=", ".join(TOP_KEYS))
     for key in data:
         if key not in TOP_KEYS:
-            raise RecipeError(f"unknown top-level key {key!r}" + suggest(key, TOP_KEYS), source=source,
+            raise RecipeError(f"unknown top-level key {short(key)}" + suggest(key, TOP_KEYS), source=source,
                               line=data.line_of(key), allowed=", ".join(TOP_KEYS))
     if "train" not in data and "tta" not in data:
         raise RecipeError("a recipe needs a train section, a tta section, or both", source=source)
     for key in ("name", "description"):
         if key in data and not isinstance(data[key], str):
-            raise RecipeError(f"{key} must be a string, got {data[key]!r}", source=source, line=data.line_of(key))
+            raise RecipeError(f"{key} must be a string, got {short(data[key])}", source=source, line=data.line_of(key))
     border = check_value(Param("choice", DEFAULT_BORDER, choices=tuple(BORDER_MODES)), "border",
                          data.get("border", DEFAULT_BORDER), where="recipe", source=source,
                          line=data.line_of("border"))
@@ -357,11 +357,11 @@ def parse_tta(raw: Any, source: str, line: int | None) -> TTASpec:
     if isinstance(raw, str):  # tta: flip+shift
         raw = {"preset": raw}
     if not isinstance(raw, dict):
-        raise RecipeError(f"tta must be a mapping or a preset name, got {raw!r}", source=source, where="tta",
+        raise RecipeError(f"tta must be a mapping or a preset name, got {short(raw)}", source=source, where="tta",
                           line=line, allowed=", ".join(allowed))
     for key in raw:
         if key not in allowed:
-            raise RecipeError(f"unknown key {key!r} in tta" + suggest(key, allowed), source=source, where="tta",
+            raise RecipeError(f"unknown key {short(key)} in tta" + suggest(key, allowed), source=source, where="tta",
                               line=raw.line_of(key) if hasattr(raw, "line_of") else line, allowed=", ".join(allowed))
     if ("preset" in raw) == ("views" in raw):
         raise RecipeError("tta needs exactly one of preset or views", source=source, where="tta", line=line)

@@ -14,7 +14,7 @@ import itertools
 from dataclasses import dataclass
 
 from .errors import RecipeError
-from .params import Param, check_params, suggest
+from .params import Param, check_params, short, suggest
 
 VIEW_KINDS: dict[str, dict[str, Param]] = {
     "identity": {},
@@ -107,7 +107,7 @@ def preset_views(name: str) -> list[View]:
     parts = [p.strip() for p in str(name).split("+")]
     for part in parts:
         if part not in PRESETS:
-            raise RecipeError(f"unknown TTA preset {part!r}" + suggest(part, PRESETS), where="tta",
+            raise RecipeError(f"unknown TTA preset {short(part)}" + suggest(part, PRESETS), where="tta",
                               allowed=" | ".join(list_presets()) + " (combine with +)")
     views: list[View] = [make_view(prim("identity"))]
     for part in parts:
@@ -134,7 +134,7 @@ def parse_view(obj, *, where: str, source: str | None, line: int | None) -> View
         prims = [_parse_prim(c, where=f"{where}.chain[{i}]", source=source, line=line) for i, c in enumerate(chain)]
         name = obj.get("name")
         if name is not None and not isinstance(name, str):
-            raise RecipeError(f"name must be a string, got {name!r}", source=source, where=where, line=line)
+            raise RecipeError(f"name must be a string, got {short(name)}", source=source, where=where, line=line)
         return make_view(*prims, name=name)
     return make_view(_parse_prim(obj, where=where, source=source, line=line))
 
@@ -145,10 +145,10 @@ def _parse_prim(obj, *, where: str, source: str | None, line: int | None) -> Pri
     elif isinstance(obj, dict) and len(obj) == 1:
         kind, params = next(iter(obj.items()))
     else:
-        raise RecipeError(f"a view is a name or a one-key mapping, got {obj!r}", source=source, where=where,
+        raise RecipeError(f"a view is a name or a one-key mapping, got {short(obj)}", source=source, where=where,
                           line=line, allowed=" | ".join(VIEW_KINDS))
     if kind not in VIEW_KINDS:
-        raise RecipeError(f"unknown view {kind!r}" + suggest(kind, VIEW_KINDS), source=source, where=where,
+        raise RecipeError(f"unknown view {short(kind)}" + suggest(kind, VIEW_KINDS), source=source, where=where,
                           line=line, allowed=" | ".join(VIEW_KINDS))
     resolved = check_params(params, VIEW_KINDS[kind], what=f"view {kind!r}", where=where, source=source, line=line)
     return Primitive(kind, tuple(sorted(resolved.items())))

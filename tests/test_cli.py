@@ -128,3 +128,39 @@ def test_sigint_during_start_up_exits_130_without_traceback():
     assert any("albumentations.core" in s for s in seen), "the child never imported albumentations"
     assert rc == 130, rest[-2000:]
     assert "Traceback" not in rest
+
+
+def test_recipes_check_checks_every_file_then_exits_2(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("train:\n  - flip: {p: 0.5}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  - rotate: {degres: 10}\n")
+    missing = tmp_path / "missing.yaml"
+    res = CliRunner().invoke(cli.app, ["recipes", "check", str(bad), str(good), str(missing), str(good)])
+    assert res.exit_code == 2
+    assert res.output.count(f"{good}: ok") == 2
+    assert f"{bad}:2: train[0] rotate: unknown parameter 'degres'" in res.output
+    assert f"{missing}: recipe file not found" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    ok = CliRunner().invoke(cli.app, ["recipes", "check", str(good), str(good)])
+    assert ok.exit_code == 0
+
+
+@pytest.mark.parametrize("text", [
+    "train:\n  - flip:\n      direction:\n" + "".join(
+        f"        {c}: &{c} [{', '.join([f'*{p}'] * 9) if p.strip() else ', '.join(['lol'] * 9)}]\n"
+        for p, c in zip(" abcdefgh", "abcdefghi")),
+    "train:\n  - albumentations: {transform: Resize, height: 100000, width: 100000}\n",
+    "train:\n  - shift: {x: " + "9" * 5000 + "}\n",
+    "train:\n  - shift: {x: 1.0e+400}\n",
+    "train: " + "[" * 500 + "]" * 500 + "\n",
+], ids=["alias-bomb", "huge-resize", "5000-digits", "1e400", "nested-500"])
+def test_hostile_recipes_exit_2_with_one_short_line(tmp_path, text):
+    """Issue 9 cases 5-7 through the real command: exit 2, one short message, no traceback."""
+    f = tmp_path / "r.yaml"
+    f.write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "augkit", "recipes", "check", str(f)], capture_output=True,
+                          text=True, env=ENV, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and len(proc.stderr) < 600

@@ -373,3 +373,115 @@ def test_recipes_build_without_torch_and_albumentations_pytorch_still_imports():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# ====================================================================== hostile recipes (issue 9)
+
+LAUGHS = "".join(f"        {c}: &{c} [{', '.join([f'*{p}'] * 9) if p.strip() else ', '.join(['lol'] * 9)}]\n"
+                 for p, c in zip(" abcdefgh", "abcdefghi"))
+
+
+def test_billion_laughs_is_refused_fast_with_the_line():
+    """A parameter value of 9 anchors of 9 aliases each: 9**9 strings if expanded. Refused from the node
+    graph (each node visited once), never expanded, and the message does not quote the value."""
+    text = "train:\n  - flip:\n      direction:\n" + LAUGHS
+    assert len(text) < 600
+    with pytest.raises(RecipeError, match=r"expands to more than 10000 values through YAML aliases") as info:
+        parse_recipe(text, "bomb.yaml")
+    assert info.value.line == 8  # e: 9**5 values, the first anchor over the budget
+    assert len(str(info.value)) < 300
+
+
+def test_aliases_within_the_budget_still_work():
+    text = "x: &r [-0.1, 0.1]\ntrain:\n  - shift: {x: *r, y: *r}\n"
+    with pytest.raises(RecipeError, match="unknown top-level key 'x'"):
+        parse_recipe(text)
+    r = parse_recipe("train:\n  - shift: {x: &r [-0.1, 0.1], y: *r}\n")
+    assert r.train[0].params["y"] == [-0.1, 0.1]
+
+
+def test_recursive_alias_is_refused():
+    with pytest.raises(RecipeError, match="recursive alias") as info:
+        parse_recipe("train:\n  - flip: {direction: &a [1, *a]}\n", "r.yaml")
+    assert info.value.line == 2
+
+
+def test_values_quoted_in_errors_are_truncated():
+    """A large (but not aliased) value must not be copied whole into the message."""
+    big = "[" + ", ".join(["horizontal"] * 3000) + "]"
+    with pytest.raises(RecipeError, match=r"direction: \['horizontal', .*\.\.\..* is not one of the choices") as info:
+        parse_recipe(f"train:\n  - flip: {{direction: {big}}}\n")
+    assert len(str(info.value)) < 400
+    with pytest.raises(RecipeError) as info:
+        parse_recipe("train:\n  - flip: {direction: " + "x" * 100_000 + "}\n")
+    assert len(str(info.value)) < 400
+
+
+def nested_one_of(depth: int) -> str:
+    lines = ["train:"]
+    for i in range(depth):
+        lines += ["  " * (2 * i + 1) + "- one_of:", "  " * (2 * i + 3) + "steps:"]
+    return "\n".join(lines + ["  " * (2 * depth + 3) + "- flip"]) + "\n"
+
+
+@pytest.mark.parametrize("text", [nested_one_of(100), "train:\n  - flip: {direction: " + "[" * 2000 + "]" * 2000 + "}\n",
+                                  "train:\n  - albumentations: {transform: Blur, blur_limit: " + "[" * 150 + "]" * 150
+                                  + "}\n"], ids=["composites", "flow-lists", "albumentations-value"])
+def test_deep_nesting_is_a_recipe_error(text):
+    with pytest.raises(RecipeError, match=r"nested more than 40 levels deep") as info:
+        parse_recipe(text, "deep.yaml")
+    assert info.value.line is not None and info.value.where.startswith("train[0].")
+
+
+def test_moderate_composite_nesting_still_works(photo):
+    r = parse_recipe(nested_one_of(10))
+    assert run(r, photo, 0).shape == photo.shape
+
+
+@pytest.mark.parametrize("value,reason", [("9" * 5000, "too large"), ("-" + "1" * 30, "too large"),
+                                          ("1.0e+400", "not a finite number"), (".inf", "not a finite number"),
+                                          (".nan", "not a finite number"), ("99999999999999999999", "too large")])
+def test_numbers_yaml_cannot_hold_name_line_step_and_key(value, reason):
+    with pytest.raises(RecipeError, match=rf"x: .*\({reason}\) is not a number") as info:
+        parse_recipe(f"train:\n  - flip: {{}}\n  - shift:\n      x: {value}\n", "n.yaml")
+    assert (info.value.line, info.value.where) == (4, "train[1] shift")
+    assert len(str(info.value)) < 400
+    with pytest.raises(RecipeError, match=rf"Resize: height: .*\({reason}\)") as info:
+        parse_recipe(f"train:\n  - albumentations:\n      transform: Resize\n      height: {value}\n      width: 8\n")
+    assert (info.value.line, info.value.where) == (4, "train[0] albumentations")
+
+
+@pytest.mark.parametrize("transform,key,args", [
+    ("Resize", "height", "height: 100000, width: 100000"),
+    ("Resize", "width", "height: 32, width: 20000"),
+    ("LongestMaxSize", "max_size", "max_size: 100000"),
+    ("PadIfNeeded", "min_height", "min_height: 50000, min_width: 32"),
+    ("RandomResizedCrop", "size", "size: [100000, 100000]"),
+    ("CenterCrop", "height", "height: 70000, width: 32"),
+    ("GaussianBlur", "blur_limit", "blur_limit: [3, 99999]"),
+])
+def test_absurd_sizes_in_albumentations_steps_are_refused(transform, key, args):
+    with pytest.raises(RecipeError, match=rf"{transform}: {key}: \d+ is larger than augkit's bound on sizes "
+                                          rf"\({ops.MAX_SIDE} px\)") as info:
+        parse_recipe(f"train:\n  - flip: {{}}\n  - albumentations: {{transform: {transform}, {args}}}\n", "s.yaml")
+    assert (info.value.line, info.value.where) == (3, "train[1] albumentations")
+
+
+def test_sizes_up_to_the_bound_are_accepted():
+    parse_recipe(f"train:\n  - albumentations: {{transform: Resize, height: {ops.MAX_SIDE}, width: 8}}\n")
+
+
+def test_color_parameters_left_out_mean_no_change(photo):
+    """As torchvision's ColorJitter: color {brightness, contrast} does not also jitter saturation (or hue)."""
+    r = parse_recipe("train:\n  - color: {brightness: 0.2, contrast: 0.3}\n")
+    prm = r.resolved()["train"][0]["color"]
+    assert prm["saturation"] == [1.0, 1.0] and prm["hue"] == [0.0, 0.0]
+    assert prm["brightness"] == [0.8, 1.2] and prm["contrast"] == [0.7, 1.3]
+    t = r.to_albumentations().transforms[0]
+    assert tuple(t.saturation) == (1.0, 1.0) and tuple(t.hue) == (0.0, 0.0)
+    # Only brightness given, fixed at 1.5: the pixels are exactly brightness * 1.5, whatever the seed.
+    only = parse_recipe("train:\n  - color: {brightness: [1.5, 1.5]}\n")
+    want = np.clip(photo.astype(np.float32) * 1.5, 0, 255)
+    for seed in (0, 1, 2):
+        out = run(only, photo, seed)
+        assert np.abs(out.astype(np.float32) - want).max() <= 1

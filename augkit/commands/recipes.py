@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import AugkitError, UsageError
 from ..ops import OPS, albumentations_transforms
 from ..recipe import export_albumentations, list_builtin, load_recipe, parse_recipe
 from ..views import list_presets
@@ -42,12 +43,19 @@ def show_cmd(recipe: str = typer.Argument(..., help="Recipe name or file.")) -> 
 @app.command("check")
 @cli_errors
 def check_cmd(files: list[Path] = typer.Argument(..., help="Recipe files to validate.")) -> None:
-    """Validate recipe files; exit 2 on the first error, naming the line, step and key."""
+    """Validate recipe files: each gets a line (ok, or the error naming the line, step and key); exit 2 if any failed."""
+    code = 0
     for f in files:
-        r = load_recipe(f)
-        steps = len(r.train)
+        try:
+            r = load_recipe(f)
+        except AugkitError as exc:
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            code = max(code, exc.exit_code)
+            continue
         views = len(r.tta.views) if r.tta else 0
-        out.print(f"{f}: ok ({steps} train steps, {views} TTA views, hash {r.hash})")
+        out.print(f"{f}: ok ({len(r.train)} train steps, {views} TTA views, hash {r.hash})", markup=False)
+    if code:
+        raise typer.Exit(code=code)
 
 
 @app.command("export")
@@ -59,7 +67,6 @@ def export_cmd(
 ) -> None:
     """Export the train pipeline as albumentations' own serialized YAML/JSON (albumentations.load reads it)."""
     if to != "albumentations":
-        from ..errors import UsageError
         raise UsageError(f"--to {to!r} is not supported (allowed: albumentations)")
     path = export_albumentations(load_recipe(recipe), output)
     err.print(f"wrote {path}: load with albumentations.load({str(path)!r}); to reproduce augkit's pixels seed it "
