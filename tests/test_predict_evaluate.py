@@ -24,61 +24,20 @@ from augkit.checkpoint import ModelMeta, save_checkpoint
 from augkit.cli import app
 from augkit.errors import UsageError
 from augkit.evaluate import evaluate
-from augkit.images import DECODE_POLICY, read_image
+from augkit.images import read_image
 from augkit.models import build_model
 from augkit.inference import to_model_input
 from augkit.predict import predict
-from augkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY, eval_image
+from augkit.preprocess import eval_image
+from _tinymodel import CLASSES, SIZE, digit_rgb, digits3, make_run, write_png
 
-CLASSES = ["zero", "one", "two"]  # the model's order; not alphabetical, so folder order would be wrong
-SIZE = 32
 PER_CLASS = 6
 runner = CliRunner()
 
 
-def digit_rgb(d8: np.ndarray) -> np.ndarray:
-    """An 8x8 sklearn digit (0..16) as a 32x32 RGB uint8 picture."""
-    g = cv2.resize((d8 * (255 / 16)).astype(np.uint8), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
-    return np.repeat(g[:, :, None], 3, axis=2)
-
-
-def write_png(path: Path, img: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    assert ok
-    path.write_bytes(buf.tobytes())
-    return path
-
-
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    keep = d.target < 3
-    return d.images[keep], d.target[keep]
-
-
-def make_run(run: Path, images: np.ndarray, target: np.ndarray) -> Path:
-    """Save a resnet18 checkpoint: seeded random convolutions, head fitted on their features."""
-    from sklearn.linear_model import LogisticRegression
-
-    torch.manual_seed(0)
-    model = build_model("resnet18", len(CLASSES)).eval()
-    meta = ModelMeta(arch="resnet18", classes=CLASSES, class_to_idx={c: i for i, c in enumerate(CLASSES)},
-                     image_size=SIZE, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
-                     decode_policy=DECODE_POLICY, resize_policy=RESIZE_POLICY)
-    x = to_model_input(torch.from_numpy(np.stack([digit_rgb(d) for d in images])), meta, torch.device("cpu"))
-    head, model.fc = model.fc, torch.nn.Identity()
-    with torch.no_grad():
-        feats = model(x).numpy()
-    clf = LogisticRegression(max_iter=2000).fit(feats, target)
-    with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(clf.coef_))
-        head.bias.copy_(torch.from_numpy(clf.intercept_))
-    model.fc = head
-    save_checkpoint(run / "best.pt", model, meta)
-    return run
+    return digits3()
 
 
 @pytest.fixture(scope="module")
