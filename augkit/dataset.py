@@ -9,6 +9,9 @@ load as images or even as a class; it also reads only ``.jpg .jpeg .png .bmp .we
 
 Per sample: ``read_image`` (augkit's decode policy) -> ``resize_short(image_size)`` -> the
 recipe's ``train`` pipeline -> ``resize_short`` + ``center_crop(image_size)`` -> a CHW tensor.
+JPEGs are decoded at reduced size (libjpeg DCT scaling: the largest 1/2, 1/4, 1/8 whose shorter
+side is still >= ``image_size``) when the decode policy allows it, then resized as above. With
+``cache=`` the first two steps are done once per image (:mod:`augkit.cache`).
 
 Randomness: the recipe is seeded per sample from ``derive_seed(seed, key, epoch, salt="train")``
 where ``key`` is the file's path relative to the folder. Nothing depends on the worker process,
@@ -31,15 +34,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .cache import ImageCache
 from .errors import ImageError, UsageError
-from .images import DEFAULT_MAX_PIXELS, _sniff, image_size as header_size, read_bytes, read_image, scan_folder
+from .images import (DECODE_POLICY, DEFAULT_MAX_PIXELS, check_image_bytes, decode_policy_reduces, max_bytes_for,
+                     read_bytes, read_image, scan_folder)
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, eval_image, resize_short
 from .recipe import Recipe, load_recipe
 from .seeding import derive_seed
+from .train_config import CHECKS
 
 OUTPUTS = ("float", "uint8")
 _KEEP = object()
-CHECKS = ("none", "header", "full")
 
 
 class AugmentedImageFolder(Dataset):
@@ -59,6 +64,9 @@ class AugmentedImageFolder(Dataset):
             ``"none"`` trusts the files. Files that fail are left out and listed in ``errors``.
         classes: for a folder, a fixed class list (e.g. the training set's) to label a
             validation folder with; every class folder found must be in it.
+        cache: an :class:`~augkit.cache.ImageCache` or a folder for one: every image is decoded
+            and resized once, at construction, and read from a memory-mapped file afterwards.
+            Files that fail to decode are left out and listed in ``errors``.
     """
 
     def __init__(self, root_or_samples: str | os.PathLike | Sequence[tuple[str | os.PathLike, int]],
@@ -66,7 +74,7 @@ class AugmentedImageFolder(Dataset):
                  output: str = "float", normalize: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, check: str | bool = "header",
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, classes: Sequence[str] | None = None,
-                 check_workers: int = 4):
+                 check_workers: int = 4, cache: ImageCache | str | os.PathLike | None = None):
         if output not in OUTPUTS:
             raise UsageError(f"output {output!r} is not one of {', '.join(OUTPUTS)}")
         check = {True: "header", False: "none"}.get(check, check) if isinstance(check, bool) else check
@@ -87,10 +95,14 @@ class AugmentedImageFolder(Dataset):
             items = self._from_pairs(root_or_samples, classes)
         if check != "none":
             items = self._check(items, check, check_workers)
+        self.cache = self._open_cache(cache)
+        if self.cache is not None:
+            items = self._fill_cache(items)
         self._set_items(items)
         # a shared-memory tensor, so set_epoch reaches persistent DataLoader workers too
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._augmenter = None
+        self._reduced = decode_policy_reduces(DECODE_POLICY)
 
     # ------------------------------------------------------------------ building the sample list
     def _from_folder(self, root, classes) -> list[tuple[str, int, str]]:
@@ -142,7 +154,22 @@ class AugmentedImageFolder(Dataset):
         return [it for it, e in zip(items, results) if e is None]
 
     def _probe(self, path: str) -> None:
-        check_image_bytes(read_bytes(path), path, max_pixels=self.max_pixels)
+        limit = max_bytes_for(self.max_pixels) if self.max_pixels is not None else None
+        check_image_bytes(read_bytes(path, max_bytes=limit), path, max_pixels=self.max_pixels)
+
+    def _open_cache(self, cache) -> ImageCache | None:
+        if cache is None or isinstance(cache, ImageCache):
+            if cache is not None and cache.size != self.image_size:
+                raise UsageError(f"cache {cache.folder} holds short side {cache.size}, not image_size "
+                                 f"{self.image_size}")
+            return cache
+        return ImageCache(cache, self.image_size, max_pixels=self.max_pixels)
+
+    def _fill_cache(self, items: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
+        failed = self.cache.prepare([p for p, _, _ in items])
+        self.errors += failed
+        bad = {e.path for e in failed}
+        return [it for it in items if it[0] not in bad]
 
     def _set_items(self, items: list[tuple[str, int, str]]) -> None:
         self._items = items
@@ -179,11 +206,18 @@ class AugmentedImageFolder(Dataset):
         return self.load(path, key), target
 
     def load(self, path: str, key: str) -> torch.Tensor:
-        img = read_image(path, max_pixels=self.max_pixels)
+        img = self.decode(path)
         if self.recipe is not None and self.recipe.train:
             img = resize_short(img, self.image_size)
             img, _ = self._get_augmenter()(img, derive_seed(self.seed, key, self.epoch, salt="train"))
         return self.to_tensor(eval_image(img, self.image_size))
+
+    def decode(self, path: str) -> np.ndarray:
+        """The image as the pipeline starts from it: from the cache, or decoded (at reduced size
+        when the decode policy allows; the caller resizes exactly as for a full decode)."""
+        if self.cache is not None:
+            return self.cache.get(path)
+        return read_image(path, max_pixels=self.max_pixels, min_side=self.image_size if self._reduced else None)
 
     def sample_seed(self, index: int) -> int:
         """The seed the recipe gets for sample ``index`` in the current epoch."""
@@ -221,26 +255,4 @@ def _try(fn, path: str) -> ImageError | None:
     except ImageError as exc:
         return exc
     return None
-
-
-def check_image_bytes(data: bytes, path: str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
-    """A cheap check that ``data`` will decode: signature, header, pixel limit and end marker.
-
-    Raises :class:`ImageError` with the same reasons as :func:`augkit.images.decode_image`
-    ("not an image", "too large", "truncated") without decoding the pixels.
-    """
-    if not data:
-        raise ImageError(path, "not an image", "empty file")
-    if _sniff(data) is None:
-        raise ImageError(path, "not an image", "unknown file signature")
-    size = header_size(data)
-    if max_pixels is not None and size is not None and size[0] * size[1] > max_pixels:
-        raise ImageError(path, "too large", f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels > "
-                                            f"limit {max_pixels:,}")
-    if data.startswith(b"\xff\xd8\xff") and not data.rstrip(b"\x00\r\n \t").endswith(b"\xff\xd9"):
-        raise ImageError(path, "truncated", "JPEG has no end-of-image marker")
-    if data.startswith(b"\x89PNG\r\n\x1a\n") and b"IEND" not in data[-64:]:
-        raise ImageError(path, "truncated", "PNG has no IEND chunk")
-    if size is None:
-        raise ImageError(path, "not an image", "no readable image header")
 

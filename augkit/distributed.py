@@ -28,13 +28,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
 from torch.utils.data import Sampler
 
 from .errors import UsageError
+from .train_config import LIBRARY_ONLY
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -187,21 +188,34 @@ def setup(device: torch.device) -> DistContext:
 
 # ====================================================================== --nproc: relaunch under torchrun
 
+def relaunch_args(argv: Sequence[str], option: str = "--nproc") -> list[str]:
+    """The command line the user gave (``sys.argv[1:]``) without ``option`` and its value: what
+    each torchrun process runs, so a new ``augkit train`` option needs no change here."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
 def train_cli_args(cfg) -> list[str]:
-    """``augkit train`` arguments that reproduce a :class:`~augkit.train.TrainConfig`."""
-    args = [str(cfg.data), "--output", str(cfg.out), "--recipe", str(cfg.recipe if cfg.recipe is not None else "none"),
-            "--arch", cfg.arch, "--weights", str(cfg.weights), "--epochs", str(cfg.epochs),
-            "--batch-size", str(cfg.batch_size), "--lr", repr(float(cfg.lr)), "--image-size", str(cfg.image_size),
-            "--val-split", repr(float(cfg.val_split)), "--freeze", cfg.freeze, "--seed", str(cfg.seed),
-            "--device", cfg.device, "--check", cfg.check]
-    if cfg.max_pixels is not None:
-        args += ["--max-pixels", str(cfg.max_pixels)]
-    if cfg.workers is not None:
-        args += ["--workers", str(cfg.workers)]
-    if cfg.amp:
-        args.append("--amp")
-    if cfg.resume:
-        args.append("--resume")
+    """``augkit train`` arguments that reproduce a :class:`~augkit.train_config.TrainConfig`, derived
+    from its fields (``batch_size`` -> ``--batch-size``; ``out`` -> ``--output``), for launching
+    from Python: ``launch(n, ["train", *train_cli_args(cfg)])``."""
+    args = [str(cfg.data), "--output", str(cfg.out)]
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in ("data", "out", *LIBRARY_ONLY) or value is None and f.name != "recipe":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            args += [flag] if value else []
+        else:
+            args += [flag, "none" if value is None else repr(value) if isinstance(value, float) else str(value)]
     return args
 
 
@@ -209,6 +223,14 @@ def torchrun_command(nproc: int, module_args: Sequence[str]) -> list[str]:
     """``python -m torch.distributed.run --standalone --nproc_per_node N -m augkit ARGS``."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
             "-m", "augkit", *module_args]
+
+
+def local_world_size() -> int:
+    """Processes of this run on this machine (``LOCAL_WORLD_SIZE`` from torchrun; 1 otherwise)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def launch(nproc: int, module_args: Sequence[str]) -> int:

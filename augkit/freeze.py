@@ -13,8 +13,10 @@ weights (``--weights none``) there is nothing to keep, so ``auto`` trains everyt
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # annotations only: the CLI reads this module's constants without importing torch
+    from torch import nn
 
 FREEZE_CHOICES = ("auto", "head", "none")
 MIN_IMAGES = 500

@@ -1,25 +1,32 @@
-"""``augkit train DATA -o RUN_DIR``: fine-tune a torchvision ResNet, augmenting online with a recipe."""
+"""``augkit train DATA -o RUN_DIR``: fine-tune a torchvision ResNet, augmenting online with a recipe.
+
+This module owns what the user sees (progress bars, the start-up lines, the summary table);
+:func:`augkit.train.train` does the work and reports through callbacks. It imports no torch at
+its top level, so ``augkit --help`` stays instant.
+"""
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from rich.console import Console
+from rich.markup import escape as esc
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from ..dataset import CHECKS
 from ..errors import EXIT_SKIPPED
 from ..freeze import FREEZE_CHOICES, MIN_IMAGES, MIN_PER_CLASS
 from ..images import DEFAULT_MAX_PIXELS
-from ..models import ARCHS
-from ..distributed import launch, train_cli_args, under_torchrun
-from ..train import DEVICES, ERRORS, TrainConfig, train
+from ..train_config import CHECKS, DEVICES, ERRORS, PRECISIONS, WORKERS_RULE, TrainCallbacks, TrainConfig
 from ._common import cli_errors, err
 
-Arch = Enum("Arch", {a: a for a in ARCHS}, type=str)
 Freeze = Enum("Freeze", {f: f for f in FREEZE_CHOICES}, type=str)
 Device = Enum("Device", {d: d for d in DEVICES}, type=str)
 Check = Enum("Check", {c: c for c in CHECKS}, type=str)
+PrecisionChoice = Enum("PrecisionChoice", {p: p for p in PRECISIONS}, type=str)
 
 
 @cli_errors
@@ -29,7 +36,7 @@ def command(
     output: Path = typer.Option(..., "--output", "-o", help="Run folder to write (RUN_DIR)."),
     recipe: str = typer.Option("default", "--recipe", "-r",
                                help="Built-in recipe name, a recipe .yaml file, or none (no augmentation)."),
-    arch: Arch = typer.Option("resnet18", "--arch", help="torchvision ResNet."),
+    arch: str = typer.Option("resnet18", "--arch", help="torchvision ResNet: resnet18, 34, 50, 101 or 152."),
     weights: str = typer.Option("imagenet", "--weights",
                                 help="imagenet (torchvision's, downloaded), none (random init), or PATH: a "
                                 "torchvision state-dict file or an earlier augkit run folder/checkpoint."),
@@ -37,6 +44,7 @@ def command(
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate of the head (the backbone gets less when "
                              "fine-tuning pretrained weights)."),
+    weight_decay: float = typer.Option(1e-2, "--weight-decay", min=0.0, help="AdamW weight decay."),
     image_size: int = typer.Option(224, "--image-size", min=16, help="Training and prediction size (square)."),
     val_split: float = typer.Option(0.2, "--val-split", help="Share of each class held out for validation when "
                                     "DATA has no val folder (stratified, seeded); 0: no validation."),
@@ -47,10 +55,19 @@ def command(
     seed: int = typer.Option(0, "--seed", "-s", help="Decides initialisation, data order, split and augmentation."),
     device: Device = typer.Option("auto", "--device", help="auto picks cuda, then mps, then cpu."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0,
-                                          help="DataLoader worker processes; 0 loads in the main process "
-                                          "[default: on a GPU, CPU count - 1 (max 16); on CPU, CPU count / 4 "
-                                          "(1 to 4)]."),
+                                          help=f"DataLoader worker processes; 0 loads in the main process "
+                                          f"[default: {WORKERS_RULE}]."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of the training process "
+                                          "[default: usable cores minus loader workers, at least 1]."),
+    precision: PrecisionChoice = typer.Option("auto", "--precision",
+                                              help="auto: bf16 autocast + channels_last on CPUs with native "
+                                              "bfloat16 at image sizes >= 96, else fp32; on cuda fp32 (fp16 with "
+                                              "--amp). fp32, bf16, fp16: as named."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (float16), on cuda only."),
+    cache: bool = typer.Option(False, "--cache", help="Decode and resize every image once into a memory-mapped "
+                               "store (RUN_DIR/cache), so later epochs and runs skip decoding."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Keep the --cache store in this folder "
+                                             "(shared between runs; implies --cache)."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN_DIR from its last.pt."),
     check: Check = typer.Option("header", "--check", help="Check every file before training: header (signature, "
                                 "size, end marker), full (decode) or none."),
@@ -64,22 +81,128 @@ def command(
 
     RUN_DIR gets: best.pt and last.pt (safe checkpoints with the classes, image size, normalization, decode policy and recipe); settings.yaml (every resolved setting); metrics.csv (one row per epoch); curves.png; errors.jsonl (files left out).
 
-    Exit codes: 0 done; 1 failed; 2 bad options or data; 3 done, but some files were left out.
+    Exit codes: 0 done; 1 failed (e.g. RUN_DIR not writable); 2 bad options or data; 3 done, but some files were left out.
     """
-    config = TrainConfig(data=data, out=output, recipe=recipe, arch=arch.value, weights=weights, epochs=epochs,
-                         batch_size=batch_size, lr=lr, image_size=image_size, val_split=val_split,
-                         freeze=freeze.value, seed=seed, device=device.value, workers=workers, amp=amp,
-                         resume=resume, check=check.value, max_pixels=max_pixels)
-    if nproc > 1 and not under_torchrun():  # augkit.distributed: the same command in N processes
+    config = TrainConfig(data=data, out=output, recipe=recipe, arch=arch, weights=weights, epochs=epochs,
+                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, image_size=image_size,
+                         val_split=val_split, freeze=freeze.value, seed=seed, device=device.value, workers=workers,
+                         threads=threads, precision=precision.value, amp=amp, cache=cache or cache_dir is not None,
+                         cache_dir=cache_dir, resume=resume, check=check.value, max_pixels=max_pixels)
+    # deferred: augkit.distributed imports torch (seconds); `augkit --help` must not pay for it
+    from ..distributed import launch, relaunch_args, under_torchrun
+
+    if nproc > 1 and not under_torchrun():  # the same command line in N processes, minus --nproc
         config.validate()
-        code = launch(nproc, ["train", *train_cli_args(config)])
+        code = launch(nproc, relaunch_args(sys.argv[1:]))
         raise typer.Exit(code=EXIT_SKIPPED if code == 0 and _skipped_files(output) else code)
     result = train(config, console=err)
     if result.skipped and not under_torchrun():  # torchrun takes any non-zero exit for a failure
         raise typer.Exit(code=EXIT_SKIPPED)
 
 
+def train(config: TrainConfig, console: Console | None = None) -> Any:
+    """:func:`augkit.train.train` with this command's display on ``console`` (stderr by default);
+    only the main process of a distributed run prints."""
+    # deferred: augkit.train imports torch, torchvision and albumentations
+    from ..distributed import is_main
+    from ..train import train as run_training
+
+    console = console or err
+    reporter = Reporter(console, config.progress)
+    try:
+        result = run_training(config, reporter)
+    finally:
+        reporter.stop()
+    if is_main():
+        console.print(summary_table(result))
+    return result
+
+
 def _skipped_files(run_dir: Path) -> bool:
     """Whether the run that rank 0 wrote left files out (its errors.jsonl is not empty)."""
     errors = Path(run_dir) / ERRORS
     return errors.is_file() and errors.stat().st_size > 0
+
+
+class Reporter(TrainCallbacks):
+    """The command's display: start-up lines, one progress bar per epoch, notes in yellow."""
+
+    def __init__(self, console: Console, progress: bool):
+        self.console, self.enabled = console, progress
+        self._progress: Any = None
+        self._task = self._vtask = None
+
+    def on_note(self, text: str) -> None:
+        warn = text.startswith(("warning", "--amp", "--resume"))
+        self.console.print(f"[yellow]{esc(text)}[/]" if warn else esc(text), soft_wrap=True)
+
+    def on_start(self, info: Any) -> None:
+        say, data, cfg = self.console.print, info.data, info.cfg
+        say(f"data: {len(data.train)} train / {len(data.val) if data.val else 0} val images, "
+            f"{len(data.classes)} classes ({esc(data.layout)})")
+        if data.errors:
+            say(f"[yellow]warning:[/] {len(data.errors)} file(s) left out (listed in "
+                f"{esc(str(info.out / ERRORS))}):")
+            for e in data.errors[:10]:
+                say(f"  {esc(str(e))}")
+            if len(data.errors) > 10:
+                say(f"  ... and {len(data.errors) - 10} more")
+        if data.val is None:
+            say("[yellow]note:[/] no validation images: best.pt is the epoch with the lowest training loss")
+        say(f"freeze: [bold]{info.plan.describe()}[/] - {esc(info.plan.reason)}")
+        say(f"device: {info.device}, {cfg.workers} loader worker(s), {info.threads} thread(s), batch "
+            f"{cfg.batch_size}, {cfg.epochs} epochs")
+        say(f"precision: {info.precision.name}{' + channels_last' if info.precision.channels_last else ''} "
+            f"({esc(info.precision.reason)})")
+
+    def on_epoch_start(self, epoch: int, epochs: int, phase: str, batches: int, val_batches: int) -> None:
+        self.stop()
+        if not self.enabled:
+            return
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.console)
+        self._progress.start()
+        self._task = self._progress.add_task(f"epoch {epoch}/{epochs} {phase}", total=batches, stats="")
+        self._vtask = self._progress.add_task("  validate", total=val_batches, stats="") if val_batches else None
+
+    def on_batch(self, images: int, loss: float, acc: float, images_per_s: float) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1,
+                                  stats=f"loss {loss:.4f}  acc {acc:6.1%}  {images_per_s:6.0f} img/s")
+
+    def on_val_batch(self, images: int) -> None:
+        if self._progress is not None and self._vtask is not None:
+            self._progress.update(self._vtask, advance=1)
+
+    def on_epoch_end(self, row: dict) -> None:
+        if self._progress is not None and self._vtask is not None and row["val_acc"] is not None:
+            self._progress.update(self._vtask, stats=f"loss {row['val_loss']:.4f}  acc {row['val_acc']:6.1%}")
+        self.stop()
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def summary_table(result: Any) -> Table:
+    """Best and last epoch, time, throughput and settings of a finished run."""
+    t = Table(title=f"augkit train: {result.run_dir}", title_justify="left")
+    t.add_column("")
+    t.add_column("best (epoch %d)" % result.best_epoch, justify="right")
+    t.add_column("last (epoch %d)" % result.last["epoch"], justify="right")
+
+    def f(v, pct=False):
+        return "-" if v is None else (f"{v:.1%}" if pct else f"{v:.4f}")
+
+    for key, pct in (("train_loss", False), ("train_acc", True), ("val_loss", False), ("val_acc", True)):
+        t.add_row(key.replace("_", " "), f(result.best.get(key), pct), f(result.last.get(key), pct))
+    secs = sum(r["seconds"] for r in result.history)
+    ips = sum(r["images_per_s"] * r["seconds"] for r in result.history) / max(1e-9, secs)
+    t.add_row("train time", "", f"{secs:.1f} s over {len(result.history)} epochs")
+    t.add_row("throughput", "", f"{ips:.0f} img/s on {result.device} ({result.precision}, {result.threads} "
+                                f"thread(s), {result.workers} worker(s))")
+    t.add_row("freeze", "", result.plan.mode)
+    if result.skipped:
+        t.add_row("skipped files", "", f"{len(result.skipped)} (see {ERRORS})")
+    return t

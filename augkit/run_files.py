@@ -1,0 +1,167 @@
+"""What a training run writes to its run folder, and when.
+
+* ``metrics.csv`` after every epoch (a few hundred bytes);
+* ``best.pt`` and ``last.pt`` (weights + optimizer + history, ~130 MB for a ResNet-18) on a
+  budget: after the first epoch, then whenever the time since the last write is at least
+  :data:`FLUSH_FACTOR` times what that write took (so checkpoints cost at most ~1/FLUSH_FACTOR of
+  the run), and after the last epoch. Measured here: last.pt 0.24 s, best.pt 0.07 s, against
+  ~1.2 s epochs on 500 digits at 32 px: writing both every epoch cost ~25% of such a run.
+  A run killed in between resumes (``--resume``) from the last written epoch and recomputes the
+  epochs after it exactly (the order and augmentations depend only on seed and epoch);
+  ``best.pt`` is written before ``last.pt``, so the two always agree.
+* ``curves.png`` when the run ends, finished or interrupted (drawing it every epoch bought nothing).
+
+Every write is atomic; an OS error (disk full, read-only folder) ends the run with one line
+naming the path and the error (:class:`RunDirError`, exit code 1).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import BEST, LAST, ModelMeta, save_checkpoint, versions
+from .errors import AugkitError, ImageError
+from .images import DECODE_POLICY, atomic_write_text
+from .plot import plot_curves
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
+from .train_config import CURVES, ERRORS, METRICS, SETTINGS  # noqa: F401  (re-exported)
+
+METRIC_COLUMNS = ("epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr_backbone", "lr_head",
+                  "seconds", "images_per_s")
+FLUSH_FACTOR = 20  # checkpoints are written when the time since the last write >= 20x its cost
+
+
+class RunDirError(AugkitError):
+    """The run folder cannot be written (disk full, read-only, not a folder): exit code 1."""
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an OS error while writing ``path`` into a one-line :class:`RunDirError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise RunDirError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from None
+
+
+def make_run_dir(out: Path) -> None:
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    with writing(path):
+        atomic_write_text(path, text)
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt(r.get(k)) for k in METRIC_COLUMNS})
+    write_text(path, buf.getvalue())
+
+
+def _fmt(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+def write_errors(path: Path, errors: list[ImageError]) -> None:
+    """One JSON object per left-out file: path, reason, detail (as ``augment``'s errors.jsonl)."""
+    rows = [{"path": e.path, "reason": e.reason, "detail": e.detail, "kind": "bad input"} for e in errors]
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def write_curves(out: Path, history: list[dict]) -> None:
+    if history:
+        with writing(out / CURVES):
+            plot_curves(history, out / CURVES)
+
+
+class _Weights:
+    """A state dict that :func:`save_checkpoint` can save like a model (a copy of the best epoch)."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
+
+
+class CheckpointWriter:
+    """Writes ``best.pt`` and ``last.pt`` on the time budget described in the module docstring."""
+
+    def __init__(self, out: Path, meta: ModelMeta, extra: dict, enabled: bool = True):
+        self.out, self.meta, self.extra, self.enabled = out, meta, extra, enabled
+        self._best: tuple[_Weights, dict, int] | None = None  # weights, metrics, epoch not yet on disk
+        self._last_end: float | None = None
+        self._cost = 0.0
+        self.writes = 0
+
+    def epoch_done(self, model: torch.nn.Module, optimizer, scaler, history: list[dict], best: dict,
+                   improved: bool, final: bool) -> None:
+        """Call after each epoch (``improved``: this epoch is the new best)."""
+        if not self.enabled:
+            return
+        epoch = int(history[-1]["epoch"])
+        now = time.perf_counter()
+        due = final or self._last_end is None or now - self._last_end >= FLUSH_FACTOR * self._cost
+        if improved:  # written now from the model itself, or later from a copy of this epoch's weights
+            net = getattr(model, "module", model)
+            weights = net if due else _Weights({k: v.detach().clone() for k, v in net.state_dict().items()})
+            self._best = (weights, dict(history[-1]), epoch)
+        if due:
+            self._flush(model, optimizer, scaler, history, best, epoch)
+            self._cost, self._last_end = time.perf_counter() - now, time.perf_counter()
+
+    def _flush(self, model, optimizer, scaler, history, best, epoch) -> None:
+        if self._best is not None:
+            weights, metrics, best_epoch = self._best
+            with writing(self.out / BEST):
+                save_checkpoint(self.out / BEST, weights, self.meta, epoch=best_epoch, metrics=metrics)
+            self._best = None
+        with writing(self.out / LAST):
+            save_checkpoint(self.out / LAST, model, self.meta, epoch=epoch, metrics=history[-1],
+                            optimizer=optimizer.state_dict(),
+                            scaler=scaler.state_dict() if scaler is not None else None, history=history,
+                            best=best, **self.extra)
+        self.writes += 1
+
+
+def settings_dict(cfg, recipe, data, plan, device: torch.device, precision, threads: int) -> dict:
+    """Everything the run used, resolved: what ``settings.yaml`` holds."""
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "recipe"}
+    options["recipe"] = recipe.source if recipe is not None else "none"
+    return {
+        "augkit_train": options,
+        "resolved": {
+            "device": str(device),
+            "amp": precision.name != "fp32",
+            "precision": precision.to_dict(),
+            "cpu": {"threads": threads, "loader_workers": cfg.workers},
+            "freeze": {**plan.to_dict(), "description": plan.describe()},
+            "optimizer": {"name": "AdamW", "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                          "backbone_lr": f"lr x {plan.backbone_lr_mult:g}",
+                          "schedule": "constant during head-only warm-up, then cosine decay per epoch"},
+            "data": data.describe(),
+            "preprocessing": {"image_size": cfg.image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                              "decode_policy": DECODE_POLICY, "resize_policy": RESIZE_POLICY},
+            "recipe": ({"name": recipe.name, "source": recipe.source, "hash": recipe.hash, **recipe.resolved()}
+                       if recipe is not None else None),
+            "versions": versions(),
+        },
+    }
