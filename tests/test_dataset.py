@@ -1,21 +1,25 @@
 """AugmentedImageFolder: a drop-in for torchvision's ImageFolder, with per-sample seeded augmentation."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
+from augkit.cache import ImageCache
 from augkit.dataset import AugmentedImageFolder
 from augkit.errors import ImageError, UsageError
-from augkit.images import read_image
+from augkit.images import opencv_threads, read_image
 from augkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, eval_image
 from augkit.seeding import derive_seed
 from _digits import digit_images, digits_folder, write_png
+from _imgs import class_folder, photo, write
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +229,88 @@ def test_bad_options_are_usage_errors(nested):
         AugmentedImageFolder(nested, check="deep")
     with pytest.raises(UsageError, match="unknown recipe 'digts'.*digits"):
         AugmentedImageFolder(nested, "digts")
+
+
+# ------------------------------------------------------------------ hostile files: found at construction, no hang
+
+def test_fifo_and_dev_zero_link_are_reported_at_construction(tmp_path):
+    root = digits_folder(tmp_path / "d", digits=(0, 1), per_class=2)
+    os.mkfifo(root / "d0" / "fifo.jpg")  # opening it for reading would block forever
+    (root / "d1" / "zero.jpg").symlink_to("/dev/zero")  # reading it would never end
+    for check in ("header", "full"):
+        ds = AugmentedImageFolder(root, "digits", image_size=16, check=check)
+        reasons = {Path(e.path).name: e.reason for e in ds.errors}
+        assert reasons == {"fifo.jpg": "not a regular file", "zero.jpg": "not a regular file"}, check
+        assert len(ds) == 4 and all(ds[i][0].shape == (3, 16, 16) for i in range(len(ds)))
+
+
+def test_extreme_aspect_ratio_is_found_at_construction_not_mid_epoch(tmp_path):
+    root = digits_folder(tmp_path / "d", digits=(0, 1), per_class=2)
+    strip = np.full((1, 3_000_000), 128, np.uint8)
+    ok, buf = cv2.imencode(".tif", strip)
+    assert ok
+    (root / "d0" / "strip.tif").write_bytes(buf.tobytes())
+    ds = AugmentedImageFolder(root, "digits", image_size=16)
+    assert {Path(e.path).name: e.reason for e in ds.errors} == {"strip.tif": "bad dimensions"}
+    assert [ds[i][0].shape for i in range(len(ds))] == [(3, 16, 16)] * 4
+
+
+# ------------------------------------------------------------------ decoding at the size needed, and the cache
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Real photos (scikit-image) as 240x180 JPEGs and a PNG: big enough for a 1/4 JPEG reduction at 32 px."""
+    return class_folder(tmp_path_factory.mktemp("photos"), per_class=2, classes=("cat", "coffee"), size=(240, 180))
+
+
+def test_jpegs_are_decoded_at_reduced_size_close_to_a_full_decode(photos):
+    ds = AugmentedImageFolder(photos, None, image_size=32, output="uint8")
+    jpg = next(i for i, (p, _) in enumerate(ds.samples) if p.endswith(".jpg"))
+    path = ds.samples[jpg][0]
+    reduced = ds.decode(path)
+    assert 32 <= min(reduced.shape[:2]) <= 180 // 4  # 1/4 scale: the largest that keeps 32 px
+    full = eval_image(read_image(path, reduced=False), 32).astype(int)
+    assert np.abs(ds[jpg][0].permute(1, 2, 0).numpy().astype(int) - full).mean() < 4
+
+
+def _epochs(ds, epochs=(0, 1), workers=0) -> list[torch.Tensor]:
+    out = []
+    for e in epochs:
+        ds.set_epoch(e)
+        out += [x for x, _ in DataLoader(ds, batch_size=3, num_workers=workers)]
+    return out
+
+
+def test_cache_gives_the_same_tensors_as_decoding(photos, tmp_path):
+    plain = AugmentedImageFolder(photos, "default", image_size=32, seed=4)
+    cached = AugmentedImageFolder(photos, "default", image_size=32, seed=4, cache=tmp_path / "cache")
+    assert cached.cache is not None and all(p in cached.cache for p, _ in cached.samples)
+    assert (tmp_path / "cache" / "pixels.u8").stat().st_size > 0
+    with opencv_threads(1):  # before workers fork, as augkit train does
+        got = _epochs(cached, workers=2)  # each worker maps the store itself
+    want = _epochs(plain)
+    assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_cache_decodes_a_changed_file_again_and_keeps_the_others(photos, tmp_path):
+    root = tmp_path / "p"
+    shutil.copytree(photos, root)
+    notes: list[str] = []
+    first = AugmentedImageFolder(root, None, image_size=32, cache=ImageCache(tmp_path / "c", 32, on_note=notes.append))
+    assert "0 of 4 images already decoded; adding 4" in notes[-1]
+    changed = Path(first.samples[0][0])
+    write(changed, photo("rocket", (240, 180)))  # same name, new content
+    again = AugmentedImageFolder(root, None, image_size=32, cache=ImageCache(tmp_path / "c", 32, on_note=notes.append))
+    assert "3 of 4 images already decoded; adding 1" in notes[-1]
+    fresh = AugmentedImageFolder(root, None, image_size=32)
+    assert all(torch.equal(again[i][0], fresh[i][0]) for i in range(len(fresh)))
+    assert not torch.equal(again[0][0], first[0][0])
+
+
+def test_cache_that_does_not_fit_is_refused_before_building(photos, tmp_path, monkeypatch):
+    import augkit.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1000))
+    with pytest.raises(UsageError, match="needs about .* but the disk has"):
+        AugmentedImageFolder(photos, None, image_size=32, cache=tmp_path / "c")
+    assert not (tmp_path / "c" / "pixels.u8").exists()

@@ -27,12 +27,13 @@ RUN_FILES = {"best.pt", "last.pt", "metrics.csv", "settings.yaml", "curves.png",
 TINY = dict(weights="none", epochs=1, batch_size=4, image_size=16, recipe="digits", workers=0, device="cpu",
             val_split=0.25, seed=3)
 
-# Run by torchrun in each process: trains through augkit.train.train(), and records (test-only,
+# Run by torchrun in each process: trains through augkit.train.train() (reporting as the CLI does), and records (test-only,
 # by wrapping train_one_epoch) the parameters each rank ends with and the sample indices it read.
 DRIVER = textwrap.dedent('''
     import json, os, sys
     import torch
     import augkit.train as T
+    from augkit.commands.train import train as train_and_report  # train() with the CLI's display
 
     out_dir = sys.argv[3]
     rank = int(os.environ["RANK"])
@@ -49,7 +50,7 @@ DRIVER = textwrap.dedent('''
 
     T.train_one_epoch = recording
     cfg = T.TrainConfig(data=sys.argv[1], out=sys.argv[2], **json.loads(sys.argv[4]))
-    T.train(cfg)
+    train_and_report(cfg)
 ''')
 
 
