@@ -222,6 +222,13 @@ def _same_settings(plan: Plan, row: dict) -> bool:
             and bool(row.get("require_change", False)) == (o.require_change and row.get("kind") != "original"))
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name over 255 bytes: the task reports it per file
+        return False
+
+
 def _todo(plan: Plan, result: AugmentResult) -> list[WorkItem]:
     """The items still to run; finished ones count as already done, unrecorded outputs are verified."""
     opts = plan.options
@@ -229,7 +236,7 @@ def _todo(plan: Plan, result: AugmentResult) -> list[WorkItem]:
     todo = []
     for item in plan.items:
         row = done.get(item.out)
-        exists = (plan.dst / item.out).is_file() if (row or not opts.overwrite) else False
+        exists = _is_file(plan.dst / item.out) if (row or not opts.overwrite) else False
         if row is not None and exists and _same_settings(plan, row):
             result.already_done += 1
         elif exists and not opts.overwrite:
