@@ -244,3 +244,49 @@ def test_preview_draws_labelled_grid(src, tmp_path):
     assert res.exit_code == 0, res.output
     wide = read_image(tmp_path / "x.png")
     assert wide.shape[1] > grid.shape[1]  # one column per step end
+
+
+def test_max_side_shrinks_never_enlarges_and_is_recorded(tmp_path):
+    src = tmp_path / "src"
+    write(src / "cat" / "big.jpg", photo(size=(320, 240)))
+    write(src / "cat" / "tall.png", photo(size=(120, 300)))
+    write(src / "cat" / "small.png", photo(size=(40, 30)))
+    dst = tmp_path / "dst"
+    r = run(src, dst, copies=1, workers=1, max_side=100, originals=True)
+    assert r.exit_code == 0 and r.written == 6
+    sizes = {p: read_image(dst / "cat" / p).shape[:2] for p in ("big__aug0.jpg", "tall__aug0.png", "small__aug0.png")}
+    assert sizes == {"big__aug0.jpg": (75, 100), "tall__aug0.png": (100, 40), "small__aug0.png": (30, 40)}
+    for name in ("big.jpg", "tall.png", "small.png"):  # originals stay byte for byte
+        assert (dst / "cat" / name).read_bytes() == (src / "cat" / name).read_bytes()
+    m = {row["output"]: row for row in rows(dst / "manifest.jsonl")}
+    assert m["cat/big__aug0.jpg"]["max_side"] == 100 and (m["cat/big__aug0.jpg"]["width"], m["cat/big__aug0.jpg"]["height"]) == (100, 75)
+    assert "max_side: 100" in (dst / "augkit-run.yaml").read_text()
+    assert run(src, dst, copies=1, workers=1, max_side=100, originals=True).already_done == 6
+    r = run(src, dst, copies=1, workers=1, originals=True)  # another size: outputs are checked, not trusted
+    assert sorted(r.existing) == ["cat/big__aug0.jpg", "cat/tall__aug0.png"] and r.written == 0
+    assert r.already_done == 4  # the originals and the small image's copy come out byte-identical
+    res = runner.invoke(app, ["augment", str(src), str(tmp_path / "o"), "--max-side", "0"])
+    assert res.exit_code == 2 and "--max-side must be >= 1" in res.output
+
+
+def test_unchanged_copies_are_counted_and_require_change_redraws_them(tmp_path):
+    src = class_folder(tmp_path / "src", per_class=3)
+    recipe = tmp_path / "rare.yaml"
+    recipe.write_text("train:\n  - flip: {direction: horizontal, p: 0.5}\n")
+    kw = dict(recipe=str(recipe), copies=4, format="png", workers=1, seed=3)
+    plain = run(src, tmp_path / "plain", **kw)
+    same = {r["output"] for r in rows(tmp_path / "plain/manifest.jsonl")
+            if np.array_equal(read_image(tmp_path / "plain" / r["output"]), read_image(src / r["source"]))}
+    assert plain.unchanged == len(same) > 0
+    assert {r["output"] for r in rows(tmp_path / "plain/manifest.jsonl") if r["unchanged"]} == same
+    redrawn = run(src, tmp_path / "redrawn", require_change=True, **kw)
+    assert redrawn.exit_code == 0 and redrawn.unchanged == 0
+    m = {r["output"]: r for r in rows(tmp_path / "redrawn/manifest.jsonl")}
+    assert all(m[o]["redraws"] >= 1 for o in same) and all(m[o]["redraws"] == 0 for o in m if o not in same)
+    a, b = images(tmp_path / "plain"), images(tmp_path / "redrawn")
+    assert {k for k in a if a[k] != b[k]} == same  # copies that changed at the first draw are untouched
+    again = run(src, tmp_path / "again", require_change=True, **kw)
+    assert images(tmp_path / "again") == b and again.unchanged == 0  # redraws are reproducible
+    res = runner.invoke(app, ["augment", str(src), str(tmp_path / "cli"), "-r", str(recipe), "-n", "4", "-f", "png",
+                              "-s", "3", "-w", "1"])
+    assert res.exit_code == 0 and f"unchanged copies │ {len(same)} (identical" in res.output
