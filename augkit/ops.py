@@ -7,25 +7,15 @@ is used only from here and from :mod:`augkit.recipe`, so it can be swapped, and 
 """
 from __future__ import annotations
 
-import functools
-import inspect
-import re
-import warnings
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .albu import import_albumentations
 from .errors import RecipeError
-from .params import Param, is_number, short, suggest
-from .yamlio import BadNumber
-
-#: Largest pixel size (per side, kernel, pad or crop) a pass-through albumentations parameter may ask
-#: for: larger values pass albumentations' own checks but allocate tens of GB (Resize to 100000 px).
-MAX_SIDE = 16384
-#: Pass-through parameter names that are sizes in pixels (Resize height/width, LongestMaxSize max_size,
-#: PadIfNeeded min_height, crop sizes, kernel and hole sizes, pads, grids): bounded by MAX_SIDE.
-SIZE_KEY = re.compile(r"height|width|size|length|radius|^px$|_px$|^[xy]_(min|max)$|^padding$|_divisor$"
-                      r"|grid|kernel|blur_limit")
+from .params import Param, check_params, check_value, is_number, short, suggest
+from .passthrough import albumentations_transforms, build_albumentations
+from .yamlio import plain
 
 # OpenCV's border constants (cv2.BORDER_*), spelled as numbers so that reading the op table
 # (``recipes ops``, ``--help``) does not import OpenCV; a test checks them against cv2.
@@ -42,37 +32,105 @@ GEOMETRY_PARAMS = {
 }
 
 
+@dataclass(frozen=True)
+class StepContext:
+    """Where a step is, for error messages, and how to parse nested steps (what composites need)."""
+
+    where: str
+    source: str | None
+    line: int | None
+    p: float = 1.0
+    parse_steps: Callable[[Any, str, str, int | None], list] | None = None
+
+
 @dataclass
 class OpSpec:
+    """One registered step type.
+
+    A leaf op is ``build(params, p, border_mode, fill)`` over a parameter schema. Hooks let an
+    entry do more, so that composites and the albumentations pass-through live in this same table:
+    ``parse(body, ctx) -> (params, children)`` replaces schema validation; ``build_step(step, kids)``
+    replaces ``build`` (it gets the whole step and its children's transforms); ``extremes(params)``
+    lists the leaf's variants for previews; ``manifest(sampled)`` renames sampled parameters for
+    manifests; ``listing`` is the parameters column of ``recipes ops`` when there is no schema.
+    """
+
     name: str
     params: dict[str, Param]
-    build: Callable[..., Any]
+    build: Callable[..., Any] | None
     doc: str
     geometric: bool = False
     example: dict = field(default_factory=dict)
+    composite: bool = False
+    parse: Callable[[dict, StepContext], tuple[dict, list]] | None = None
+    build_step: Callable[[Any, list], Any] | None = None
+    extremes: Callable[[dict], list[tuple[str, dict]]] | None = None
+    manifest: Callable[[dict], dict] | None = None
+    listing: str = ""
 
     def all_params(self) -> dict[str, Param]:
         return {**self.params, **(GEOMETRY_PARAMS if self.geometric else {})}
+
+    def parse_body(self, body: dict, ctx: StepContext) -> tuple[dict, list]:
+        """Validated parameters (defaults filled) and child steps of one step of this op."""
+        if self.parse is not None:
+            return self.parse(body, ctx)
+        return check_params(body, self.all_params(), what=f"op {self.name!r}", where=ctx.where,
+                            source=ctx.source, line=ctx.line), []
+
+    def extreme_params(self, params: dict) -> list[tuple[str, dict]]:
+        """This leaf at the low and the high end of each of its ranges (or once, if it has none)."""
+        if self.extremes is not None:
+            return self.extremes(params)
+        ranges = [k for k, s in self.params.items() if s.kind == "range" and params[k][0] != params[k][1]]
+        if not ranges:
+            return [(self.name, params)]
+        out = []
+        for end, label in ((0, "low"), (1, "high")):
+            prm = copy.deepcopy(params)
+            for k in ranges:
+                prm[k] = [prm[k][end], prm[k][end]]
+            desc = ", ".join(f"{k}={prm[k][0]:g}" for k in ranges)
+            out.append((f"{self.name} {label}: {desc}", prm))
+        return out
 
 
 OPS: dict[str, OpSpec] = {}
 
 
 def register_op(name: str, *, params: dict[str, Param], doc: str, geometric: bool = False,
-                example: dict | None = None):
-    """Decorator: register ``build(params, p, border_mode, fill) -> albumentations transform``."""
+                example: dict | None = None, whole_step: bool = False, **hooks: Any):
+    """Decorator: register ``build(params, p, border_mode, fill) -> albumentations transform``.
+
+    With ``whole_step=True`` the decorated function is ``build_step(step, kids)`` instead. ``hooks``
+    are the optional :class:`OpSpec` fields (``composite``, ``parse``, ``extremes``, ``manifest``,
+    ``listing``).
+    """
 
     def deco(fn):
         if name in OPS:
             raise ValueError(f"op {name!r} registered twice")
-        OPS[name] = OpSpec(name, params, fn, doc, geometric, example or {})
+        build, step_fn = (None, fn) if whole_step else (fn, None)
+        OPS[name] = OpSpec(name, params, build, doc, geometric, example or {}, build_step=step_fn, **hooks)
         return fn
 
     return deco
 
 
 def list_ops() -> list[str]:
-    return sorted(OPS)
+    """Ops that apply one transform (composites are listed by :func:`list_composites`)."""
+    return sorted(n for n, s in OPS.items() if not s.composite)
+
+
+def list_composites() -> list[str]:
+    """Ops that combine other steps (``one_of``, ``some_of``, ``sequence``), in registration order."""
+    return [n for n, s in OPS.items() if s.composite]
+
+
+def step_names() -> list[str]:
+    """Every name a step may have, as listed to users: the schema ops sorted, then the others."""
+    plain = sorted(n for n, s in OPS.items() if s.parse is None)
+    return plain + [n for n, s in OPS.items() if s.parse is not None]
 
 
 def is_op(name: str) -> bool:
@@ -94,7 +152,9 @@ def _t(pair) -> tuple[float, float]:
 @register_op("flip", doc="Mirror the image. horizontal: left-right; vertical: up-down; "
              "both: left-right and up-down, each independently with probability 0.5.",
              params={"direction": Param("choice", "horizontal", choices=("horizontal", "vertical", "both"))},
-             example={"direction": "horizontal", "p": 0.5})
+             example={"direction": "horizontal", "p": 0.5},
+             extremes=lambda prm: ([(f"flip {d}", {"direction": d}) for d in ("horizontal", "vertical")]
+                                   if prm["direction"] == "both" else [(f"flip {prm['direction']}", prm)]))
 def _flip(prm, p, border, fill):
     A = import_albumentations()
     if prm["direction"] == "horizontal":
@@ -154,7 +214,8 @@ def _color(prm, p, border, fill):
              "clipped to [0, 255] and truncated to uint8 (b is in pixel levels).",
              params={"a": Param("range", [0.8, 1.2], lo=0, hi=10, scalar="fixed"),
                      "b": Param("range", [-20.0, 20.0], lo=-255, hi=255, scalar="fixed")},
-             example={"a": [0.8, 1.2], "b": [-20, 20], "p": 0.5})
+             example={"a": [0.8, 1.2], "b": [-20, 20], "p": 0.5},
+             manifest=lambda sampled: {"a": sampled.get("alpha"), "b": sampled.get("beta")})
 def _linear(prm, p, border, fill):
     A = import_albumentations()
     # RandomBrightnessContrast with brightness_by_max computes clip(img * alpha + beta * 255)
@@ -165,85 +226,102 @@ def _linear(prm, p, border, fill):
                                       brightness_by_max=True, ensure_safe_range=False, p=p)
 
 
+# ------------------------------------------------------------------ composites: steps of steps
+
+def _parse_children(body: dict, ctx: StepContext, op: str, allowed: tuple[str, ...]) -> list:
+    for key in body:
+        if key not in allowed:
+            raise RecipeError(f"unknown key {short(key)} for {op}" + suggest(key, allowed), source=ctx.source,
+                              where=ctx.where, line=body.line_of(key) if hasattr(body, "line_of") else ctx.line,
+                              allowed=", ".join(allowed + ("p",)))
+    if "steps" not in body:
+        raise RecipeError(f"{op} needs steps: [...]", source=ctx.source, where=ctx.where, line=ctx.line)
+    assert ctx.parse_steps is not None, "composites are parsed by augkit.recipe.parse_step"
+    children = ctx.parse_steps(body["steps"], f"{ctx.where}.steps", ctx.source,
+                               body.line_of("steps") if hasattr(body, "line_of") else ctx.line)
+    if not children:
+        raise RecipeError(f"{op} needs at least one step", source=ctx.source, where=ctx.where, line=ctx.line)
+    return children
+
+
+def _parse_one_of(body: dict, ctx: StepContext) -> tuple[dict, list]:
+    children = _parse_children(body, ctx, "one_of", ("steps", "weights"))
+    w = body.get("weights")
+    if w is not None:
+        if (not isinstance(w, list) or len(w) != len(children) or not all(is_number(x) and x >= 0 for x in w)
+                or sum(w) <= 0):
+            raise RecipeError(f"weights {short(w)} must be {len(children)} numbers >= 0 with a positive sum "
+                              "(one per step)", source=ctx.source, where=ctx.where, line=ctx.line)
+        w = [float(x) for x in w]
+    return {"weights": w}, children
+
+
+def _parse_some_of(body: dict, ctx: StepContext) -> tuple[dict, list]:
+    children = _parse_children(body, ctx, "some_of", ("steps", "n", "replace"))
+    replace = check_value(Param("bool", False), "replace", body.get("replace", False), where=ctx.where,
+                          source=ctx.source, line=ctx.line)
+    n_spec = Param("int", 1, lo=1, hi=None if replace else len(children))
+    n = check_value(n_spec, "n", body.get("n", 1), where=ctx.where, source=ctx.source, line=ctx.line)
+    return {"n": n, "replace": replace}, children
+
+
+def _parse_sequence(body: dict, ctx: StepContext) -> tuple[dict, list]:
+    return {}, _parse_children(body, ctx, "sequence", ("steps",))
+
+
+_CHILDREN = [{"flip": {"direction": "horizontal"}}, {"rotate": {"degrees": [-30, 30]}}]
+
+
+@register_op("one_of", params={}, whole_step=True, doc="apply one step, chosen by weight", composite=True, parse=_parse_one_of,
+             listing="steps, weights", example={"weights": [1, 3], "steps": _CHILDREN, "p": 1.0})
+def _one_of(step, kids):
+    A = import_albumentations()
+    weights = step.params.get("weights") or [1.0] * len(kids)
+    total = float(sum(weights))
+    # OneOf picks a child by its p; wrapping each child keeps the child's own p meaningful.
+    return A.OneOf([A.Sequential([k], p=w / total) for k, w in zip(kids, weights)], p=step.p)
+
+
+@register_op("some_of", params={}, whole_step=True, doc="apply n steps chosen uniformly (each with its own p)", composite=True,
+             parse=_parse_some_of, listing="steps, n, replace", example={"n": 1, "steps": _CHILDREN, "p": 1.0})
+def _some_of(step, kids):
+    return import_albumentations().SomeOf(kids, n=step.params["n"], replace=step.params["replace"], p=step.p)
+
+
+@register_op("sequence", params={}, whole_step=True, doc="apply steps in order", composite=True, parse=_parse_sequence,
+             listing="steps", example={"steps": _CHILDREN, "p": 1.0})
+def _sequence(step, kids):
+    return import_albumentations().Sequential(kids, p=step.p)
+
+
 # ------------------------------------------------------------------ any albumentations transform
 
-@functools.lru_cache(maxsize=1)
-def _transform_names() -> tuple[str, ...]:
-    A = import_albumentations()
-    names = []
-    for name, obj in vars(A).items():
-        if (inspect.isclass(obj) and issubclass(obj, (A.ImageOnlyTransform, A.DualTransform))
-                and not inspect.isabstract(obj) and obj not in (A.ImageOnlyTransform, A.DualTransform)
-                and not name.startswith("_")):
-            names.append(name)
-    return tuple(sorted(set(names)))
+ALBU_OP = "albumentations"
 
 
-def albumentations_transforms() -> list[str]:
-    """Names of albumentations 2.0.8 transforms that work on a single RGB image."""
-    return list(_transform_names())
+def _parse_albumentations(body: dict, ctx: StepContext) -> tuple[dict, list]:
+    name = body.get("transform")
+    if not isinstance(name, str):
+        raise RecipeError("albumentations step needs transform: <ClassName>", source=ctx.source, where=ctx.where,
+                          line=ctx.line)
+    rest = copy.copy(body)  # keeps the key lines of a LineDict, for messages
+    del rest["transform"]
+    build_albumentations(name, rest, ctx.p, where=ctx.where, source=ctx.source, line=ctx.line)  # validate now
+    return {"transform": name, **{k: plain(v) for k, v in rest.items()}}, []
 
 
-def _tuplify(v: Any) -> Any:
-    if isinstance(v, list):
-        return tuple(_tuplify(x) for x in v)
-    if isinstance(v, dict):
-        return {k: _tuplify(x) for k, x in v.items()}
-    return v
+@register_op(ALBU_OP, params={}, doc="any albumentations 2.0.8 image transform, validated strictly",
+             whole_step=True, parse=_parse_albumentations, listing="transform, <its parameters>",
+             extremes=lambda prm: [(str(prm["transform"]), prm)],
+             example={"transform": "GaussianBlur", "blur_limit": [3, 7], "sigma_limit": [0.5, 3.0], "p": 0.5})
+def _build_albumentations_step(step, kids):
+    prm = dict(step.params)
+    name = prm.pop("transform")
+    return build_albumentations(name, prm, step.p, where=step.where, source=None, line=step.line)
 
 
-def _check_passthrough_value(what: str, value: Any, is_size: bool, *, where: str, source: str | None,
-                             line: int | None) -> None:
-    """Refuse numbers YAML could not represent and sizes beyond :data:`MAX_SIDE`, before albumentations sees them."""
-    if isinstance(value, BadNumber):
-        raise RecipeError(f"{what}: {value!r}", source=source, where=where, line=line, allowed="a finite number")
-    if isinstance(value, (list, tuple)):
-        for v in value:
-            _check_passthrough_value(what, v, is_size, where=where, source=source, line=line)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _check_passthrough_value(f"{what}.{short(k)}", v, is_size or bool(SIZE_KEY.search(str(k))), where=where,
-                                     source=source, line=line)
-    elif is_size and is_number(value) and abs(value) > MAX_SIDE:
-        raise RecipeError(f"{what}: {short(value)} is larger than augkit's bound on sizes ({MAX_SIDE} px)",
-                          source=source, where=where, line=line, allowed=f"sizes up to {MAX_SIDE} px")
-
-
-def build_albumentations(name: str, params: dict[str, Any], p: float, *, where: str, source: str | None,
-                         line: int | None):
-    """Build ``albumentations.<name>(**params, p=p)`` strictly: unknown or invalid arguments and
-    any warning albumentations would print (it "fixes" some values silently) are errors."""
-    A = import_albumentations()
-    known = albumentations_transforms()
-    if name not in known:
-        raise RecipeError(f"unknown albumentations transform {name!r}" + suggest(name, known), source=source,
-                          where=where, line=line, allowed="an albumentations 2.0.8 image transform class name")
-    cls = getattr(A, name)
-    if "p" in params:
-        raise RecipeError("put p beside transform, not inside its parameters", source=source, where=where, line=line)
-    for key, value in params.items():
-        kline = params.line_of(key) if hasattr(params, "line_of") else line
-        _check_passthrough_value(f"{name}: {key}", value, bool(SIZE_KEY.search(str(key))), where=where,
-                                 source=source, line=kline)
-    kwargs = _tuplify(params)
-    # Only classes that define their own InitSchema take ``strict`` (MedianBlur, RandomRotate90 and
-    # ToSepia do not); without it, an unknown argument is still a TypeError and a fix still a warning.
-    strict = {"strict": True} if "InitSchema" in vars(cls) else {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            t = cls(**kwargs, p=p, **strict)
-        # Some fixes are silent (a reversed [low, high] range is sorted): compare what was stored.
-        for key, given in kwargs.items():
-            stored = getattr(t, key, None)
-            if (isinstance(given, tuple) and isinstance(stored, tuple) and len(given) == len(stored)
-                    and all(isinstance(v, (int, float)) for v in given + stored)
-                    and tuple(map(float, given)) != tuple(map(float, stored))):
-                raise ValueError(f"{key}: albumentations would silently change {list(given)} to {list(stored)}")
-        return t
-    except (ValueError, TypeError, UserWarning, DeprecationWarning) as exc:
-        msg = "; ".join(ln.strip() for ln in str(exc).splitlines()
-                        if ln.strip() and not ln.strip().startswith("For further information"))
-        valid = sorted(getattr(cls, "InitSchema").model_fields) if hasattr(cls, "InitSchema") else []
-        raise RecipeError(f"{name}: {msg}", source=source, where=where, line=line,
-                          allowed=", ".join(k for k in valid if k not in ("strict",)) or None) from None
+def unknown_op_hint(op: str) -> str:
+    """Extra help for an unknown step name: an albumentations class written as an op."""
+    if isinstance(op, str) and op in albumentations_transforms():
+        return f"; {op} is an albumentations transform: write  - albumentations: {{transform: {op}, ...}}"
+    return ""

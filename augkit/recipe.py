@@ -6,7 +6,6 @@ show NAME`` prints any recipe fully resolved, with every default filled in.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -22,16 +21,17 @@ import yaml
 from . import __version__
 from .albu import import_albumentations
 from .errors import RecipeError, UsageError
-from .ops import BORDER_MODES, DEFAULT_BORDER, OPS, build_albumentations, get_op
-from .params import Param, check_params, check_value, is_number, short, suggest
+from .ops import ALBU_OP  # noqa: F401  (re-exported: the pass-through op's name)
+from .ops import (BORDER_MODES, DEFAULT_BORDER, StepContext, get_op, is_op, list_composites, step_names,
+                  unknown_op_hint)
+from .params import Param, check_value, short, suggest
 from .views import MERGE_MODES, View, parse_view, preset_views, view_to_yaml
-from .yamlio import load_yaml
+from .yamlio import LineDict, load_yaml
 
 if TYPE_CHECKING:
     import albumentations as A
 
-COMPOSITE_OPS = ("one_of", "some_of", "sequence")
-ALBU_OP = "albumentations"
+COMPOSITE_OPS = tuple(list_composites())  # kept for callers; the registry (OpSpec.composite) decides
 TOP_KEYS = ("name", "description", "border", "fill", "train", "tta")
 P_PARAM = Param("number", 1.0, lo=0.0, hi=1.0, help="probability that the step is applied")
 
@@ -49,7 +49,7 @@ class Step:
 
     def to_yaml(self) -> dict:
         body: dict[str, Any] = {}
-        if self.op in COMPOSITE_OPS:
+        if get_op(self.op).composite:
             body.update({k: v for k, v in self.params.items()})
             body["p"] = self.p
             body["steps"] = [c.to_yaml() for c in self.children]
@@ -117,30 +117,18 @@ def _border_value(border: str) -> int:
 
 def build_transform(step: Step, border: str, fill: Any, leaves: list | None = None):
     """Turn a :class:`Step` into an albumentations transform; collect leaf transforms in ``leaves``."""
-    A = import_albumentations()
-    if step.op in COMPOSITE_OPS:
-        kids = [build_transform(c, border, fill, leaves) for c in step.children]
-        if step.op == "sequence":
-            return A.Sequential(kids, p=step.p)
-        if step.op == "some_of":
-            return A.SomeOf(kids, n=step.params["n"], replace=step.params["replace"], p=step.p)
-        weights = step.params.get("weights") or [1.0] * len(kids)
-        total = float(sum(weights))
-        # OneOf picks a child by its p; wrapping each child keeps the child's own p meaningful.
-        return A.OneOf([A.Sequential([k], p=w / total) for k, w in zip(kids, weights)], p=step.p)
-    if step.op == ALBU_OP:
-        prm = dict(step.params)
-        name = prm.pop("transform")
-        t = build_albumentations(name, prm, step.p, where=step.where, source=None, line=step.line)
+    spec = get_op(step.op)
+    kids = [build_transform(c, border, fill, leaves) for c in step.children]
+    if spec.build_step is not None:
+        t = spec.build_step(step, kids)
     else:
-        spec = get_op(step.op)
         prm = dict(step.params)
         b = prm.pop("border", None) or border if spec.geometric else border
         f = prm.pop("fill", None) if spec.geometric else None
         f = fill if f is None else f
         f = tuple(f) if isinstance(f, list) else f
         t = spec.build(prm, step.p, _border_value(b), f)
-    if leaves is not None:
+    if leaves is not None and not spec.composite:
         leaves.append((step, t))
     return t
 
@@ -204,8 +192,8 @@ class Augmenter:
                 if leaf.params:
                     prm = {k: c for k, v in leaf.params.items()
                            if k not in ("shape", "interpolation", "bbox_matrix", "fill_mask", "output_shape") and (c := _clean(v)) is not None}
-                    if step.op == "linear":
-                        prm = {"a": prm.get("alpha"), "b": prm.get("beta")}
+                    rename = get_op(step.op).manifest
+                    prm = rename(prm) if rename else prm
                     applied.append({"step": step.where, "op": step.op, "transform": type(leaf).__name__,
                                     "params": prm})
         return out, applied
@@ -224,7 +212,7 @@ def _step_entry(raw: Any, where: str, source: str, line: int | None) -> tuple[st
     if not isinstance(raw, dict) or len(raw) != 1:
         keys = list(raw) if isinstance(raw, dict) else raw
         raise RecipeError(f"a step is a mapping with exactly one op name, got {short(keys)}", source=source,
-                          where=where, line=line, allowed=", ".join(sorted(OPS) + list(COMPOSITE_OPS) + [ALBU_OP]))
+                          where=where, line=line, allowed=", ".join(step_names()))
     op, body = next(iter(raw.items()))
     return op, body, (raw.line_of(op) if hasattr(raw, "line_of") else line)
 
@@ -244,83 +232,32 @@ def _pop_p(body: dict, where: str, source: str, line: int | None) -> float:
 
 
 def parse_step(raw: Any, where: str, source: str, line: int | None) -> Step:
+    """One step (any registered op, composites included), validated by its registry entry."""
     op, body, line = _step_entry(raw, where, source, line)
-    all_ops = sorted(OPS) + list(COMPOSITE_OPS) + [ALBU_OP]
-    if op not in all_ops:
-        hint = suggest(op, all_ops)
-        from .ops import albumentations_transforms
-        if not hint and op in albumentations_transforms():
-            hint = f"; {op} is an albumentations transform: write  - albumentations: {{transform: {op}, ...}}"
-        raise RecipeError(f"unknown op {short(op)}{hint}", source=source, where=where, line=line, allowed=", ".join(all_ops))
+    if not isinstance(op, str) or not is_op(op):
+        names = step_names()
+        hint = suggest(op, names) or unknown_op_hint(op)
+        raise RecipeError(f"unknown op {short(op)}{hint}", source=source, where=where, line=line,
+                          allowed=", ".join(names))
     where = f"{where} {op}"
     if body is None:
         body = {}
     if not isinstance(body, dict):
-        raise RecipeError(f"{op} takes a mapping of parameters, got {short(body)}", source=source, where=where, line=line)
+        raise RecipeError(f"{op} takes a mapping of parameters, got {short(body)}", source=source, where=where,
+                          line=line)
     p = _pop_p(body, where, source, line)
     rest = {k: v for k, v in body.items() if k != "p"}
     if hasattr(body, "key_lines"):
         rest = _with_lines(rest, body)
-    if op in COMPOSITE_OPS:
-        return _parse_composite(op, rest, p, where, source, line)
-    if op == ALBU_OP:
-        name = rest.pop("transform", None)
-        if not isinstance(name, str):
-            raise RecipeError("albumentations step needs transform: <ClassName>", source=source, where=where,
-                              line=line)
-        build_albumentations(name, rest, p, where=where, source=source, line=line)  # validate now
-        return Step(op, {"transform": name, **{k: _plain(v) for k, v in rest.items()}}, p, where, line)
-    spec = OPS[op]
-    params = check_params(rest, spec.all_params(), what=f"op {op!r}", where=where, source=source, line=line)
-    return Step(op, params, p, where, line)
+    ctx = StepContext(where, source, line, p, parse_steps)
+    params, children = get_op(op).parse_body(rest, ctx)
+    return Step(op, params, p, where, line, children)
 
 
 def _with_lines(d: dict, like) -> dict:
-    from .yamlio import LineDict
     out = LineDict(d)
     out.line, out.key_lines = like.line, like.key_lines
     return out
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
-
-
-def _parse_composite(op: str, body: dict, p: float, where: str, source: str, line: int | None) -> Step:
-    allowed = {"one_of": ("steps", "weights"), "some_of": ("steps", "n", "replace"), "sequence": ("steps",)}[op]
-    for key in body:
-        if key not in allowed:
-            raise RecipeError(f"unknown key {short(key)} for {op}" + suggest(key, allowed), source=source, where=where,
-                              line=body.line_of(key) if hasattr(body, "line_of") else line,
-                              allowed=", ".join(allowed + ("p",)))
-    if "steps" not in body:
-        raise RecipeError(f"{op} needs steps: [...]", source=source, where=where, line=line)
-    children = parse_steps(body["steps"], f"{where}.steps", source, body.line_of("steps") if hasattr(body, "line_of") else line)
-    if not children:
-        raise RecipeError(f"{op} needs at least one step", source=source, where=where, line=line)
-    params: dict[str, Any] = {}
-    if op == "one_of":
-        w = body.get("weights")
-        if w is not None:
-            if (not isinstance(w, list) or len(w) != len(children) or not all(is_number(x) and x >= 0 for x in w)
-                    or sum(w) <= 0):
-                raise RecipeError(f"weights {short(w)} must be {len(children)} numbers >= 0 with a positive sum "
-                                  "(one per step)", source=source, where=where, line=line)
-            w = [float(x) for x in w]
-        params["weights"] = w
-    if op == "some_of":
-        n_spec = Param("int", 1, lo=1, hi=len(children))
-        replace = check_value(Param("bool", False), "replace", body.get("replace", False), where=where,
-                              source=source, line=line)
-        n_hi = None if replace else len(children)
-        n_spec = Param("int", 1, lo=1, hi=n_hi)
-        params["n"] = check_value(n_spec, "n", body.get("n", 1), where=where, source=source, line=line)
-        params["replace"] = replace
-    return Step(op, params, p, where, line, children)
 
 
 def parse_recipe(text: str, source: str = "<string>") -> Recipe:
@@ -424,32 +361,13 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
 def step_extremes(step: Step) -> list[tuple[str, Step]]:
     """Each leaf step at the low and the high end of its ranges, always applied (p=1).
 
-    Leaves without ranges (flips, albumentations transforms) appear once, applied.
+    Composites expand to their leaves; leaves without ranges (flips, albumentations transforms)
+    appear once, applied. Each op's registry entry says how (:meth:`OpSpec.extreme_params`).
     """
-    if step.op in COMPOSITE_OPS:
-        out = []
-        for c in step.children:
-            out.extend(step_extremes(c))
-        return out
-    if step.op == ALBU_OP:
-        return [(f"{step.params['transform']}", Step(step.op, step.params, 1.0, step.where, step.line))]
-    spec = OPS[step.op]
-    ranges = [k for k, s in spec.params.items() if s.kind == "range" and step.params[k][0] != step.params[k][1]]
-    if step.op == "flip":
-        d = step.params["direction"]
-        if d == "both":
-            return [(f"flip {x}", Step("flip", {"direction": x}, 1.0, step.where)) for x in ("horizontal", "vertical")]
-        return [(f"flip {d}", Step("flip", step.params, 1.0, step.where, step.line))]
-    if not ranges:
-        return [(step.op, Step(step.op, step.params, 1.0, step.where, step.line))]
-    out = []
-    for end, label in ((0, "low"), (1, "high")):
-        prm = copy.deepcopy(step.params)
-        for k in ranges:
-            prm[k] = [prm[k][end], prm[k][end]]
-        desc = ", ".join(f"{k}={prm[k][0]:g}" for k in ranges)
-        out.append((f"{step.op} {label}: {desc}", Step(step.op, prm, 1.0, step.where, step.line)))
-    return out
+    spec = get_op(step.op)
+    if spec.composite:
+        return [e for c in step.children for e in step_extremes(c)]
+    return [(label, Step(step.op, prm, 1.0, step.where, step.line)) for label, prm in spec.extreme_params(step.params)]
 
 
 # ====================================================================== export

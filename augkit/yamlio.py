@@ -173,6 +173,15 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
+def plain(v: Any) -> Any:
+    """``v`` with LineDict/LineList turned into plain dicts and lists (for resolved recipes)."""
+    if isinstance(v, list):
+        return [plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    return v
+
+
 def load_yaml(text: str, source: str = "recipe") -> Any:
     """Parse YAML safely; errors become :class:`RecipeError` with the line."""
     loader_cls = type("_BoundLoader", (_Loader,), {"source": source})

@@ -16,6 +16,7 @@ import yaml
 
 from augkit import ops
 from augkit.errors import RecipeError
+from augkit.passthrough import MAX_SIDE
 from augkit.recipe import (
     ALBU_OP,
     COMPOSITE_OPS,
@@ -462,13 +463,13 @@ def test_numbers_yaml_cannot_hold_name_line_step_and_key(value, reason):
 ])
 def test_absurd_sizes_in_albumentations_steps_are_refused(transform, key, args):
     with pytest.raises(RecipeError, match=rf"{transform}: {key}: \d+ is larger than augkit's bound on sizes "
-                                          rf"\({ops.MAX_SIDE} px\)") as info:
+                                          rf"\({MAX_SIDE} px\)") as info:
         parse_recipe(f"train:\n  - flip: {{}}\n  - albumentations: {{transform: {transform}, {args}}}\n", "s.yaml")
     assert (info.value.line, info.value.where) == (3, "train[1] albumentations")
 
 
 def test_sizes_up_to_the_bound_are_accepted():
-    parse_recipe(f"train:\n  - albumentations: {{transform: Resize, height: {ops.MAX_SIDE}, width: 8}}\n")
+    parse_recipe(f"train:\n  - albumentations: {{transform: Resize, height: {MAX_SIDE}, width: 8}}\n")
 
 
 def test_color_parameters_left_out_mean_no_change(photo):
@@ -485,3 +486,58 @@ def test_color_parameters_left_out_mean_no_change(photo):
     for seed in (0, 1, 2):
         out = run(only, photo, seed)
         assert np.abs(out.astype(np.float32) - want).max() <= 1
+
+
+# ====================================================================== composites through the registry
+
+def test_every_registry_entry_has_an_example_and_a_listing():
+    """Composites and the pass-through are registry entries like the ops (examples, docs, listing)."""
+    assert ops.list_composites() == list(COMPOSITE_OPS) == ["one_of", "some_of", "sequence"]
+    assert ALBU_OP in ops.list_ops()
+    for name, spec in ops.OPS.items():
+        assert spec.example and spec.doc, name
+        assert spec.listing or not (spec.composite or spec.parse), name
+    assert ops.step_names()[-4:] == ["one_of", "some_of", "sequence", ALBU_OP]
+
+
+@pytest.mark.parametrize("name", ops.list_composites())
+def test_composite_example_runs_and_round_trips(name, photo):
+    spec = ops.OPS[name]
+    recipe = parse_recipe(one_step(name, copy.deepcopy(spec.example)))
+    step = recipe.train[0]
+    assert step.op == name and [c.op for c in step.children] == ["flip", "rotate"]
+    again = parse_recipe(recipe.resolved_yaml())
+    assert again.resolved() == recipe.resolved()
+    outs = set()
+    for seed in range(4):
+        out, applied = recipe.build()(photo, seed)
+        assert np.array_equal(out, again.build()(photo, seed)[0])
+        assert applied and {a["op"] for a in applied} <= {"flip", "rotate"}
+        outs.add(out.tobytes())
+    assert len(outs) > 1
+    # extremes: the children's, in order
+    assert [lbl for lbl, _ in step_extremes(step)] == [lbl for c in step.children for lbl, _ in step_extremes(c)]
+    # p=0: never applied
+    out0, applied0 = parse_recipe(one_step(name, {**spec.example, "p": 0.0})).build()(photo, 0)
+    assert np.array_equal(out0, photo) and applied0 == []
+
+
+def test_a_new_composite_is_one_registration(monkeypatch, photo):
+    """Registering a composite is enough for parsing, building, the resolved form, extremes and listing."""
+    monkeypatch.setattr(ops, "OPS", dict(ops.OPS))
+
+    def parse_twice(body, ctx):
+        return {}, ctx.parse_steps(body["steps"], f"{ctx.where}.steps", ctx.source, ctx.line)
+
+    @ops.register_op("twice", params={}, doc="apply the steps, then again", composite=True, whole_step=True,
+                     parse=parse_twice, listing="steps", example={"steps": ["flip"]})
+    def _twice(step, kids):
+        return A.Sequential(kids + [type(k)(p=k.p) for k in kids], p=step.p)
+
+    recipe = parse_recipe("train:\n  - twice: {steps: [{flip: {p: 1}}]}\n")
+    assert recipe.resolved()["train"] == [{"twice": {"p": 1.0, "steps": [{"flip": {"direction": "horizontal", "p": 1.0}}]}}]
+    assert np.array_equal(run(recipe, photo, 0), photo)  # flipped twice
+    assert [lbl for lbl, _ in step_extremes(recipe.train[0])] == ["flip horizontal"]
+    assert "twice" in ops.step_names()
+    with pytest.raises(RecipeError, match="unknown op 'twic'; did you mean 'twice'"):
+        parse_recipe("train:\n  - twic: {steps: [flip]}\n")

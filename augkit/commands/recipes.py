@@ -9,7 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import AugkitError, UsageError
-from ..ops import OPS, albumentations_transforms
+from ..ops import get_op, step_names
+from ..passthrough import albumentations_transforms
 from ..recipe import export_albumentations, list_builtin, load_recipe, parse_recipe
 from ..views import list_presets
 from ._common import cli_errors, err, out
@@ -81,13 +82,10 @@ def ops_cmd(albumentations: bool = typer.Option(False, "--albumentations", help=
     t.add_column("op", style="bold")
     t.add_column("parameters (default)")
     t.add_column("what it does")
-    for name, spec in sorted(OPS.items()):
-        params = "\n".join(f"{k}: {p.allowed()} ({p.default})" for k, p in spec.all_params().items())
+    for name in step_names():
+        spec = get_op(name)
+        params = spec.listing or "\n".join(f"{k}: {p.allowed()} ({p.default})" for k, p in spec.all_params().items())
         t.add_row(name, escape(params), escape(spec.doc))
-    t.add_row("one_of", "steps, weights", "apply one step, chosen by weight")
-    t.add_row("some_of", "steps, n, replace", "apply n steps chosen uniformly (each with its own p)")
-    t.add_row("sequence", "steps", "apply steps in order")
-    t.add_row("albumentations", "transform, <its parameters>", "any albumentations 2.0.8 image transform, validated strictly")
     out.print(t)
     out.print("TTA presets (combine with +): " + ", ".join(list_presets()))
     if albumentations:
