@@ -18,18 +18,26 @@ from ._common import cli_errors, err, out
 app = typer.Typer(help="List, show, check and export recipes.", no_args_is_help=True)
 
 
+def _table(title: str, columns: tuple[str, ...], rows) -> Table:
+    """A left-titled table; the first column bold, every cell escaped (recipe text is not markup)."""
+    t = Table(title=title, title_justify="left")
+    for i, name in enumerate(columns):
+        t.add_column(name, style="bold" if i == 0 else None)
+    for row in rows:
+        t.add_row(*(escape(c) for c in row))
+    return t
+
+
 @app.command("list")
 @cli_errors
 def list_cmd() -> None:
     """List the built-in recipes."""
-    t = Table(title="built-in recipes (use by name, or give a path to your own .yaml)", title_justify="left")
-    t.add_column("name", style="bold")
-    t.add_column("sections")
-    t.add_column("description")
+    rows = []
     for name in list_builtin():
         r = load_recipe(name)
-        t.add_row(name, "+".join(s for s, v in (("train", r.train), ("tta", r.tta)) if v), escape(r.description))
-    out.print(t)
+        rows.append((name, "+".join(s for s, v in (("train", r.train), ("tta", r.tta)) if v), r.description))
+    out.print(_table("built-in recipes (use by name, or give a path to your own .yaml)",
+                     ("name", "sections", "description"), rows))
 
 
 @app.command("show")
@@ -78,15 +86,13 @@ def export_cmd(
 @cli_errors
 def ops_cmd(albumentations: bool = typer.Option(False, "--albumentations", help="Also list albumentations transforms.")) -> None:
     """List augkit's ops with their parameters, and the TTA presets."""
-    t = Table(title="ops (every step also takes p: probability, default 1)", title_justify="left")
-    t.add_column("op", style="bold")
-    t.add_column("parameters (default)")
-    t.add_column("what it does")
+    rows = []
     for name in step_names():
         spec = get_op(name)
         params = spec.listing or "\n".join(f"{k}: {p.allowed()} ({p.default})" for k, p in spec.all_params().items())
-        t.add_row(name, escape(params), escape(spec.doc))
-    out.print(t)
+        rows.append((name, params, spec.doc))
+    out.print(_table("ops (every step also takes p: probability, default 1)",
+                     ("op", "parameters (default)", "what it does"), rows))
     out.print("TTA presets (combine with +): " + ", ".join(list_presets()))
     if albumentations:
         out.print("albumentations transforms: " + ", ".join(albumentations_transforms()))
