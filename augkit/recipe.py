@@ -20,7 +20,8 @@ import yaml
 
 from . import __version__
 from .albu import import_albumentations
-from .errors import RecipeError, UsageError
+from .errors import ImageError, RecipeError, UsageError
+from .fileio import read_bytes
 from .ops import ALBU_OP  # noqa: F401  (re-exported: the pass-through op's name)
 from .ops import (BORDER_MODES, DEFAULT_BORDER, StepContext, get_op, is_op, list_composites, step_names,
                   unknown_op_hint)
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 COMPOSITE_OPS = tuple(list_composites())  # kept for callers; the registry (OpSpec.composite) decides
 TOP_KEYS = ("name", "description", "border", "fill", "train", "tta")
+#: Largest recipe file read: real recipes are a few hundred bytes.
+MAX_RECIPE_BYTES = 1 << 20
 P_PARAM = Param("number", 1.0, lo=0.0, hi=1.0, help="probability that the step is applied")
 
 
@@ -336,6 +339,17 @@ def list_builtin() -> list[str]:
     return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
 
 
+def read_recipe_text(path: Path) -> str:
+    """The text of a recipe file; a FIFO, device or a file over :data:`MAX_RECIPE_BYTES` is refused unread."""
+    try:
+        data = read_bytes(path, max_bytes=MAX_RECIPE_BYTES)
+        return data.decode("utf-8")
+    except ImageError as exc:
+        raise UsageError(f"{path}: cannot read recipe ({exc.reason}{': ' + exc.detail if exc.detail else ''})") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: cannot read recipe (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
+
+
 def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
     """Load a built-in recipe by name (``default``) or a recipe file by path."""
     s = str(name_or_path)
@@ -343,11 +357,7 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
     if path.suffix.lower() in (".yaml", ".yml") or os.sep in s or "/" in s or path.exists():
         if not path.exists():
             raise UsageError(f"{s}: recipe file not found")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{s}: cannot read recipe ({exc})") from None
-        return parse_recipe(text, s)
+        return parse_recipe(read_recipe_text(path), s)
     names = list_builtin()
     if s not in names:
         raise UsageError(f"unknown recipe {s!r}{suggest(s, names)} (built-in: {', '.join(names)}; "

@@ -164,3 +164,20 @@ def test_hostile_recipes_exit_2_with_one_short_line(tmp_path, text):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and len(proc.stderr) < 600
+
+
+def test_recipe_files_that_are_not_regular_or_too_large_are_refused_unread(tmp_path):
+    """A FIFO named r.yaml (would block forever), /dev/zero (never ends), a 2 MB file: exit 2, each named."""
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.yaml"
+    zero.symlink_to("/dev/zero")
+    big = tmp_path / "big.yaml"
+    big.write_text("#" * 2_000_000)
+    proc = subprocess.run([sys.executable, "-m", "augkit", "recipes", "check", str(fifo), str(zero), str(big)],
+                          capture_output=True, text=True, env=ENV, timeout=60)
+    assert proc.returncode == 2
+    assert f"{fifo}: cannot read recipe (not a regular file: a FIFO)" in proc.stderr
+    assert f"{zero}: cannot read recipe (not a regular file: a character device)" in proc.stderr
+    assert f"{big}: cannot read recipe (too large" in proc.stderr
+    assert "Traceback" not in proc.stderr
