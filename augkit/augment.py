@@ -19,10 +19,10 @@ from typing import Callable
 
 from . import __version__
 from .augment_task import AugmentTask, TaskSettings, WorkItem
-from .errors import EXIT_OK, EXIT_SKIPPED, AugkitError, UsageError
+from .errors import EXIT_OK, EXIT_SKIPPED, UsageError
 from .images import DECODE_POLICY, DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, scan_folder
-from .outdir import ERRORS, JOURNAL, MANIFEST, RUNFILE, Journal, append_run, finalize, latest_rows, locked, \
-    remove_stale_temps
+from .outdir import ERRORS, JOURNAL, MANIFEST, RUNFILE, Journal, RecordError, append_run, finalize, latest_rows, \
+    locked, remove_stale_temps
 from .recipe import Recipe, load_recipe
 from .seeding import derive_seed
 
@@ -258,7 +258,7 @@ def run_plan(plan: Plan, *, executor=None, on_progress: Callable[[dict], None] |
              on_start: Callable[[int], None] | None = None) -> AugmentResult:
     """Execute a plan: skip finished work, write the rest, then the manifest and errors files.
 
-    Raises :class:`AugkitError` when the output folder cannot be written before any work (exit 1)
+    Raises :class:`~augkit.outdir.RecordError` when the output folder cannot be written before any work (exit 1)
     and :class:`UsageError` when another run holds DST; failures during the run end it cleanly
     with ``result.fatal`` set and everything finished so far recorded."""
     from .executors import get_executor  # deferred: the executors module is only needed to run
@@ -314,7 +314,7 @@ def _execute(plan: Plan, executor, task: AugmentTask, todo: list[WorkItem], resu
                 break
             if on_progress:
                 on_progress(res)
-    except AugkitError as exc:  # the journal could not be written: stop, record what we can
+    except RecordError as exc:  # the journal could not be written: stop, record what we can
         result.fatal = str(exc)
     finally:
         journal.close()
@@ -341,7 +341,7 @@ def _finalize(plan: Plan, result: AugmentResult, rows: list[dict]) -> None:
     order = {it.out: i for i, it in enumerate(plan.items)}
     try:
         finalize(plan.dst, rows, errors, lambda r: order.get(r["output"], len(order)))
-    except AugkitError as exc:
+    except RecordError as exc:
         result.fatal = result.fatal or str(exc)
 
 

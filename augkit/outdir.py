@@ -7,7 +7,7 @@ output supersedes an earlier one, no row is ever removed. ``DST/.augkit-journal.
 running (or a killed) run, moved into the manifest at its end. ``DST/augkit-run.yaml``: ``runs``,
 one entry per run (settings and recipe), appended. ``DST/errors.jsonl``: the last run's errors.
 
-I/O failures here (disk full, read-only folder) become :class:`AugkitError` with one line naming
+I/O failures here (disk full, read-only folder) become :class:`RecordError` with one line naming
 the path and the OS error: the CLI prints it and exits 1, never a traceback.
 """
 from __future__ import annotations
@@ -32,8 +32,12 @@ MANIFEST, ERRORS, RUNFILE, JOURNAL, LOCK = ("manifest.jsonl", "errors.jsonl", "a
                                             ".augkit-journal.jsonl", ".augkit.lock")
 
 
-def io_error(what: str, path: str | os.PathLike, exc: OSError) -> AugkitError:
-    return AugkitError(f"{what} {exc.filename or path}: {exc.strerror or exc}")
+class RecordError(AugkitError):
+    """The output folder cannot be written (exit 1); the message names the path and the OS error."""
+
+
+def io_error(what: str, path: str | os.PathLike, exc: OSError) -> RecordError:
+    return RecordError(f"{what} {exc.filename or path}: {exc.strerror or exc}")
 
 
 @contextlib.contextmanager
@@ -143,7 +147,7 @@ class Journal:
             raise io_error("cannot write", self.path, exc) from None
 
     def append(self, row: dict) -> None:
-        """Raises :class:`AugkitError` (disk full, ...): the caller stops the run cleanly."""
+        """Raises :class:`RecordError` (disk full, ...): the caller stops the run cleanly."""
         try:
             self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             self._fh.flush()
