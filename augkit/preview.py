@@ -18,6 +18,9 @@ from .recipe import Recipe, build_compose, seed_random_state, step_extremes
 from .seeding import derive_seed
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+#: Bounds on the grid, so a typo (--cell 100000, --versions 10000) cannot ask for gigabytes.
+MAX_CELL = 1024
+MAX_ROWS_COLS = 64
 
 
 def pick_images(sources: list[str | os.PathLike], count: int) -> list[Path]:
@@ -35,7 +38,7 @@ def pick_images(sources: list[str | os.PathLike], count: int) -> list[Path]:
                 for q in queues:
                     if q and len(files) < count:
                         files.append(s / q.pop(0))
-        elif s.is_file():
+        elif s.exists():  # a FIFO or device too: read_image refuses it unread, with the reason
             if not is_image_name(s.name):
                 raise UsageError(f"{s}: not an image file name")
             files.append(s)
@@ -110,8 +113,9 @@ def preview(recipe: Recipe, sources: list[str | os.PathLike], output: str | os.P
     """Render the preview grid to ``output`` (PNG or JPEG); returns the path."""
     if not recipe.train:
         raise UsageError(f"recipe {recipe.name!r} has no train section to preview")
-    if versions < 1 or images < 1 or cell < 48:
-        raise UsageError("--versions and --images must be >= 1 and --cell >= 48")
+    if not (1 <= versions <= MAX_ROWS_COLS and 1 <= images <= MAX_ROWS_COLS and 48 <= cell <= MAX_CELL):
+        raise UsageError(f"--versions and --images must be 1-{MAX_ROWS_COLS} and --cell 48-{MAX_CELL} "
+                         f"(got {versions}, {images}, {cell})")
     files = pick_images(sources, images)
     output = Path(output)
     if output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
@@ -129,7 +133,8 @@ def preview(recipe: Recipe, sources: list[str | os.PathLike], output: str | os.P
     rows, labels = [], []
     for f in files:
         try:
-            img = read_image(f, max_pixels=max_pixels)
+            # min_side: camera JPEGs decode at 1/2-1/8 scale (DCT), still >= the preview's size
+            img = read_image(f, max_pixels=max_pixels, min_side=cell * 2)
         except ImageError as exc:
             raise UsageError(str(exc)) from None
         img = _thumb(img, cell * 2) if img.shape[0] > cell * 2 else img  # augment at preview scale: fast

@@ -186,3 +186,35 @@ def test_recipe_files_that_are_not_regular_or_too_large_are_refused_unread(tmp_p
     assert f"{zero}: cannot read recipe (not a regular file: a character device)" in proc.stderr
     assert f"{big}: cannot read recipe (too large" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture
+def cat_png(tmp_path) -> Path:
+    import cv2
+    import skimage.data
+
+    path = tmp_path / "cat.png"
+    cv2.imwrite(str(path), cv2.cvtColor(skimage.data.chelsea(), cv2.COLOR_RGB2BGR))
+    return path
+
+
+def test_preview_refuses_special_files_and_absurd_grids(tmp_path, cat_png):
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)
+    runner = CliRunner()
+    res = runner.invoke(cli.app, ["preview", str(fifo), "-o", str(tmp_path / "p.png")])
+    assert res.exit_code == 2 and "not a regular file" in res.output
+    for opt in (["--cell", "100000"], ["--versions", "10000"], ["--images", "0"]):
+        res = runner.invoke(cli.app, ["preview", str(cat_png), "-o", str(tmp_path / "p.png"), *opt])
+        assert res.exit_code == 2 and "--cell 48-1024" in res.output, opt
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_preview_of_a_photo_has_the_grid_size(tmp_path, cat_png):
+    import cv2
+
+    out = tmp_path / "p.png"
+    res = CliRunner().invoke(cli.app, ["preview", str(cat_png), "-o", str(out), "--versions", "3", "--cell", "64"])
+    assert res.exit_code == 0, res.output
+    grid = cv2.imread(str(out))
+    assert grid.shape[1] == 4 * (64 + 4) + 4  # original + 3 versions, 4 px padding

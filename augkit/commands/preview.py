@@ -14,11 +14,11 @@ def command(
     sources: List[Path] = typer.Argument(..., help="Image files and/or folders (class folders are sampled in turn)."),
     recipe: str = typer.Option("default", "--recipe", "-r", help="Built-in recipe name or a recipe .yaml file."),
     output: Path = typer.Option(Path("preview.png"), "--output", "-o", help="Picture to write (.png, .jpg, .webp)."),
-    images: int = typer.Option(4, "--images", help="Rows: how many source images."),
-    versions: int = typer.Option(6, "--versions", help="Columns: augmented versions per image."),
+    images: int = typer.Option(4, "--images", help="Rows: how many source images (1-64)."),
+    versions: int = typer.Option(6, "--versions", help="Columns: augmented versions per image (1-64)."),
     extremes: bool = typer.Option(False, "--extremes", help="Show each step alone at the low and high ends of its ranges."),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed of the first version (then seed+1, ...)."),
-    cell: int = typer.Option(160, "--cell", help="Cell size in pixels."),
+    cell: int = typer.Option(160, "--cell", help="Cell size in pixels (48-1024)."),
 ) -> None:
     """Draw a grid: rows are source images, columns the original and augmented versions."""
     from ..preview import preview  # deferred: OpenCV, numpy and albumentations load only when it runs
