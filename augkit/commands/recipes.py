@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -11,7 +10,7 @@ from rich.table import Table
 from ..errors import AugkitError, UsageError
 from ..ops import get_op, step_names
 from ..passthrough import albumentations_transforms
-from ..recipe import export_albumentations, list_builtin, load_recipe, parse_recipe
+from ..recipe import export_albumentations, list_builtin, load_recipe
 from ..views import list_presets
 from ._common import cli_errors, err, out
 
