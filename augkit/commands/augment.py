@@ -10,6 +10,7 @@ from rich.markup import escape as esc
 from rich.table import Table
 
 from ..augment import ERRORS, MANIFEST, AugmentOptions, AugmentResult, make_plan, run_plan
+from ..augment_task import MAX_REDRAWS
 from ..errors import UsageError
 from ..executors import get_executor
 from ..images import DEFAULT_MAX_PIXELS
@@ -25,7 +26,7 @@ def command(
     copies: Optional[int] = typer.Option(None, "--copies", "-n", help="Augmented copies per image (default: 1)."),
     per_class: Optional[int] = typer.Option(None, "--per-class", help="Top every class up to N images (originals included)."),
     seed: int = typer.Option(0, "--seed", "-s", help="One seed decides every random choice."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker processes (default: CPU count); with --engine ray, Ray actors (default: the cluster's CPUs)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker processes for jobs large enough to repay starting them (default: CPU count; small jobs run in this process); with --engine ray, Ray actors (default: the cluster's CPUs)."),
     originals: bool = typer.Option(False, "--originals/--no-originals", help="Also copy each original into DST."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="Output format: jpg, png, webp, bmp (default: keep the source format)."),
     quality: int = typer.Option(95, "--quality", "-q", help="JPEG/WebP quality 1-100."),
@@ -34,8 +35,8 @@ def command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be written; write nothing."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Reject images with more pixels (read from the header)."),
     max_side: Optional[int] = typer.Option(None, "--max-side", help="Shrink each image so its longer side is at most N px before the recipe (never enlarges; JPEGs are decoded at reduced size). Originals copied with --originals stay byte for byte."),
-    require_change: bool = typer.Option(False, "--require-change", help="Redraw a copy in which no step changed a pixel (an exact duplicate of its source), up to 10 times, from seeds derived from its own."),
-    engine: str = typer.Option("local", "--engine", help="Executor: local (process pool) or ray (Ray Data; needs augkit's ray extra)."),
+    require_change: bool = typer.Option(False, "--require-change", help=f"Redraw a copy in which no step changed a pixel (an exact duplicate of its source), up to {MAX_REDRAWS} times, from seeds derived from its own; recorded in the manifest."),
+    engine: str = typer.Option("local", "--engine", help="Executor: local (this process, plus a process pool for larger jobs) or ray (Ray Data; needs augkit's ray extra)."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster, auto (the one `ray start` started on this node) or ray://HOST:10001 (default: RAY_ADDRESS, else a running cluster on this node, else a Ray started for this run)."),
 ) -> None:
     """Write augmented copies of SRC into DST, keeping its class folders.
@@ -102,7 +103,7 @@ def _summary(r: AugmentResult) -> None:
         t.add_row("[yellow]kept existing", f"{len(r.existing)} (use --overwrite to replace)")
     if not r.dry_run:
         t.add_row("unchanged copies", f"{r.unchanged} (identical to their source"
-                  + (", after 10 redraws)" if plan.options.require_change else "; --require-change redraws them)")
+                  + (f", after {MAX_REDRAWS} redraws)" if plan.options.require_change else "; --require-change redraws them)")
                   if r.unchanged else "0")
     if r.bad:
         t.add_row("[red]skipped inputs", str(len(r.bad)))
