@@ -1,6 +1,7 @@
 """Benchmark: what V TTA views cost compared with V plain passes, and proof of one decode per image.
 
     .venv/bin/python benchmarks/bench_tta.py [--images 64] [--size 112] [--batch-size 32]
+    .venv/bin/python benchmarks/bench_tta.py --workers-sweep 0,1,2 --photo-side 2000  # the workers default
 
 For each preset it times, on the same images with the same batch size:
 
@@ -11,6 +12,10 @@ For each preset it times, on the same images with the same batch size:
   ``predict`` runs it on the CPU (the views' batch in pieces of ``--batch-size`` images) and as a
   single forward pass of all views;
 * how many times ``predict`` called the image decoder (it must be once per image).
+
+``--workers-sweep 0,1,2`` instead times ``predict --tta flip`` end to end with each number of
+decoding workers (alternating, best of ``--repeats``), on photos whose short side is
+``--photo-side`` pixels: the measurement behind :func:`augkit.inference.default_workers`.
 
 The V plain runs and the TTA run alternate, best of ``--repeats`` each, so that other load on
 the machine affects both alike.
@@ -40,7 +45,7 @@ import augkit.inference as inference_mod  # noqa: E402
 from augkit.checkpoint import ModelMeta, load_model, save_checkpoint  # noqa: E402
 from augkit.images import DECODE_POLICY  # noqa: E402
 from augkit.models import build_model  # noqa: E402
-from augkit.inference import DecodedImages, to_model_input  # noqa: E402
+from augkit.inference import DecodedImages, default_workers, to_model_input  # noqa: E402
 from augkit.predict import predict  # noqa: E402
 from augkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY  # noqa: E402
 from augkit.tta import TTAWrapper  # noqa: E402
@@ -49,7 +54,7 @@ from augkit.views import preset_views  # noqa: E402
 PRESETS = ("flip", "flip+shift", "ten-crop", "d4")
 
 
-def make_images(root: Path, n: int) -> list[Path]:
+def make_images(root: Path, n: int, side: int = 256) -> list[Path]:
     from skimage import data
 
     photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
@@ -60,7 +65,8 @@ def make_images(root: Path, n: int) -> list[Path]:
         h, w = img.shape[:2]
         s = int(rng.integers(min(h, w) // 2, min(h, w)))
         y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-        crop = cv2.resize(img[y:y + s, x:x + s], (256, 256), interpolation=cv2.INTER_AREA)
+        crop = cv2.resize(img[y:y + s, x:x + s], (side * 4 // 3, side),
+                          interpolation=cv2.INTER_AREA if side <= s else cv2.INTER_CUBIC)
         p = root / f"img{i:04d}.jpg"
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
         assert ok
@@ -105,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     ap.add_argument("--out", type=Path, default=Path("bench_out/bench_tta.json"))
+    ap.add_argument("--workers-sweep", default="", help="e.g. 0,1,2: time predict per worker count instead")
+    ap.add_argument("--photo-side", type=int, default=256, help="short side of the test photos")
     args = ap.parse_args(argv)
+    if args.workers_sweep:
+        return sweep_workers(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -182,6 +192,30 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0 if ok else 1
+
+
+def sweep_workers(args) -> int:
+    """predict (flip TTA) end to end per worker count, alternating, best of ``--repeats``."""
+    counts = [int(w) for w in args.workers_sweep.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "img").mkdir()
+        make_images(tmp / "img", args.images, args.photo_side)
+        run = make_run(tmp, args.size)
+        runs = [lambda w=w: predict(run, [tmp / "img"], tta="flip", device="cpu", batch_size=args.batch_size,
+                                    workers=w) for w in counts]
+        runs[0]()  # warm-up
+        best = alternate_best(*runs, repeats=args.repeats)
+    rows = [{"workers": w, "seconds": round(t, 3), "img_per_s": round(args.images / t, 1)}
+            for w, t in zip(counts, best)]
+    print(f"predict --tta flip, {args.images} photos (short side {args.photo_side}) at {args.size}px, "
+          f"{os.cpu_count()} CPUs, default workers here: {default_workers('cpu')}")
+    for r in rows:
+        print(f"  workers {r['workers']}: {r['seconds']:.3f} s, {r['img_per_s']} img/s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"workers_sweep": rows, "images": args.images, "size": args.size,
+                                    "photo_side": args.photo_side, "cpus": os.cpu_count()}, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
