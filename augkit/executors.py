@@ -24,7 +24,7 @@ from .local_pool import PoolStarter, call_safely, run_in_pool
 #: 0.5-1 s here (fork server start and its imports, then each worker's setup); while it starts the
 #: parent keeps working, so the pool pays off once the work left clearly exceeds that.
 POOL_PAYOFF_S = 1.0
-_MEASURE_ITEMS = 3  # items timed in-process (the first, which pays for setup, is not counted)
+_MEASURE_ITEMS = 3  # items timed in-process before the first decision (then it is made again after each item)
 
 
 class Task(Protocol):
@@ -100,7 +100,7 @@ class LocalExecutor:
             self.stats["in_process"] += 1
             yield res
             if not starter.started and len(times) > _MEASURE_ITEMS:
-                per_item = sorted(times[1:])[len(times[1:]) // 2]  # median, setup excluded
+                per_item = sum(times[1:]) / (len(times) - 1)  # the first pays for warm-up; copies share decodes
                 if per_item * (len(items) - i) > self.payoff_s:
                     starter.start()
         if i < len(items):
