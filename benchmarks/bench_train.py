@@ -1,106 +1,205 @@
-"""Online augmentation and training: quality and speed (a benchmark, never a test).
+"""Training against plain scripts, side by side in one run (a benchmark, never a test).
 
-(1) quality: scikit-learn's digits (8x8, upscaled to 32 px) as DATA/train (few per class) and
-    DATA/val (held-out digits); ResNet-18 from scratch, same seeds and budget, recipe ``digits``
-    vs no augmentation; prints both validation accuracies per seed and their means.
-(2) loader: AugmentedImageFolder with recipe ``default`` vs torchvision ImageFolder + the
-    equivalent transforms.v2 pipeline; same photos, same workers, same batch size.
-(3) training: ResNet-18 (``--arch``) steps fed by AugmentedImageFolder (recipe ``default``, DataLoader
-    workers) vs the same steps fed pre-decoded tensors already in memory, alternating.
+(1) digits: ResNet-18 from scratch on 500 handwritten digits (scikit-learn's, 8x8 upscaled to
+    32 px), 30 epochs, batch 64, the ``digits`` recipe. A plain PyTorch + albumentations script
+    (the recipe exported to albumentations, augmenting in-process, AdamW with the same cosine
+    schedule) against ``augkit train`` with its defaults; BOTH are timed as whole commands
+    (``python ...`` subprocesses: start-up included). Test accuracy of both on held-out digits,
+    and augkit's TTA ``shift`` accuracy through ``augkit evaluate``.
+    Targets (issue 8): augkit <= 1.0x the plain script's time (aim 0.7x), accuracy >= plain's.
+(2) jpeg: training input from 12-megapixel JPEGs (4032x3024, cut from scikit-image's photos) at
+    224 px, the ``default`` recipe, 2 DataLoader workers, batch 32: torchvision ImageFolder with
+    the classic RandomResizedCrop/flip/ColorJitter pipeline; a plain loop decoding with libjpeg's
+    DCT scaling (cv2.IMREAD_REDUCED_COLOR_8), area resize and the same albumentations recipe;
+    augkit's AugmentedImageFolder without and with its decoded cache (built beforehand; its
+    build time is reported apart). Targets: augkit >= 2x ImageFolder and >= 0.8x the DCT loop.
 
-Run: .venv/bin/python benchmarks/bench_train.py [--parts quality,loader,train] [--device auto]
-     [--json results.json]; ``--quick`` shrinks every budget (a smoke run).
+The load average is printed before and after: ratios measured on a busy machine mean little.
+
+Run: .venv/bin/python benchmarks/bench_train.py [--parts digits,jpeg] [--json out.json];
+``--quick`` shrinks every budget (a smoke run, not a measurement).
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+ROOT = Path(__file__).resolve().parents[1]
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from photos import make_photos  # noqa: E402
-from rich.console import Console  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-
-from augkit.dataset import AugmentedImageFolder  # noqa: E402
-from augkit.freeze import set_phase  # noqa: E402
-from augkit.models import build_model  # noqa: E402
-from augkit.train import (TrainConfig, make_optimizer, model_input, opencv_threads, resolve_device,  # noqa: E402
-                          train)
+# ---------------------------------------------------------------------- data
 
 
-# ---------------------------------------------------------------------- (1) quality
-
-def digits_split(root: Path, per_class: int, val_per_class: int, size: int = 32) -> Path:
+def digits_split(root: Path, per_class: int, test_per_class: int, size: int = 32) -> Path:
+    """root/train/digit<k>/*.png (``per_class`` each) and root/test/digit<k>/*.png (the next ones)."""
+    import cv2
+    import numpy as np
     from sklearn.datasets import load_digits
 
     d = load_digits()
     for k in range(10):
-        imgs = d.images[d.target == k]
-        for i, img in enumerate(imgs[:per_class + val_per_class]):
+        for i, img in enumerate(d.images[d.target == k][:per_class + test_per_class]):
             g = cv2.resize((img * (255 / 16)).astype(np.uint8), (size, size), interpolation=cv2.INTER_LINEAR)
-            part = "train" if i < per_class else "val"
-            out = root / part / f"digit{k}" / f"{k}_{i:03d}.png"
+            out = root / ("train" if i < per_class else "test") / f"digit{k}" / f"{k}_{i:03d}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             assert cv2.imwrite(str(out), g)
     return root
 
 
-def quality(work: Path, args) -> dict:
-    data = digits_split(work / "digits", args.per_class, args.val_per_class)
-    out = {}
-    quiet = Console(file=io.StringIO())
-    for name, recipe in (("digits recipe", "digits"), ("no augmentation", None)):
-        runs = []
-        for seed in range(args.seeds):
-            cfg = TrainConfig(data=data, out=work / f"run-{recipe}-{seed}", recipe=recipe, weights="none",
-                              epochs=args.epochs, batch_size=32, lr=2e-3, image_size=32, seed=seed,
-                              workers=args.train_workers, device=args.device, progress=False)
-            t0 = time.perf_counter()
-            r = train(cfg, console=quiet)
-            runs.append({"seed": seed, "best_val_acc": r.best["val_acc"], "last_val_acc": r.last["val_acc"],
-                         "best_epoch": r.best_epoch, "seconds": round(time.perf_counter() - t0, 1)})
-            print(f"  {name:16s} seed {seed}: val acc best {r.best['val_acc']:.1%} (epoch {r.best_epoch}), "
-                  f"last {r.last['val_acc']:.1%}  [{runs[-1]['seconds']} s]", flush=True)
-        out[name] = {"mean_best_val_acc": round(sum(x["best_val_acc"] for x in runs) / len(runs), 4),
-                     "mean_last_val_acc": round(sum(x["last_val_acc"] for x in runs) / len(runs), 4), "runs": runs}
-    return {"train_images": 10 * args.per_class, "val_images": 10 * args.val_per_class, "epochs": args.epochs,
-            **out}
+def camera_jpegs(root: Path, count: int, size: tuple[int, int] = (4032, 3024), classes: int = 2) -> Path:
+    """``count`` phone-sized JPEGs (quality 90), each a different crop of a scikit-image photo."""
+    import cv2
+    import numpy as np
+    from skimage import data
+
+    sources = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        src = sources[i % len(sources)]
+        h, w = src.shape[:2]
+        ch, cw = int(h * rng.uniform(0.7, 1.0)), int(w * rng.uniform(0.7, 1.0))
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        img = cv2.resize(src[y:y + ch, x:x + cw], size, interpolation=cv2.INTER_CUBIC)
+        out = root / f"class{i % classes}" / f"img{i:03d}.jpg"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(out), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return root
 
 
-# ---------------------------------------------------------------------- (2) loader
+# ---------------------------------------------------------------------- (1) the plain digits script
 
-def tv_pipeline(size: int):
-    """torchvision.transforms.v2 equivalent of recipes/default.yaml + augkit's resize/crop policy."""
-    from torchvision.transforms import v2
+def plain_digits(train_dir: Path, test_dir: Path, epochs: int, batch: int, seed: int) -> dict:
+    """What a user writes by hand: albumentations in-process, ResNet-18, AdamW + cosine schedule."""
+    import cv2
+    import numpy as np
+    import torch
+    import torchvision
 
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(size, antialias=True),
-        v2.RandomHorizontalFlip(0.5),
-        v2.RandomApply([v2.RandomAffine(degrees=12, translate=(0.06, 0.06), scale=(0.9, 1.1))], p=0.7),
-        v2.RandomApply([v2.ColorJitter(0.25, 0.25, 0.25, 0.03)], p=0.8),
-        v2.RandomApply([v2.GaussianBlur(5)], p=0.1),
-        v2.CenterCrop(size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])
+    from augkit.recipe import load_recipe
+
+    def load(folder: Path) -> tuple[list, torch.Tensor]:
+        classes = sorted(p.name for p in folder.iterdir())
+        files = [(f, c) for c, name in enumerate(classes) for f in sorted((folder / name).iterdir())]
+        return [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f, _ in files], torch.tensor([c for _, c in files])
+
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+
+    def tensor(imgs: list) -> torch.Tensor:
+        return torch.from_numpy(((np.stack(imgs).astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2).copy())
+
+    torch.manual_seed(seed)
+    x_train, y_train = load(train_dir)
+    x_test, y_test = load(test_dir)
+    aug = load_recipe("digits").to_albumentations()
+    model = torchvision.models.resnet18(num_classes=10)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(x_train)).split(batch):
+            xb = tensor([aug(image=x_train[i])["image"] for i in idx.tolist()])
+            loss = loss_fn(model(xb), y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(tensor(x_test[i:i + 256])).argmax(1) for i in range(0, len(x_test), 256)])
+    return {"test_acc": round(float((pred == y_test).float().mean()), 4)}
+
+
+def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    seconds = time.perf_counter() - t0
+    if p.returncode not in (0, 3):
+        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
+    return seconds, p
+
+
+def digits(work: Path, args) -> dict:
+    data = digits_split(work / "digits", args.per_class, args.test_per_class)
+    py = sys.executable
+    plain_s, p = timed([py, __file__, "--plain-digits", str(data), "--epochs", str(args.epochs),
+                        "--batch", str(args.batch)])
+    plain = json.loads(p.stdout.strip().splitlines()[-1])
+    run = work / "run"
+    augkit_s, _ = timed([py, "-m", "augkit", "train", str(data / "train"), "-o", str(run), "--recipe", "digits",
+                         "--weights", "none", "--epochs", str(args.epochs), "--batch-size", str(args.batch),
+                         "--image-size", "32", "--val-split", "0", "--device", "cpu"])
+    report = work / "report.json"
+    timed([py, "-m", "augkit", "evaluate", str(run / "last.pt"), str(data / "test"), "--tta", "shift",
+           "--report", str(report), "--device", "cpu"])
+    acc = json.loads(report.read_text())["accuracy"]
+    import yaml
+
+    resolved = yaml.safe_load((run / "settings.yaml").read_text())["resolved"]
+    out = {"train_images": 10 * args.per_class, "test_images": 10 * args.test_per_class, "epochs": args.epochs,
+           "plain_s": round(plain_s, 1), "augkit_s": round(augkit_s, 1), "time_ratio": round(augkit_s / plain_s, 3),
+           "plain_test_acc": plain["test_acc"], "augkit_test_acc": round(acc["plain"], 4),
+           "augkit_tta_shift_acc": round(acc["tta"], 4), "augkit_cpu": resolved["cpu"],
+           "augkit_precision": resolved["precision"]["name"]}
+    print(f"  plain script {plain_s:.1f} s, acc {plain['test_acc']:.1%}; augkit train {augkit_s:.1f} s "
+          f"({augkit_s / plain_s:.2f}x), acc {acc['plain']:.1%}, TTA shift {acc['tta']:.1%}", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------- (2) JPEG input throughput
+
+def classic_imagefolder(root: Path, size: int):
+    from torchvision import transforms as T
+    from torchvision.datasets import ImageFolder
+
+    return ImageFolder(root, transform=T.Compose([
+        T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ColorJitter(0.4, 0.4, 0.4), T.ToTensor(),
+        T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]))
+
+
+class DCTLoop:
+    """A hand-written Dataset: libjpeg 1/8 decode, area resize, the albumentations recipe, crop."""
+
+    def __init__(self, root: Path, size: int):
+        from augkit.recipe import load_recipe
+
+        self.files = sorted(root.rglob("*.jpg"))
+        self.size, self.recipe, self.aug = size, load_recipe("default"), None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        import cv2
+        import numpy as np
+        import torch
+
+        if self.aug is None:
+            self.aug = self.recipe.to_albumentations()
+        img = cv2.imdecode(np.fromfile(self.files[i], np.uint8), cv2.IMREAD_REDUCED_COLOR_8)
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        h, w = img.shape[:2]
+        s = self.size / min(h, w)
+        img = cv2.resize(img, (max(self.size, round(w * s)), max(self.size, round(h * s))), interpolation=cv2.INTER_AREA)
+        img = self.aug(image=img)["image"]
+        h, w = img.shape[:2]
+        top, left = (h - self.size) // 2, (w - self.size) // 2
+        img = img[top:top + self.size, left:left + self.size].astype(np.float32) / 255
+        img = (img - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)
+        return torch.from_numpy(img.transpose(2, 0, 1).astype(np.float32)), 0
 
 
 def loader_rate(ds, workers: int, batch: int, epochs: int) -> float:
+    from torch.utils.data import DataLoader
+
     loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers)
-    n = 0
-    t0 = time.perf_counter()
+    n, t0 = 0, time.perf_counter()
     for epoch in range(epochs):
         if hasattr(ds, "set_epoch"):
             ds.set_epoch(epoch)
@@ -109,125 +208,68 @@ def loader_rate(ds, workers: int, batch: int, epochs: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def loader(work: Path, args) -> dict:
-    from torchvision.datasets import ImageFolder
+def jpeg(work: Path, args) -> dict:
+    from augkit.dataset import AugmentedImageFolder
+    from augkit.images import opencv_threads
 
-    photos = make_photos(work / "photos", count=args.photos)
-    ours = AugmentedImageFolder(photos, "default", image_size=args.size)
-    tv = ImageFolder(photos, transform=tv_pipeline(args.size))
-    assert ours.samples == tv.samples
-    with opencv_threads(1):  # augkit train does the same before its workers start
-        rate_ours = loader_rate(ours, args.workers, 32, args.loader_epochs)
-    rate_tv = loader_rate(tv, args.workers, 32, args.loader_epochs)
-    print(f"  augkit {rate_ours:.0f} img/s, torchvision {rate_tv:.0f} img/s: {rate_ours / rate_tv:.2f}x", flush=True)
-    return {"images": len(ours), "size": args.size, "workers": args.workers, "augkit_img_s": round(rate_ours, 1),
-            "torchvision_img_s": round(rate_tv, 1), "ratio": round(rate_ours / rate_tv, 3)}
-
-
-# ---------------------------------------------------------------------- (3) training throughput
-
-def steps_rate(batches, model, opt, device, steps: int, warmup: int) -> float:
-    loss_fn = torch.nn.CrossEntropyLoss()
-    model.train()
-    n, t0 = 0, time.perf_counter()
-    for step in range(warmup + steps):
-        if step == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            n, t0 = 0, time.perf_counter()
-        x, y = next(batches)
-        x, y = model_input(x, device), y.to(device, non_blocking=True)
-        loss = loss_fn(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        n += y.shape[0]
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return n / (time.perf_counter() - t0)
+    photos = camera_jpegs(work / "jpegs", args.jpegs, tuple(args.jpeg_size))
+    size, w, b, e = args.size, args.workers, 32, args.loader_epochs
+    with opencv_threads(1):  # one OpenCV thread per worker, set before they fork (as augkit train does)
+        rates = {"imagefolder": loader_rate(classic_imagefolder(photos, size), w, b, e),
+                 "dct_loop": loader_rate(DCTLoop(photos, size), w, b, e),
+                 "augkit": loader_rate(AugmentedImageFolder(photos, "default", image_size=size), w, b, e)}
+        t0 = time.perf_counter()
+        cached = AugmentedImageFolder(photos, "default", image_size=size, cache=work / "cache")
+        build_s = time.perf_counter() - t0
+        rates["augkit_cache"] = loader_rate(cached, w, b, e)
+    out = {f"{k}_img_s": round(v, 1) for k, v in rates.items()}
+    out.update(images=args.jpegs, jpeg_size=list(args.jpeg_size), size=size, workers=w, cache_build_s=round(build_s, 1),
+               augkit_vs_imagefolder=round(rates["augkit"] / rates["imagefolder"], 2),
+               augkit_vs_dct_loop=round(rates["augkit"] / rates["dct_loop"], 2),
+               cache_vs_imagefolder=round(rates["augkit_cache"] / rates["imagefolder"], 2))
+    print("  " + ", ".join(f"{k} {v:.1f} img/s" for k, v in rates.items())
+          + f"; augkit/ImageFolder {out['augkit_vs_imagefolder']}x, augkit/DCT loop {out['augkit_vs_dct_loop']}x, "
+          f"cache build {build_s:.1f} s", flush=True)
+    return out
 
 
-def endless(loader, ds):
-    epoch = 0
-    while True:
-        if hasattr(ds, "set_epoch"):
-            ds.set_epoch(epoch)
-        yield from loader
-        epoch += 1
+# ---------------------------------------------------------------------- main
 
-
-def training(work: Path, args) -> dict:
-    """The same model and optimizer, fed alternately (``--rounds`` times) by the recipe pipeline
-    and by pre-decoded tensors; the best round of each counts (robust to other load on the machine)."""
-    device = resolve_device(args.device)
-    photos = work / "photos"
-    if not photos.exists():
-        make_photos(photos, count=args.photos)
-    size, batch = args.train_size, args.batch
-    # as augkit train does: uint8 from the workers, normalized on the device (both sides alike)
-    ds = AugmentedImageFolder(photos, "default", image_size=size, output="uint8")
-    plain = AugmentedImageFolder(photos, None, image_size=size, output="uint8")
-    x = torch.stack([plain[i][0] for i in range(len(plain))])
-    y = torch.tensor(plain.targets)
-    pin = device.type == "cuda"
-    torch.manual_seed(0)
-    model = build_model(args.arch, len(ds.classes)).to(device)
-    set_phase(model, "all")
-    opt = make_optimizer(model, TrainConfig(data=".", out="x"))
-    rates: dict[str, list[float]] = {"pre-decoded": [], "recipe": []}
-    with opencv_threads(1):
-        aug_loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=args.train_workers, pin_memory=pin,
-                                persistent_workers=args.train_workers > 0, drop_last=True)
-        mem_loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, pin_memory=pin, drop_last=True)
-        sources = {"pre-decoded": endless(mem_loader, None), "recipe": endless(aug_loader, ds)}
-        for r in range(args.rounds):
-            for name, batches in sources.items():
-                rates[name].append(steps_rate(batches, model, opt, device, args.steps, args.warmup))
-            print(f"  round {r + 1}: pre-decoded {rates['pre-decoded'][-1]:.1f} img/s, recipe "
-                  f"{rates['recipe'][-1]:.1f} img/s", flush=True)
-    best = {k: max(v) for k, v in rates.items()}
-    return {"device": str(device), "arch": args.arch, "size": size, "batch": batch, "workers": args.train_workers,
-            "steps": args.steps,
-            "rounds": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
-            **{f"{k}_img_s": round(v, 1) for k, v in best.items()},
-            "ratio": round(best["recipe"] / best["pre-decoded"], 3)}
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", default="digits,jpeg")
+    p.add_argument("--per-class", type=int, default=50, help="digits: training images per class (500 in all)")
+    p.add_argument("--test-per-class", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--jpegs", type=int, default=40, help="jpeg: number of camera-sized JPEGs")
+    p.add_argument("--jpeg-size", type=int, nargs=2, default=(4032, 3024))
+    p.add_argument("--size", type=int, default=224, help="jpeg: training image size")
+    p.add_argument("--workers", type=int, default=2, help="jpeg: DataLoader workers")
+    p.add_argument("--loader-epochs", type=int, default=2)
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--quick", action="store_true", help="tiny budgets: checks the script works, measures nothing")
+    p.add_argument("--plain-digits", type=Path, help=argparse.SUPPRESS)  # the plain script's own process
+    args = p.parse_args()
+    if args.quick:
+        args.per_class, args.test_per_class, args.epochs, args.jpegs = 3, 2, 1, 4
+        args.jpeg_size, args.size, args.loader_epochs = (806, 604), 64, 1
+    return args
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", default="quality,loader,train")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("--per-class", type=int, default=10, help="training digits per class")
-    p.add_argument("--val-per-class", type=int, default=20)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--train-workers", type=int, help="workers for (1) and (3) [default: --workers]")
-    p.add_argument("--seeds", type=int, default=2, help="quality: runs per variant (seeds 0..n-1)")
-    p.add_argument("--photos", type=int, default=192)
-    p.add_argument("--size", type=int, default=224, help="loader benchmark output size")
-    p.add_argument("--loader-epochs", type=int, default=2)
-    p.add_argument("--train-size", type=int, default=128, help="training benchmark image size")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--arch", default="resnet18", help="training benchmark model")
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3, help="training: alternations of the two feeds")
-    p.add_argument("--json", type=Path, help="also write the figures here")
-    p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
-    args = p.parse_args()
-    args.train_workers = args.workers if args.train_workers is None else args.train_workers
-    if args.quick:
-        args.per_class, args.val_per_class, args.epochs, args.photos, args.seeds = 5, 5, 2, 48, 1
-        args.loader_epochs, args.steps, args.warmup, args.rounds = 1, 2, 1, 1
-    results = {"torch": torch.__version__, "cpus": os.cpu_count(), "threads": torch.get_num_threads()}
+    args = parse_args()
+    if args.plain_digits:
+        print(json.dumps(plain_digits(args.plain_digits / "train", args.plain_digits / "test", args.epochs,
+                                      args.batch, seed=0)))
+        return
+    results: dict = {"cpus": os.cpu_count(), "load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        for part, fn in (("quality", quality), ("loader", loader), ("train", training)):
+        for part, fn in (("digits", digits), ("jpeg", jpeg)):
             if part in args.parts.split(","):
-                print(f"[{part}]", flush=True)
-                t0 = time.perf_counter()
-                results[part] = fn(work, args)
-                results[part]["wall_s"] = round(time.perf_counter() - t0, 1)
+                print(f"[{part}] load average {os.getloadavg()[0]:.2f}", flush=True)
+                results[part] = fn(Path(tmp), args)
+    results["load_after"] = os.getloadavg()
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
