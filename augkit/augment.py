@@ -270,11 +270,13 @@ def run_plan(plan: Plan, *, executor=None, on_progress: Callable[[dict], None] |
         result.todo = _todo(plan, result)
         return result
     executor = executor or get_executor(opts.engine, workers=opts.workers)
+    task = AugmentTask(plan.src, plan.dst, plan.recipe.text, plan.recipe.source, opts.settings())
     with locked(plan.dst):
+        if hasattr(executor, "prepare"):  # e.g. start a pool's fork server while we check what is done
+            executor.prepare(task, len(plan.items))
         todo = _todo(plan, result)
         remove_stale_temps({(plan.dst / it.out).parent for it in plan.items} | {plan.dst})
         append_run(plan.dst, _run_entry(plan, executor))
-        task = AugmentTask(plan.src, plan.dst, plan.recipe.text, plan.recipe.source, opts.settings())
         if on_start:
             on_start(len(todo))
         _execute(plan, executor, task, todo, result, on_progress)
