@@ -9,7 +9,8 @@ outputs whichever process ran it.
 
 A worker failure never hangs the parent: the task is called through :func:`call_safely`, so any
 exception becomes a ``failed`` result naming the item, and a worker process that dies is detected
-(``concurrent.futures`` marks the pool broken) and its items are reported as failed.
+(``concurrent.futures`` marks the pool broken): the items it had in flight are reported as failed
+("worker crashed") and the items not yet sent run in this process.
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from typing import Callable, Iterator, Protocol
 
 from .local_pool import PoolStarter, call_safely, run_in_pool, warm_fork_server
 
-#: Seconds of remaining in-process work above which a pool is started. Starting one costs about
-#: 0.5-1 s here (fork server start and its imports, then each worker's setup); while it starts the
-#: parent keeps working, so the pool pays off once the work left clearly exceeds that.
+#: Seconds of remaining in-process work above which a pool is started. Starting one takes S ~ 0.7 s
+#: here (fork server and its imports, then a worker's setup). The parent keeps working meanwhile,
+#: so W seconds of work end at S + (W - S) / n with n workers instead of W: the pool pays once
+#: W > S; the margin covers a busy machine.
 POOL_PAYOFF_S = 1.0
 #: Plans with at least this many items start the pool's fork server (not its workers) up front:
 #: its imports (~0.7 s of one core) then overlap the resume check and the first items.
