@@ -44,6 +44,8 @@ from .seeding import derive_seed
 from .train_config import CHECKS
 
 OUTPUTS = ("float", "uint8")
+#: default in-memory budget of decoded images per process (500 digits at 32 px take 1.5 MB)
+MEMORY_CACHE_BYTES = 256 << 20
 _KEEP = object()
 
 
@@ -67,6 +69,8 @@ class AugmentedImageFolder(Dataset):
         cache: an :class:`~augkit.cache.ImageCache` or a folder for one: every image is decoded
             and resized once, at construction, and read from a memory-mapped file afterwards.
             Files that fail to decode are left out and listed in ``errors``.
+        memory_cache: bytes of decoded, resized images each process keeps in memory (the
+            first ones it loads, until the budget is used); 0 turns this off.
     """
 
     def __init__(self, root_or_samples: str | os.PathLike | Sequence[tuple[str | os.PathLike, int]],
@@ -74,7 +78,8 @@ class AugmentedImageFolder(Dataset):
                  output: str = "float", normalize: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, check: str | bool = "header",
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, classes: Sequence[str] | None = None,
-                 check_workers: int = 4, cache: ImageCache | str | os.PathLike | None = None):
+                 check_workers: int = 4, cache: ImageCache | str | os.PathLike | None = None,
+                 memory_cache: int = MEMORY_CACHE_BYTES):
         if output not in OUTPUTS:
             raise UsageError(f"output {output!r} is not one of {', '.join(OUTPUTS)}")
         check = {True: "header", False: "none"}.get(check, check) if isinstance(check, bool) else check
@@ -87,6 +92,8 @@ class AugmentedImageFolder(Dataset):
         self.mean, self.std, self.max_pixels = tuple(map(float, mean)), tuple(map(float, std)), max_pixels
         self._mean, self._std = torch.tensor(self.mean).view(3, 1, 1), torch.tensor(self.std).view(3, 1, 1)
         self.root: str | None = None
+        self._reduced = decode_policy_reduces(DECODE_POLICY)  # JPEGs may be decoded at reduced size
+        self.cache: ImageCache | None = None  # set after the check: the check decodes without it
         self.ignored: list[str] = []  # files and folders the scan skipped on purpose (hidden, litter, non-image)
         self.errors: list[ImageError] = []  # files that failed the check: left out
         if isinstance(root_or_samples, (str, os.PathLike)):
@@ -102,7 +109,7 @@ class AugmentedImageFolder(Dataset):
         # a shared-memory tensor, so set_epoch reaches persistent DataLoader workers too
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._augmenter = None
-        self._reduced = decode_policy_reduces(DECODE_POLICY)
+        self._memo = _Memo(memory_cache)
 
     # ------------------------------------------------------------------ building the sample list
     def _from_folder(self, root, classes) -> list[tuple[str, int, str]]:
@@ -147,7 +154,7 @@ class AugmentedImageFolder(Dataset):
         return items
 
     def _check(self, items, how: str, workers: int) -> list[tuple[str, int, str]]:
-        probe = (lambda p: read_image(p, max_pixels=self.max_pixels)) if how == "full" else self._probe
+        probe = self.decode if how == "full" else self._probe
         with ThreadPoolExecutor(max(1, workers)) as pool:
             results = list(pool.map(lambda it: _try(probe, it[0]), items))
         self.errors = [e for e in results if e is not None]
@@ -206,11 +213,20 @@ class AugmentedImageFolder(Dataset):
         return self.load(path, key), target
 
     def load(self, path: str, key: str) -> torch.Tensor:
-        img = self.decode(path)
+        img = self.start_image(path)
         if self.recipe is not None and self.recipe.train:
-            img = resize_short(img, self.image_size)
             img, _ = self._get_augmenter()(img, derive_seed(self.seed, key, self.epoch, salt="train"))
         return self.to_tensor(eval_image(img, self.image_size))
+
+    def start_image(self, path: str) -> np.ndarray:
+        """The decoded image resized to shorter side ``image_size``: what the recipe starts from.
+        Kept in memory (per process, up to ``memory_cache`` bytes), so small datasets are decoded
+        once per process rather than once per epoch; a private copy each time."""
+        img = self._memo.get(path)
+        if img is None:
+            img = np.ascontiguousarray(resize_short(self.decode(path), self.image_size))
+            self._memo.put(path, img)
+        return img.copy()
 
     def decode(self, path: str) -> np.ndarray:
         """The image as the pipeline starts from it: from the cache, or decoded (at reduced size
@@ -240,6 +256,7 @@ class AugmentedImageFolder(Dataset):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_augmenter"] = None  # each worker builds its own pipeline
+        state["_memo"] = _Memo(self._memo.budget)  # and keeps its own decoded images
         return state
 
     def __repr__(self) -> str:
@@ -256,3 +273,18 @@ def _try(fn, path: str) -> ImageError | None:
         return exc
     return None
 
+
+
+class _Memo:
+    """Decoded images by path, up to ``budget`` bytes (shared by a dataset and its subsets)."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used, self.images = int(budget), 0, {}
+
+    def get(self, path: str) -> np.ndarray | None:
+        return self.images.get(path)
+
+    def put(self, path: str, img: np.ndarray) -> None:
+        if path not in self.images and self.used + img.nbytes <= self.budget:
+            self.images[path] = img
+            self.used += img.nbytes

@@ -314,3 +314,18 @@ def test_cache_that_does_not_fit_is_refused_before_building(photos, tmp_path, mo
     with pytest.raises(UsageError, match="needs about .* but the disk has"):
         AugmentedImageFolder(photos, None, image_size=32, cache=tmp_path / "c")
     assert not (tmp_path / "c" / "pixels.u8").exists()
+
+
+def test_small_datasets_are_decoded_once_per_process(nested, monkeypatch):
+    import augkit.dataset as dataset_mod
+
+    calls = []
+    real = dataset_mod.read_image
+    monkeypatch.setattr(dataset_mod, "read_image", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    ds = AugmentedImageFolder(nested, "digits", image_size=24, seed=2)
+    off = AugmentedImageFolder(nested, "digits", image_size=24, seed=2, memory_cache=0)
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        off.set_epoch(epoch)
+        assert all(torch.equal(ds[i][0], off[i][0]) for i in range(len(ds)))  # the same tensors
+    assert len(calls) == len(ds) + 2 * len(off)  # memoised: once; without: every epoch
