@@ -121,7 +121,7 @@ class DistContext:
 
     # ------------------------------------------------------------------ metrics
     def reduce(self, stats: dict | None) -> dict | None:
-        """Sum a :func:`~augkit.train.train_one_epoch` / :func:`~augkit.train.evaluate` result
+        """Sum a :func:`~augkit.train.train_one_epoch` / :func:`~augkit.train.validate` result
         over ranks: loss and accuracy weighted by each rank's images, the slowest rank's seconds."""
         if not self.enabled or stats is None:
             return stats

@@ -10,15 +10,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .freeze import FREEZE_CHOICES
 from .images import DEFAULT_MAX_PIXELS
 
-if TYPE_CHECKING:  # annotations only: both import torch or albumentations
+if TYPE_CHECKING:  # annotation only: recipe.py imports albumentations
     from .recipe import Recipe
-    from .train import StartInfo
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -124,8 +123,9 @@ class TrainCallbacks:
     def on_note(self, text: str) -> None:
         """A remark for the user (plain text): ignored options, resuming, the cache's size."""
 
-    def on_start(self, info: StartInfo) -> None:
-        """Everything is checked and resolved; the first epoch is about to start."""
+    def on_start(self, info: Any) -> None:
+        """Everything is checked and resolved; the first epoch is about to start. ``info`` is an
+        :class:`augkit.train.StartInfo` (defined there: it holds torch objects)."""
 
     def on_epoch_start(self, epoch: int, epochs: int, phase: str, batches: int, val_batches: int) -> None:
         """``epoch`` is 1-based; ``val_batches`` is 0 without validation."""
