@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .devices import usable_cores
 from .errors import ImageError, UsageError
 from .images import (DECODE_POLICY, DEFAULT_MAX_PIXELS, atomic_write_text, decode_policy_reduces, image_size,
                      max_bytes_for, read_bytes, read_image)
@@ -49,7 +50,7 @@ class ImageCache:
         self.folder, self.size, self.max_pixels = Path(folder), int(size), max_pixels
         self.reduced = decode_policy_reduces(DECODE_POLICY)
         self.policy = f"{DECODE_POLICY}; short side {self.size}; reduced={self.reduced}"
-        self.on_note, self.threads = on_note, threads or min(8, os.cpu_count() or 1)
+        self.on_note, self.threads = on_note, threads or min(8, usable_cores())
         self.keys: dict[str, str] = {}  # path -> key
         self._entries: dict[str, list[int]] = {}  # key -> [offset, height, width]
         self._mm: np.memmap | None = None
@@ -178,6 +179,8 @@ class ImageCache:
 
 
 def _mb(n: int) -> str:
+    if n < 2**20:
+        return f"{n / 2**10:,.0f} KiB"
     return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
 
 
