@@ -79,9 +79,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Reject bad values before any work (exit code 2 from the CLI)."""
-        from .models import ARCHS  # deferred: models imports torchvision
+        from .checkpoint import MAX_IMAGE_SIZE  # deferred: checkpoint and models import torch/torchvision
+        from .models import ARCHS
 
-        for ok, message in self._checks(ARCHS):
+        for ok, message in self._checks(ARCHS, MAX_IMAGE_SIZE):
             if not ok:
                 raise UsageError(message)
         if self.weights not in ("imagenet", "none") and not Path(self.weights).exists():
@@ -93,7 +94,7 @@ class TrainConfig:
         if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
             raise UsageError(f"{out}: the run folder must not be inside the data folder {data}")
 
-    def _checks(self, archs: tuple[str, ...]) -> list[tuple[bool, str]]:
+    def _checks(self, archs: tuple[str, ...], max_size: int) -> list[tuple[bool, str]]:
         return [
             (self.arch in archs, f"--arch {self.arch!r} is not one of {', '.join(archs)}"),
             (self.freeze in FREEZE_CHOICES, f"--freeze {self.freeze!r} is not one of {', '.join(FREEZE_CHOICES)}"),
@@ -104,7 +105,8 @@ class TrainConfig:
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.image_size >= 16, f"--image-size must be >= 16 pixels, got {self.image_size}"),
+            (16 <= self.image_size <= max_size, f"--image-size must be 16 to {max_size} pixels (what a checkpoint "
+                                                f"may hold), got {self.image_size}"),
             (0 <= self.val_split < 1, f"--val-split must be in [0, 1), got {self.val_split}"),
             (self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
             (self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),

@@ -328,6 +328,8 @@ def test_a_class_with_only_unreadable_files_is_an_error(data, tmp_path):
     (["--arch", "resnet9"], "resnet9"),
     (["--freeze", "some"], "some"),
     (["--epochs", "0"], "--epochs"),
+    (["--image-size", "100000"], "--image-size must be 16 to 2048 pixels"),  # bounded before any allocation
+    (["--precision", "fp8"], "fp8"),
 ])
 def test_bad_options_exit_2(data, tmp_path, args, message):
     result = cli(data, "-o", tmp_path / "run", *args)
