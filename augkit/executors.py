@@ -9,8 +9,9 @@ outputs whichever process ran it.
 
 A worker failure never hangs the parent: the task is called through :func:`call_safely`, so any
 exception becomes a ``failed`` result naming the item, and a worker process that dies is detected
-(``concurrent.futures`` marks the pool broken): the items it had in flight are reported as failed
-("worker crashed") and the items not yet sent run in this process.
+(``concurrent.futures`` marks the pool broken): the items it had in flight are retried one by one
+in a one-worker pool, so only the item that kills a worker is reported ("worker crashed"), and the
+rest goes on in a fresh pool.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import os
 import time
 from typing import Callable, Iterator, Protocol
 
-from .local_pool import PoolStarter, call_safely, run_in_pool, warm_fork_server
+from .local_pool import PoolStarter, call_safely, failure, run_in_pool, warm_fork_server
 
 #: Seconds of remaining in-process work above which a pool is started. Starting one takes S ~ 0.7 s
 #: here (fork server and its imports, then a worker's setup). The parent keeps working meanwhile,
@@ -68,6 +69,7 @@ class LocalExecutor:
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.adaptive, self.payoff_s = adaptive, payoff_s
         self.stats = {"in_process": 0, "pool": 0}
+        self._starters: list[PoolStarter] = []
 
     def prepare(self, task: Task, n_items: int) -> None:
         """Called before the resume check: warm the fork server for big plans."""
@@ -82,13 +84,15 @@ class LocalExecutor:
             yield from self._in_process(task, items)
             return
         starter = PoolStarter(pool_context(), min(self.workers, len(items)), task)
+        self._starters = [starter]
         try:
             if self.adaptive:
                 yield from self._adaptive(task, items, starter)
             else:
                 yield from self._pool(starter, items)
         finally:
-            starter.close()
+            for s in self._starters:
+                s.close()
 
     def _in_process(self, task: Task, items: list) -> Iterator[dict]:
         task.setup()
@@ -117,15 +121,43 @@ class LocalExecutor:
             yield from self._pool(starter, items[i:])
 
     def _pool(self, starter: PoolStarter, items: list) -> Iterator[dict]:
-        pool = starter.wait()
-        if pool is None:  # the pool could not start: the work still gets done, here
-            yield from self._in_process(starter.task, items)
-            return
-        before, n = self.stats["in_process"], 0
-        for res in run_in_pool(pool, items, starter.workers, lambda rest: self._in_process(starter.task, rest)):
-            n += 1
-            yield res
-        self.stats["pool"] += n - (self.stats["in_process"] - before)
+        """Run ``items`` in the pool. When a worker dies, each item it may have been running is
+        retried alone in a one-worker pool (so only the item that kills a worker is reported,
+        "worker crashed"), and the items not yet sent go on in a fresh pool."""
+        while items:
+            pool = starter.wait()
+            if pool is None:  # the pool could not start: the work still gets done, here
+                yield from self._in_process(starter.task, items)
+                return
+            suspects: list = []
+            unsent: list = []
+            for res in run_in_pool(pool, items, starter.workers, suspects, unsent):
+                self.stats["pool"] += 1
+                yield res
+            starter.close()
+            for item in suspects:
+                yield self._alone(starter.task, item)
+            items = unsent
+            if items:
+                starter = self._restart(starter)
+
+    def _restart(self, old: PoolStarter) -> PoolStarter:
+        new = PoolStarter(old.ctx, old.workers, old.task)
+        new.start()
+        self._starters.append(new)
+        return new
+
+    def _alone(self, task: Task, item) -> dict:
+        starter = PoolStarter(pool_context(), 1, task)
+        try:
+            suspects: list = []
+            pool = starter.wait()
+            results = list(run_in_pool(pool, [item], 1, suspects, [], window=1)) if pool else []
+            self.stats["pool"] += 1
+            return results[0] if results else failure(item, "worker crashed", RuntimeError(
+                "the worker process died while working on this item (killed, out of memory or a crash)"))
+        finally:
+            starter.close()
 
 
 def _ray_executor(**kwargs) -> Executor:

@@ -6,21 +6,37 @@ every waiting future raises, where ``Pool`` would wait forever for the lost resu
 """
 from __future__ import annotations
 
+import os
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterator
+from typing import Iterator
 
 _TASK = None  # the task object of this worker process
 
 
-def _init(task) -> None:
+def _init(task, parent: int) -> None:
     global _TASK
     import cv2  # deferred: only pool workers need it here
 
     cv2.setNumThreads(1)  # one OpenCV thread per worker: no oversubscription
+    threading.Thread(target=_exit_with, args=(parent,), name="augkit-parent-watch", daemon=True).start()
     _TASK = task
     _TASK.setup()
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker when the run's process is gone (killed with -9): a worker of a fork server
+    is not the run's child, nothing else would end it, and it keeps the fork server alive too."""
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            pass  # alive, another user's pid: cannot happen for our parent, keep watching
 
 
 def _ping() -> bool:
@@ -78,11 +94,10 @@ class PoolStarter:
 
     def _start(self) -> None:
         try:
-            preload = list(getattr(self.task, "preload", ()))
-            if preload and hasattr(self.ctx, "set_forkserver_preload"):
-                self.ctx.set_forkserver_preload(preload)
+            if self.ctx.get_start_method() == "forkserver":  # (an empty list: not the default ['__main__'])
+                self.ctx.set_forkserver_preload(list(getattr(self.task, "preload", ())))
             self.pool = ProcessPoolExecutor(self.workers, mp_context=self.ctx, initializer=_init,
-                                            initargs=(self.task,))
+                                            initargs=(self.task, os.getpid()))
             self._ping = self.pool.submit(_ping)  # done once a worker has run its setup
         except BaseException as exc:  # noqa: BLE001 - surfaced by wait()
             self._error = exc
@@ -103,48 +118,48 @@ class PoolStarter:
         if self._thread is not None:
             self._thread.join()
         if self.pool is not None:
+            if getattr(self.pool, "_broken", False):
+                # Python 3.11 leaves the other workers of a broken pool blocked on its queue forever.
+                for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
+                    proc.terminate()
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
 
 
-def run_in_pool(pool: ProcessPoolExecutor, items: list, workers: int,
-                fallback: Callable[[list], Iterator[dict]]) -> Iterator[dict]:
-    """Feed ``items`` to the pool in chunks (a few in flight per worker) and yield results as they come.
+def run_in_pool(pool: ProcessPoolExecutor, items: list, workers: int, suspects: list, unsent: list,
+                window: int | None = None) -> Iterator[dict]:
+    """Feed ``items`` to the pool in chunks (``window`` chunks in flight, default two per worker)
+    and yield results as they come.
 
-    When the pool breaks (a worker died), the items in flight are reported as ``failed`` ("worker
-    crashed") and the items not yet sent run through ``fallback`` (in this process)."""
-    chunk = max(1, min(8, len(items) // (workers * 4)))
+    When the pool breaks (a worker died), stop: the items that were in flight are added to
+    ``suspects`` (one of them killed the worker; the others are innocent) and those never sent to
+    ``unsent``; the caller decides what to do with them."""
+    chunk = 1 if window == 1 else max(1, min(8, len(items) // (workers * 4)))
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
     pending: dict[Future, list] = {}
     nxt = 0
     while nxt < len(chunks) or pending:
-        while nxt < len(chunks) and len(pending) < 2 * workers:
+        while nxt < len(chunks) and len(pending) < (window or 2 * workers):
             try:
                 pending[pool.submit(_call_chunk, chunks[nxt])] = chunks[nxt]
-            except (BrokenProcessPool, RuntimeError):
+            except RuntimeError:  # BrokenProcessPool, or shut down: nothing more goes in
                 break
             nxt += 1
-        if not pending:  # the pool refused new work: it is broken or shut down
+        if not pending:
             break
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
         broken = False
         for fut in done:
             batch = pending.pop(fut)
             try:
-                results = fut.result()
-            except BrokenProcessPool as exc:
+                yield from fut.result()
+            except BrokenProcessPool:
                 broken = True
-                results = [failure(it, "worker crashed", exc) for it in batch]
+                suspects.extend(batch)
             except Exception as exc:  # noqa: BLE001 - e.g. an item that does not pickle
-                results = [failure(it, "worker error", exc) for it in batch]
-            yield from results
+                yield from (failure(it, "worker error", exc) for it in batch)
         if broken:
-            for fut, batch in pending.items():
-                fut.cancel()
-                yield from (failure(it, "worker crashed", BrokenProcessPool("a worker process died"))
-                            for it in batch)
-            pending.clear()
             break
-    rest = [it for c in chunks[nxt:] for it in c]
-    if rest:
-        yield from fallback(rest)
+    for batch in pending.values():
+        suspects.extend(batch)
+    unsent.extend(it for c in chunks[nxt:] for it in c)

@@ -26,7 +26,7 @@ class Unpicklable(Exception):
 
 
 class FlakyTask:
-    """Item 3 raises an exception that does not unpickle; item 5 kills its worker (or raises in-process)."""
+    """Item 3 raises an exception that does not unpickle; items 5 and 17 kill their pool worker."""
 
     preload = ()
 
@@ -39,7 +39,7 @@ class FlakyTask:
     def __call__(self, item: int) -> dict:
         if item == 3:
             raise Unpicklable("x", "y")
-        if item == 5 and self.kill and os.getpid() != self.parent:
+        if item in (5, 17) and self.kill and os.getpid() != self.parent:
             os._exit(7)
         return {"status": "ok", "item": item}
 
@@ -111,8 +111,10 @@ def test_a_dying_worker_never_hangs_the_parent():
     ex = LocalExecutor(workers=2, adaptive=False)
     res = list(ex.run(FlakyTask(kill=True), list(range(40))))
     assert sorted(r["item"] for r in res) == list(range(40))  # every item has exactly one result
-    crashed = [r for r in res if r["status"] == "failed" and r["reason"] == "worker crashed"]
-    assert 5 in {r["item"] for r in crashed}
+    status = {r["item"]: (r["status"], r.get("reason")) for r in res}
+    assert status[5] == status[17] == ("failed", "worker crashed")  # only the items that kill a worker
+    assert status[3] == ("failed", "worker error")
+    assert all(status[i] == ("ok", None) for i in range(40) if i not in (3, 5, 17))
 
 
 PROBE = '''
@@ -168,3 +170,48 @@ def test_big_plans_warm_the_fork_server_up_front_small_ones_do_not():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+SLOW = '''
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from augkit.executors import LocalExecutor
+
+
+class Slow:
+    preload = ()
+
+    def setup(self):
+        pass
+
+    def __call__(self, item):
+        time.sleep(0.3)
+        return {{"status": "ok", "item": item, "pid": os.getpid()}}
+
+
+if __name__ == "__main__":
+    for res in LocalExecutor(workers=2, adaptive=False).run(Slow(), list(range(200))):
+        print(res["pid"], flush=True)
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_pool_workers_end_when_the_run_is_killed(tmp_path):
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW.format(tests=str(Path(__file__).parent)))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    pids = {int(proc.stdout.readline()) for _ in range(6)}
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids), "pool workers outlived the killed run"
