@@ -158,3 +158,17 @@ def test_import_augkit_does_not_import_ray():
     code = "import sys, augkit, augkit.cli, augkit.executors; assert 'ray' not in sys.modules, 'ray imported'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_executors_know_only_tasks_and_items():
+    """Issue 10: no executor module imports the augment machinery (it hands them a task and its items)."""
+    import ast
+
+    import augkit
+
+    pkg = Path(augkit.__file__).parent
+    for name in ("executors.py", "executors_ray.py", "local_pool.py"):
+        tree = ast.parse((pkg / name).read_text(encoding="utf-8"))
+        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in mods if m.split(".")[-1] in ("augment", "augment_task")}, (name, mods)
