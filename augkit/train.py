@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from .cache import ImageCache
 from .checkpoint import BEST, LAST, ModelMeta, load_checkpoint, versions
-from .dataset import AugmentedImageFolder
+from .dataset import MEMORY_CACHE_BYTES, AugmentedImageFolder
 from .devices import cpu_threads, resolve_device, usable_cores
 from .distributed import DistContext, local_world_size, setup as dist_setup
 from .errors import ImageError, UsageError
@@ -145,7 +145,8 @@ def load_data(cfg: TrainConfig, recipe: Recipe | None, cache: ImageCache | None 
     """``DATA/train`` + ``DATA/val`` when present, else a stratified, seeded split of ``DATA``."""
     root = Path(cfg.data)
     common = dict(image_size=cfg.image_size, seed=cfg.seed, check=cfg.check, max_pixels=cfg.max_pixels,
-                  output="uint8", cache=cache)  # uint8: normalized on the device, 4x less to copy from workers
+                  output="uint8",  # normalized on the device: 4x less to copy from the workers
+                  cache=cache, memory_cache=MEMORY_CACHE_BYTES // max(1, cfg.workers or 0))  # one budget in all
     if (root / "train").is_dir():
         full = AugmentedImageFolder(root / "train", recipe, **common)
         if (root / "val").is_dir():
