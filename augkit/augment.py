@@ -81,6 +81,10 @@ class Plan:
     classes: list[str]
     per_class_counts: dict[str, int] = field(default_factory=dict)
     links_into_dst: list[str] = field(default_factory=list)  # inputs that lead into DST: skipped
+    recipe_hash: str = ""  # the recipe's hash, computed once (it is in every manifest row)
+
+    def __post_init__(self) -> None:
+        self.recipe_hash = self.recipe_hash or self.recipe.hash
 
 
 def _check_dirs(src: Path, dst: Path) -> None:
@@ -205,7 +209,7 @@ def _manifest_row(plan: Plan, item: WorkItem, res: dict) -> dict:
            "kind": "original" if item.copy < 0 else "augmented", "seed": opts.seed,
            "sample_seed": item.seed, "transforms": res.get("transforms", []),
            "width": res.get("width"), "height": res.get("height"), "max_side": opts.max_side,
-           "recipe": plan.recipe.name, "recipe_hash": plan.recipe.hash,
+           "recipe": plan.recipe.name, "recipe_hash": plan.recipe_hash,
            "augkit": __version__, "albumentations": _albumentations_version()}
     if item.copy >= 0:
         row["unchanged"] = bool(res.get("unchanged"))
@@ -219,7 +223,7 @@ def _same_settings(plan: Plan, row: dict) -> bool:
     o = plan.options
     if row.get("kind") == "original":  # a byte-for-byte copy, whatever the recipe or the sizes
         return True
-    return (row.get("recipe_hash") == plan.recipe.hash and row.get("seed") == o.seed
+    return (row.get("recipe_hash") == plan.recipe_hash and row.get("seed") == o.seed
             and row.get("max_side") == o.max_side and bool(row.get("require_change", False)) == o.require_change)
 
 
@@ -252,7 +256,7 @@ def _run_entry(plan: Plan, executor) -> dict:
     return {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "augkit": __version__,
             "source": str(plan.src), "destination": str(plan.dst), "decode_policy": DECODE_POLICY,
             "executor": type(executor).__name__, "options": asdict(plan.options),
-            "recipe_hash": plan.recipe.hash, "recipe": plan.recipe.resolved()}
+            "recipe_hash": plan.recipe_hash, "recipe": plan.recipe.resolved()}
 
 
 def run_plan(plan: Plan, *, executor=None, on_progress: Callable[[dict], None] | None = None,
