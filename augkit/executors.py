@@ -152,7 +152,9 @@ class LocalExecutor:
         try:
             suspects: list = []
             pool = starter.wait()
-            results = list(run_in_pool(pool, [item], 1, suspects, [], window=1)) if pool else []
+            if pool is None:  # no worker starts any more: no isolation left, run it here
+                return next(self._in_process(task, [item]))
+            results = list(run_in_pool(pool, [item], 1, suspects, [], window=1))
             self.stats["pool"] += 1
             return results[0] if results else failure(item, "worker crashed", RuntimeError(
                 "the worker process died while working on this item (killed, out of memory or a crash)"))

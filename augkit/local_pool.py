@@ -109,9 +109,15 @@ class PoolStarter:
         return self._error is not None or self._ping is None or self._ping.done()
 
     def wait(self) -> ProcessPoolExecutor | None:
-        """The pool, once started; None when it could not start (the caller runs in-process)."""
+        """The pool, once a worker is up; None when it could not start, e.g. the task's setup fails
+        in a worker (the caller runs in-process)."""
         self.start()
         self._thread.join()
+        try:
+            if self._ping is not None:
+                self._ping.result()
+        except Exception:  # noqa: BLE001 - BrokenProcessPool: the workers die in their setup
+            self.close()
         return self.pool
 
     def close(self) -> None:

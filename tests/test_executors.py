@@ -215,3 +215,17 @@ def test_pool_workers_end_when_the_run_is_killed(tmp_path):
     while time.time() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids), "pool workers outlived the killed run"
+
+
+class NoSetupInWorkers(FlakyTask):
+    """Its setup fails in pool workers only: the pool never takes an item."""
+
+    def setup(self) -> None:
+        if os.getpid() != self.parent:
+            raise RuntimeError("no setup here")
+
+
+def test_a_pool_whose_workers_cannot_start_leaves_the_work_to_this_process():
+    ex = LocalExecutor(workers=2, adaptive=False)
+    res = list(ex.run(NoSetupInWorkers(), list(range(10))))
+    assert sorted(r["item"] for r in res) == list(range(10)) and ex.stats["in_process"] == 10
