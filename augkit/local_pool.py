@@ -99,7 +99,7 @@ class PoolStarter:
             self.pool = ProcessPoolExecutor(self.workers, mp_context=self.ctx, initializer=_init,
                                             initargs=(self.task, os.getpid()))
             self._ping = self.pool.submit(_ping)  # done once a worker has run its setup
-        except BaseException as exc:  # noqa: BLE001 - surfaced by wait()
+        except BaseException as exc:  # noqa: BLE001 - wait() then returns None: the work runs in-process
             self._error = exc
 
     def ready(self) -> bool:
