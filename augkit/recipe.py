@@ -20,6 +20,7 @@ import yaml
 
 from . import __version__
 from .albu import import_albumentations
+from .batchspec import BatchSpec, parse_batch
 from .errors import ImageError, RecipeError, UsageError
 from .fileio import read_bytes
 from .ops import ALBU_OP  # noqa: F401  (re-exported: the pass-through op's name)
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     import albumentations as A
 
 COMPOSITE_OPS = tuple(list_composites())  # kept for callers; the registry (OpSpec.composite) decides
-TOP_KEYS = ("name", "description", "border", "fill", "train", "tta")
+TOP_KEYS = ("name", "description", "border", "fill", "train", "tta", "batch")
 #: Largest recipe file read: real recipes are a few hundred bytes.
 MAX_RECIPE_BYTES = 1 << 20
 P_PARAM = Param("number", 1.0, lo=0.0, hi=1.0, help="probability that the step is applied")
@@ -85,6 +86,8 @@ class Recipe:
     fill: Any = 0
     source: str = "<string>"
     text: str = ""
+    #: mixup/cutmix applied per batch by ``train`` (:mod:`augkit.batchaug`); None: no batch mixing.
+    batch: BatchSpec | None = None
 
     # -------------------------------------------------------------- views of the recipe
     def resolved(self) -> dict:
@@ -92,6 +95,8 @@ class Recipe:
         out: dict[str, Any] = {"name": self.name, "description": self.description,
                                "border": self.border, "fill": self.fill,
                                "train": [s.to_yaml() for s in self.train]}
+        if self.batch is not None:
+            out["batch"] = self.batch.to_yaml()
         if self.tta is not None:
             out["tta"] = self.tta.to_yaml()
         return out
@@ -267,7 +272,7 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
     """Parse and validate recipe text. Raises :class:`RecipeError` naming the line and key."""
     data = load_yaml(text, source)
     if data is None:
-        raise RecipeError("the recipe is empty", source=source, allowed="name, description, border, fill, train, tta")
+        raise RecipeError("the recipe is empty", source=source, allowed=", ".join(TOP_KEYS))
     if not isinstance(data, dict):
         raise RecipeError(f"a recipe is a mapping, got {type(data).__name__}", source=source,
                           allowed=", ".join(TOP_KEYS))
@@ -275,8 +280,8 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
         if key not in TOP_KEYS:
             raise RecipeError(f"unknown top-level key {short(key)}" + suggest(key, TOP_KEYS), source=source,
                               line=data.line_of(key), allowed=", ".join(TOP_KEYS))
-    if "train" not in data and "tta" not in data:
-        raise RecipeError("a recipe needs a train section, a tta section, or both", source=source)
+    if "train" not in data and "tta" not in data and "batch" not in data:
+        raise RecipeError("a recipe needs a train, batch or tta section", source=source)
     for key in ("name", "description"):
         if key in data and not isinstance(data[key], str):
             raise RecipeError(f"{key} must be a string, got {short(data[key])}", source=source, line=data.line_of(key))
@@ -287,9 +292,10 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
                        line=data.line_of("fill"))
     train = parse_steps(data["train"], "train", source, data.line_of("train")) if "train" in data else []
     tta = parse_tta(data["tta"], source, data.line_of("tta")) if "tta" in data else None
+    batch = parse_batch(data["batch"], source, data.line_of("batch")) if "batch" in data else None
     default_name = Path(source).stem if source and not source.startswith("<") else "recipe"
     return Recipe(name=data.get("name", default_name), description=data.get("description", ""), train=train,
-                  tta=tta, border=border, fill=fill, source=source, text=text)
+                  tta=tta, border=border, fill=fill, source=source, text=text, batch=batch)
 
 
 def parse_tta(raw: Any, source: str, line: int | None) -> TTASpec:
