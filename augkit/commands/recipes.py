@@ -34,7 +34,8 @@ def list_cmd() -> None:
     rows = []
     for name in list_builtin():
         r = load_recipe(name)
-        rows.append((name, "+".join(s for s, v in (("train", r.train), ("tta", r.tta)) if v), r.description))
+        rows.append((name, "+".join(s for s, v in (("train", r.train), ("batch", r.batch), ("tta", r.tta)) if v),
+                     r.description))
     out.print(_table("built-in recipes (use by name, or give a path to your own .yaml)",
                      ("name", "sections", "description"), rows))
 
@@ -61,7 +62,8 @@ def check_cmd(files: list[Path] = typer.Argument(..., help="Recipe files to vali
             code = max(code, exc.exit_code)
             continue
         views = len(r.tta.views) if r.tta else 0
-        out.print(f"{f}: ok ({len(r.train)} train steps, {views} TTA views, hash {r.hash})", markup=False)
+        batch = f", batch {'+'.join(r.batch.kinds)}" if r.batch else ""
+        out.print(f"{f}: ok ({len(r.train)} train steps{batch}, {views} TTA views, hash {r.hash})", markup=False)
     if code:
         raise typer.Exit(code=code)
 
@@ -76,9 +78,13 @@ def export_cmd(
     """Export the train pipeline as albumentations' own serialized YAML/JSON (albumentations.load reads it)."""
     if to != "albumentations":
         raise UsageError(f"--to {to!r} is not supported (allowed: albumentations)")
-    path = export_albumentations(load_recipe(recipe), output)
+    rec = load_recipe(recipe)
+    path = export_albumentations(rec, output)
     err.print(f"wrote {path}: load with albumentations.load({str(path)!r}); to reproduce augkit's pixels seed it "
               "with augkit.recipe.seed_random_state(pipeline, sample_seed)")
+    if rec.batch is not None:
+        err.print(f"note: the batch section ({'+'.join(rec.batch.kinds)}) is not exported: albumentations transforms "
+                  "work on one image; use augkit.batchaug.BatchAugment on batches")
 
 
 @app.command("ops")
