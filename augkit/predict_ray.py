@@ -17,21 +17,18 @@ Ray is an optional extra (``pip install "augkit[ray]"``), imported only when thi
 """
 from __future__ import annotations
 
-import contextlib
-import logging
-import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint_bytes, model_from_checkpoint
 from .devices import resolve_device
-from .executors_ray import RayExecutor, import_ray
 from .images import DEFAULT_MAX_PIXELS
 from .inference import Progress, check_top_k, collect_inputs, load_for_inference, resolve_tta, run_tta, top_row
 from .predict import Predictions
+from .ray_session import check_pool_options, import_ray, ray_session
 from .recipe import TTASpec
 
 
@@ -80,47 +77,29 @@ def predict_ray(run: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, 
     device: where each actor runs the model; ``cuda`` (or ``auto`` on a cluster with GPUs) gives
     every actor one GPU.
     """
-    ray = import_ray()
+    import_ray()  # fail now, before the model is loaded, if the extra is missing
+    check_pool_options(batch_size=batch_size, num_cpus=num_cpus, workers=workers or None)  # 0: the default
     spec = tta if isinstance(tta, TTASpec) else resolve_tta(tta)
     _, meta, path = load_for_inference(run, torch.device("cpu"))  # the local path's checks, on the parent
     check_top_k(top_k, meta)
     paths = collect_inputs(inputs)
     if on_start is not None:
         on_start(len(paths))
-    ex = RayExecutor(address=address, num_cpus=num_cpus, batch_size=batch_size, concurrency=workers)
-    started = ex._init(ray)
     probs = np.zeros((len(paths), len(meta.classes)), np.float32)
     errors: dict[int, dict] = {}
-    try:
-        with _quiet_ray_data(ray):
-            n, resources = _pool(ray, ex, device, workers, num_cpus, len(paths))
-            per_call = max(1, min(batch_size, math.ceil(len(paths) / (4 * n))))
-            items = [{"i": i, "path": os.path.abspath(p)} for i, p in enumerate(paths)]
-            ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_call)))
-            ds = ds.map_batches(_Predictor, fn_constructor_args=(path.read_bytes(), str(path), spec, device,
-                                                                 batch_size, max_pixels),
-                                batch_size=per_call, batch_format="numpy",
-                                compute=ray.data.ActorPoolStrategy(size=n), zero_copy_batch=False, **resources)
-            for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-                _gather(batch, paths, probs, errors)
-                if progress is not None:
-                    progress(len(batch["i"]))
-    finally:
-        if started:
-            ray.shutdown()
+    with ray_session(address) as session:
+        gpu = device.startswith("cuda") or (device == "auto" and session.gpus() >= 1)
+        pool = session.actor_pool(len(paths), workers=workers, num_cpus=num_cpus, gpu=gpu)
+        records = [{"i": i, "path": os.path.abspath(p)} for i, p in enumerate(paths)]
+        ds = session.map_batches(records, _Predictor, (path.read_bytes(), str(path), spec, device, batch_size,
+                                                       max_pixels), batch_size=batch_size, pool=pool)
+        for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+            _gather(batch, paths, probs, errors)
+            if progress is not None:
+                progress(len(batch["i"]))
     # input order, as the local path
     rows = [top_row(paths[i], p, meta.classes, top_k) for i, p in enumerate(probs) if i not in errors]
     return Predictions(list(meta.classes), rows, [errors[i] for i in sorted(errors)], spec, str(path))
-
-
-def _pool(ray, ex: RayExecutor, device: str, workers: int | None, num_cpus: float | None,
-          n_paths: int) -> tuple[int, dict]:
-    """Actors in the pool and each actor's resources: one GPU each on a GPU run, else the executor's CPU share."""
-    gpus = float(ray.cluster_resources().get("GPU", 0))
-    if device.startswith("cuda") or (device == "auto" and gpus >= 1):
-        return max(1, min(workers or int(gpus) or 1, n_paths)), {"num_gpus": 1, "num_cpus": num_cpus or 1}
-    n, cpus = ex._pool(ray, n_paths)
-    return n, {"num_cpus": cpus}
 
 
 def _gather(batch: dict, paths: list[str], probs: np.ndarray, errors: dict[int, dict]) -> None:
@@ -131,19 +110,3 @@ def _gather(batch: dict, paths: list[str], probs: np.ndarray, errors: dict[int, 
             errors[i] = {"path": paths[i], "reason": str(reason), "detail": str(detail)}
         else:
             probs[i] = p
-
-
-@contextlib.contextmanager
-def _quiet_ray_data(ray) -> Iterator[None]:
-    """No Ray Data progress bars or start-up banners (the CLI draws its own), restored afterwards."""
-    ctx = ray.data.DataContext.get_current()
-    saved = (ctx.enable_progress_bars, ctx.print_on_execution_start)
-    log = logging.getLogger("ray.data")
-    level = log.level
-    try:
-        ctx.enable_progress_bars = ctx.print_on_execution_start = False
-        log.setLevel(logging.ERROR)
-        yield
-    finally:
-        ctx.enable_progress_bars, ctx.print_on_execution_start = saved
-        log.setLevel(level)

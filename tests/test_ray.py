@@ -172,3 +172,80 @@ def test_executors_know_only_tasks_and_items():
         mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not {m for m in mods if m.split(".")[-1] in ("augment", "augment_task")}, (name, mods)
+
+
+def test_ray_engines_share_one_session_helper():
+    """Issue 10: augment and predict reach Ray through augkit.ray_session, and no private name of another
+    augkit module (RayExecutor._init/_pool before)."""
+    import ast
+
+    import augkit
+
+    pkg = Path(augkit.__file__).parent
+    for name in ("executors_ray.py", "predict_ray.py"):
+        tree = ast.parse((pkg / name).read_text(encoding="utf-8"))
+        froms = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
+        assert "ray_session" in {n.module for n in froms}, name
+        private = [f"{n.module}.{a.name}" for n in froms for a in n.names if a.name.startswith("_")]
+        private += [f"{n.attr}" for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in ("_init", "_pool")]
+        assert not private, (name, private)
+        assert "executors_ray" not in {n.module for n in froms}, name
+
+
+class _FakeRay:
+    """Just what augkit.ray_session touches, to check its rules without starting Ray."""
+
+    def __init__(self, resources: dict, initialized: bool = False):
+        from types import SimpleNamespace
+
+        self.resources, self.initialized, self.calls = resources, initialized, []
+        ctx = SimpleNamespace(enable_progress_bars=True, print_on_execution_start=True)
+        self.data = SimpleNamespace(DataContext=SimpleNamespace(get_current=lambda: ctx))
+
+    def is_initialized(self) -> bool:
+        return self.initialized
+
+    def init(self, **kw) -> None:
+        self.calls.append(("init", kw["address"]))
+
+    def shutdown(self) -> None:
+        self.calls.append(("shutdown",))
+
+    def cluster_resources(self) -> dict:
+        return self.resources
+
+
+def test_actor_pool_rules():
+    from augkit.ray_session import ActorPool, RaySession
+
+    two = RaySession(_FakeRay({"CPU": 2.0}), started=False)
+    assert two.actor_pool(100) == ActorPool(2, {"num_cpus": 0.75})  # a little CPU stays free for Ray Data
+    assert two.actor_pool(100, workers=1) == ActorPool(1, {"num_cpus": 1.0})
+    assert two.actor_pool(1) == ActorPool(1, {"num_cpus": 1.0})  # never more actors than items
+    assert two.actor_pool(100, num_cpus=0.5) == ActorPool(2, {"num_cpus": 0.5})
+    gpus = RaySession(_FakeRay({"CPU": 8.0, "GPU": 2.0}), started=False)
+    assert gpus.gpus() == 2.0 and gpus.actor_pool(10, gpu=True) == ActorPool(2, {"num_gpus": 1, "num_cpus": 1})
+    assert gpus.actor_pool(10, workers=3, num_cpus=2, gpu=True) == ActorPool(3, {"num_gpus": 1, "num_cpus": 2})
+
+
+def test_ray_session_shuts_down_only_what_it_started(monkeypatch):
+    import augkit.ray_session as rs
+
+    for initialized, calls in ((False, [("init", "auto"), ("shutdown",)]), (True, [])):
+        fake = _FakeRay({"CPU": 2.0}, initialized)
+        monkeypatch.setattr(rs, "import_ray", lambda: fake)
+        ctx = fake.data.DataContext.get_current()
+        with rs.ray_session("auto") as session:
+            assert session.started is not initialized and session.ray is fake
+            assert not ctx.enable_progress_bars and not ctx.print_on_execution_start  # the CLI draws its own
+        assert fake.calls == calls and ctx.enable_progress_bars and ctx.print_on_execution_start
+
+
+def test_pool_options_are_checked_before_any_work():
+    from augkit.ray_session import check_pool_options
+
+    check_pool_options(batch_size=1, num_cpus=None, workers=None)
+    for kw, msg in (({"batch_size": 0}, "batch_size must be >= 1"), ({"num_cpus": 0.0}, "num_cpus must be > 0"),
+                    ({"workers": 0}, "Ray workers must be >= 1")):
+        with pytest.raises(UsageError, match=msg):
+            check_pool_options(**{"batch_size": 8, "num_cpus": None, "workers": None, **kw})
