@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import ModelMeta, find_checkpoint, load_model
 from .devices import cpu_threads, usable_cores
+from .devices import default_workers as devices_default_workers
 from .errors import ImageError, UsageError
 from .images import (DECODE_POLICY, DEFAULT_MAX_PIXELS, decode_policy_reduces, max_bytes_for,
                      opencv_threads, read_bytes, read_image, scan_folder)
@@ -90,18 +91,9 @@ def _is_preset(spec: str) -> bool:
 
 
 def default_workers(device: torch.device | str = "cpu") -> int:
-    """Decoding workers when ``--workers`` is not given: the one rule of predict and evaluate.
-
-    On the CPU every busy worker takes a core from the model's threads
-    (:func:`augkit.devices.compute_threads`), and the model's forward pass (times the TTA views)
-    outweighs decoding an image at reduced size, so small machines decode in-process: one
-    worker per 4 usable cores, at most 4 (none on 2 cores). On an accelerator the main process
-    needs one core and the rest may decode (at most 4).
-    """
-    cores = usable_cores()
-    if torch.device(device).type == "cpu":
-        return min(4, cores // 4)
-    return min(4, max(0, cores - 1))
+    """Decoding workers when ``--workers`` is not given, for predict and evaluate: the ``predict``
+    role of the one rule, :func:`augkit.devices.default_workers` (which says why)."""
+    return devices_default_workers(device, "predict", usable_cores())
 
 
 def load_for_inference(run: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, ModelMeta, Path]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import devices
 from .errors import UsageError
 from .freeze import FREEZE_CHOICES
 from .images import DEFAULT_MAX_PIXELS
@@ -27,21 +28,14 @@ METRICS, SETTINGS, CURVES, ERRORS = "metrics.csv", "settings.yaml", "curves.png"
 #: fields of :class:`TrainConfig` that are library-only (no ``augkit train`` option)
 LIBRARY_ONLY = ("progress",)
 
-#: the ``--workers`` default, in words (the help text); :func:`default_workers` is the rule
-WORKERS_RULE = ("on a GPU, usable cores - 1 (at most 16); on CPU, 0 (load in the training process) "
-                "with 2 cores or fewer, else cores / 4 (1 to 4)")
+#: the ``--workers`` default, in words (the help text); :func:`augkit.devices.default_workers` is the rule
+WORKERS_RULE = devices.WORKERS_RULES["train"]
 
 
 def default_workers(device_type: str, cores: int) -> int:
-    """DataLoader workers when ``--workers`` is not given (see :data:`WORKERS_RULE`).
-
-    On a GPU the GPU waits for data otherwise. On CPU every busy worker takes a core from the
-    training threads: on this project's 2-core machine (500 digits, 32 px, batch 64) an epoch
-    took 2.0 s with 0 workers and 2 threads against 3.3 s with 1 worker and 1 thread, so small
-    machines load in-process; decode-heavy photos pay off with ``--cache`` instead."""
-    if device_type in ("cuda", "mps"):
-        return max(0, min(16, cores - 1))
-    return 0 if cores <= 2 else max(1, min(4, cores // 4))
+    """DataLoader workers when ``--workers`` is not given: the ``train`` role of the one rule,
+    :func:`augkit.devices.default_workers` (decode-heavy photos pay off with ``--cache`` instead)."""
+    return devices.default_workers(device_type, "train", cores)
 
 
 @dataclass
@@ -73,6 +67,8 @@ class TrainConfig:
     cache: bool = False
     cache_dir: str | os.PathLike | None = None  # None: out/cache; a folder implies cache=True
     resume: bool = False
+    label_smoothing: float = 0.0  # CrossEntropyLoss(label_smoothing=...); mixed (soft) targets are smoothed too
+    patience: int | None = None  # early stopping: epochs without a better best.pt metric; None: never stop early
     check: str = "header"
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     progress: bool = True
@@ -108,6 +104,8 @@ class TrainConfig:
             (16 <= self.image_size <= max_size, f"--image-size must be 16 to {max_size} pixels (what a checkpoint "
                                                 f"may hold), got {self.image_size}"),
             (0 <= self.val_split < 1, f"--val-split must be in [0, 1), got {self.val_split}"),
+            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.patience is None or self.patience >= 1, f"--patience must be >= 1, got {self.patience}"),
             (self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
             (self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
         ]
