@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from .archs import build_model, check_arch
+from .archs import arch_head_name, arch_source, build_model, check_arch
 from .errors import UsageError
 from .images import atomic_write_bytes
 
@@ -44,6 +44,11 @@ class ModelMeta:
     recipe_text: str = ""
     recipe_name: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    arch_source: str = ""  # "torchvision" or "timm" (from arch when empty): the library that rebuilds it
+
+    def __post_init__(self) -> None:
+        if not self.arch_source and isinstance(self.arch, str):
+            self.arch_source = arch_source(self.arch)
 
     @classmethod
     def from_dict(cls, d: dict, source: str | os.PathLike = "checkpoint") -> "ModelMeta":
@@ -56,11 +61,12 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     out = {"augkit": __version__}
-    for name in ("torch", "torchvision", "albumentations"):
+    for name in ("torch", "torchvision", "albumentations", "timm"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            out[name] = "not installed"
+            if name != "timm":  # an optional extra: named only where installed
+                out[name] = "not installed"
     return out
 
 
@@ -175,9 +181,10 @@ def validate_checkpoint(ckpt: dict, source: str | os.PathLike) -> ModelMeta:
                              f"expected {kind}")
     meta = meta_from_dict(ckpt["meta"], source)
     check_state_dict(ckpt["state_dict"], source)
-    head = ckpt["state_dict"].get("fc.weight")
-    if head is None or head.ndim != 2:
-        raise UsageError(f"{source}: damaged checkpoint: no classification head (fc.weight) in the state dict")
+    key = arch_head_name(meta.arch) + ".weight"
+    head = ckpt["state_dict"].get(key)
+    if head is None or head.ndim not in (2, 4):
+        raise UsageError(f"{source}: damaged checkpoint: no classification head ({key}) in the state dict")
     if head.shape[0] != len(meta.classes):
         raise UsageError(f"{source}: the class list has {len(meta.classes)} names but the model's head has "
                          f"{head.shape[0]} outputs (was the class list edited?)")
@@ -212,6 +219,9 @@ def meta_from_dict(d: Any, source: str | os.PathLike = "checkpoint") -> ModelMet
             if problem:
                 raise UsageError(f"{source}: bad checkpoint metadata: {name} {_short(values[name])}: {problem}")
     check_arch(values["arch"], f"{source}: ")
+    if values.get("arch_source", "") not in ("", arch_source(values["arch"])):
+        raise UsageError(f"{source}: bad checkpoint metadata: arch_source {_short(values['arch_source'])} does "
+                         f"not match arch {values['arch']!r} (built by {arch_source(values['arch'])})")
     problem = _class_problem(values["classes"], values["class_to_idx"])
     if problem:
         raise UsageError(f"{source}: bad checkpoint metadata: {problem}")
@@ -262,6 +272,7 @@ _CHECKS = {
     "recipe_text": _of_type(str, "a string"),
     "recipe_name": _of_type(str, "a string"),
     "versions": _versions,
+    "arch_source": _of_type(str, "a string"),
 }
 
 

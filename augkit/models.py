@@ -1,5 +1,5 @@
-"""The weights a model starts from: ImageNet through torchvision, or a file (an earlier augkit
-run, or a plain torchvision state dict). The architectures themselves live in :mod:`augkit.archs`."""
+"""The weights a model starts from: ImageNet through torchvision (or timm), or a file (an earlier
+augkit run, or a plain state dict). The architectures themselves live in :mod:`augkit.archs`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,24 +8,33 @@ import torch
 import torchvision
 from torch import nn
 
-from .archs import ARCHS, build_model
+from .archs import TIMM_PREFIX, build_model, drop_keys, head_name, import_timm, is_timm, torchvision_archs
 from .checkpoint import FORMAT, check_state_dict, find_checkpoint, load_checkpoint
 from .errors import UsageError
 
 __all__ = ["ARCHS", "build_model", "imagenet_state_dict", "load_backbone_weights", "weights_file_state_dict"]
-_WEIGHTS_ENUM = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
-                 "resnet101": "ResNet101_Weights", "resnet152": "ResNet152_Weights"}
+#: Every torchvision classifier (``timm/<name>`` is accepted too; see :func:`augkit.archs.check_arch`).
+ARCHS = torchvision_archs()
 
 
 def imagenet_state_dict(arch: str) -> dict:
-    """ImageNet weights through torchvision's weights API (downloads on first use)."""
-    enum = getattr(torchvision.models, _WEIGHTS_ENUM[arch]).DEFAULT
+    """ImageNet weights: torchvision's default weights for ``arch`` (downloaded on first use and
+    cached), or timm's pretrained weights (from the Hugging Face hub) for ``timm/<name>``."""
     try:
-        return enum.get_state_dict(progress=True, check_hash=True)
-    except Exception as exc:  # URLError, socket errors, SSL errors ...
-        raise UsageError(f"could not download ImageNet weights for {arch} ({type(exc).__name__}: {exc}). "
-                         "Without internet, use --weights none or --weights PATH (a torchvision state dict "
-                         f"file, or an earlier augkit run); torchvision caches downloads in {torch.hub.get_dir()}") from None
+        if is_timm(arch):
+            timm = import_timm()
+            return timm.create_model(arch[len(TIMM_PREFIX):], pretrained=True).state_dict()
+        enum = torchvision.models.get_model_weights(arch).DEFAULT
+        state = enum.get_state_dict(progress=True, check_hash=True)
+    except UsageError:
+        raise
+    except Exception as exc:  # URLError, socket, SSL, hub errors ...
+        cache = "the Hugging Face cache" if is_timm(arch) else torch.hub.get_dir()
+        raise UsageError(f"could not download ImageNet weights for {arch} ({type(exc).__name__}: "
+                         f"{str(exc)[:300]}). Without internet, use --weights none or --weights PATH (a state "
+                         f"dict file, or an earlier augkit run); downloads are cached in {cache}") from None
+    dropped = drop_keys(arch)
+    return {k: v for k, v in state.items() if not k.startswith(dropped)} if dropped else state
 
 
 def load_backbone_weights(model: nn.Module, state: dict, source: str) -> list[str]:
@@ -34,8 +43,9 @@ def load_backbone_weights(model: nn.Module, state: dict, source: str) -> list[st
     Shapes must match; a different architecture is an error, not a silent partial load.
     """
     own = model.state_dict()
-    body = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing = [k for k in own if not k.startswith("fc.") and k not in body]
+    head = head_name(model) + "."
+    body = {k: v for k, v in state.items() if not k.startswith(head)}
+    missing = [k for k in own if not k.startswith(head) and k not in body]
     wrong = [k for k, v in body.items() if k in own and own[k].shape != v.shape]
     unknown = [k for k in body if k not in own]
     if missing or wrong or unknown:
