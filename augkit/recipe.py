@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 
 from . import __version__
+from . import policies  # noqa: F401  (registers trivial_augment and rand_augment in the op registry)
 from .albu import import_albumentations
 from .batchspec import BatchSpec, parse_batch
 from .errors import ImageError, RecipeError, UsageError
@@ -388,6 +389,13 @@ def step_extremes(step: Step) -> list[tuple[str, Step]]:
 
 # ====================================================================== export
 
+def export_imports(compose: A.BaseCompose) -> list[str]:
+    """Modules that define transforms of ``compose`` outside albumentations (augkit's policies):
+    ``albumentations.load`` of the export needs them imported first."""
+    mods = {type(t).__module__ for t in _leaf_transforms(compose)}
+    return sorted(m for m in mods if m.split(".")[0] != "albumentations")
+
+
 def export_albumentations(recipe: Recipe, path: str | os.PathLike, fmt: str | None = None) -> Path:
     """Write the ``train`` pipeline in albumentations' own serialized format (json or yaml).
 
@@ -401,8 +409,13 @@ def export_albumentations(recipe: Recipe, path: str | os.PathLike, fmt: str | No
     if not recipe.train:
         raise UsageError(f"{recipe.source}: the recipe has no train section to export")
     from .images import atomic_write_text
-    d = import_albumentations().to_dict(recipe.to_albumentations())
-    d.setdefault("__augkit__", {"version": __version__, "recipe": recipe.name, "recipe_hash": recipe.hash})
+    compose = recipe.to_albumentations()
+    d = import_albumentations().to_dict(compose)
+    meta = {"version": __version__, "recipe": recipe.name, "recipe_hash": recipe.hash}
+    needs = export_imports(compose)
+    if needs:  # augkit's own transforms (the policies): albumentations.load finds them once imported
+        meta["import_first"] = needs
+    d.setdefault("__augkit__", meta)
     if fmt == "json":
         text = json.dumps(d, indent=2)
     else:

@@ -10,7 +10,7 @@ from rich.table import Table
 from ..errors import AugkitError, UsageError
 from ..ops import get_op, step_names
 from ..passthrough import albumentations_transforms
-from ..recipe import export_albumentations, list_builtin, load_recipe
+from ..recipe import export_albumentations, export_imports, list_builtin, load_recipe
 from ..views import list_presets
 from ._common import cli_errors, err, out
 
@@ -82,6 +82,10 @@ def export_cmd(
     path = export_albumentations(rec, output)
     err.print(f"wrote {path}: load with albumentations.load({str(path)!r}); to reproduce augkit's pixels seed it "
               "with augkit.recipe.seed_random_state(pipeline, sample_seed)")
+    needs = export_imports(rec.to_albumentations()) if rec.train else []
+    if needs:
+        err.print(f"note: the pipeline uses augkit's own transforms: run import {', '.join(needs)} before "
+                  "albumentations.load (albumentations 2.0.8 has no TrivialAugment or RandAugment)")
     if rec.batch is not None:
         err.print(f"note: the batch section ({'+'.join(rec.batch.kinds)}) is not exported: albumentations transforms "
                   "work on one image; use augkit.batchaug.BatchAugment on batches")

@@ -1,0 +1,162 @@
+"""Policies (trivial_augment, rand_augment): torchvision's op tables and pixels, draws only from the
+listed ops and magnitudes (read from manifest records), one seed decides the pixels, previews of
+the extremes, export, listing and strict parameters."""
+from __future__ import annotations
+
+import json
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import autoaugment as tv
+from typer.testing import CliRunner
+
+from augkit import cli
+from augkit.errors import RecipeError
+from augkit.policy_ops import OP_NAMES, apply_op, augmentation_space
+from augkit.preview import preview
+from augkit.recipe import export_albumentations, load_recipe, parse_recipe, seed_random_state, step_extremes
+
+POLICY = "train:\n  - trivial_augment: {border: constant}\n  - rand_augment: {n: 2, m: 9, border: constant}\n"
+NO_MAGNITUDE = ("Identity", "AutoContrast", "Equalize")
+
+
+def tv_space(policy: str, h: int, w: int) -> dict:
+    if policy == "trivial_augment":
+        return tv.TrivialAugmentWide()._augmentation_space(31)
+    return tv.RandAugment()._augmentation_space(31, (h, w))
+
+
+@pytest.mark.parametrize("policy", ["trivial_augment", "rand_augment"])
+def test_op_tables_are_torchvisions(policy):
+    mine, ref = augmentation_space(policy, 64, 96), tv_space(policy, 64, 96)
+    assert tuple(mine) == tuple(ref) == OP_NAMES
+    for name, (values, signed) in ref.items():
+        assert mine[name][1] == signed, name
+        if values.ndim == 0:
+            assert mine[name][0] is None, name
+        else:
+            assert np.allclose(mine[name][0], values.numpy(), atol=1e-4), name
+
+
+MAGS = {"Posterize": [8, 5, 2], "Solarize": [255.0, 128.0, 0.0], "TranslateX": [-13.0, 32.0],
+        "TranslateY": [-13.0, 7.0], "Rotate": [-30.0, 45.0, 135.0]}
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_kernels_match_torchvision_pixels(name, photo):
+    t = torch.from_numpy(photo).permute(2, 0, 1).contiguous()
+    for m in [0.0] if name in NO_MAGNITUDE else MAGS.get(name, [-0.99, -0.3, 0.5, 0.99]):
+        ref = tv._apply_op(t, name, m, InterpolationMode.NEAREST, None).permute(1, 2, 0).numpy()
+        mine = apply_op(photo, name, m, border=0, fill=0)
+        differ = (ref != mine).any(axis=2).mean()
+        # nearest-neighbour rotation: float rounding moves a few pixels on ties
+        assert differ <= (0.02 if name == "Rotate" else 0.0), f"{name} {m}: {differ:.4f} of pixels differ"
+
+
+def _check_record(policy: str, rec: dict, bin_: int | None, photo) -> None:
+    space = augmentation_space(policy, *photo.shape[:2])
+    values, signed = space[rec["op"]]
+    m = rec["magnitude"]
+    if values is None:
+        assert m == 0.0
+        return
+    allowed = values if bin_ is None else values[bin_:bin_ + 1]
+    allowed = np.concatenate([allowed, -allowed]) if signed else allowed
+    assert np.isclose(allowed, m, atol=1e-5).any(), f"{policy} {rec['op']} magnitude {m} not in its table"
+
+
+def test_policies_draw_only_listed_ops_within_their_ranges(photo):
+    recipe = parse_recipe(POLICY)
+    aug = recipe.build()
+    seen = {"trivial_augment": set(), "rand_augment": set()}
+    for seed in range(250):
+        out, applied = aug(photo, seed)
+        img = photo
+        assert [a["op"] for a in applied] == ["trivial_augment", "rand_augment"]
+        for a, bin_, n in zip(applied, (None, 9), (1, 2)):
+            ops = a["params"]["ops"]
+            assert len(ops) == n
+            for rec in ops:
+                _check_record(a["op"], rec, bin_, photo)
+                seen[a["op"]].add(rec["op"])
+                img = apply_op(img, rec["op"], rec["magnitude"], border=0, fill=0)
+        assert np.array_equal(out, img), "the manifest records must say exactly what was done"
+    assert seen["trivial_augment"] == seen["rand_augment"] == set(OP_NAMES)
+
+
+def test_same_seed_same_pixels_and_seeds_differ(photo):
+    recipe = parse_recipe(POLICY)
+    first = [recipe.build()(photo, s)[0] for s in range(8)]
+    aug = recipe.build()
+    for s in (5, 0, 3):
+        assert np.array_equal(aug(photo, s)[0], first[s])
+    assert len({x.tobytes() for x in first}) == len(first)
+
+
+def test_rand_augment_parameters_are_strict():
+    with pytest.raises(RecipeError, match=r"m: 31 is out of range.*allowed: an integer in \[0, 30\]"):
+        parse_recipe("train:\n  - rand_augment: {m: 31}\n")
+    with pytest.raises(RecipeError, match=r"unknown parameter 'magnitude' for op 'rand_augment'"):
+        parse_recipe("train:\n  - rand_augment: {magnitude: 9}\n")
+    with pytest.raises(RecipeError, match=r":2: .*n: 0 is out of range"):
+        parse_recipe("train:\n  - rand_augment: {n: 0}\n")
+    with pytest.raises(RecipeError, match=r"unknown parameter 'n' for op 'trivial_augment'"):
+        parse_recipe("train:\n  - trivial_augment: {n: 2}\n")
+
+
+def test_extremes_list_every_op_at_its_ends(photo, tmp_path):
+    recipe = parse_recipe(POLICY)
+    ta, ra = (step_extremes(s) for s in recipe.train)
+    # 3 ops without magnitude once, 9 signed ops at -max and +max, Posterize and Solarize at both ends
+    assert len(ta) == 3 + 9 * 2 + 2 * 2
+    assert len(ra) == 3 + 9 * 2 + 2  # RandAugment: its one bin m
+    labels = [label for label, _ in ta]
+    assert "trivial_augment Rotate -135" in labels and "trivial_augment Solarize 0" in labels
+    for label, step in ta + ra:
+        out, applied = load_recipe_from_steps([step]).build()(photo, 0)
+        (rec,) = applied[0]["params"]["ops"]
+        assert label.split()[1] == rec["op"], label
+    src = tmp_path / "cat.png"
+    from augkit.images import write_image
+    write_image(photo, src)
+    res = CliRunner().invoke(cli.app, ["preview", str(src), "--recipe", "trivial", "--extremes", "--cell", "48",
+                                       "-o", str(tmp_path / "p.png")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def load_recipe_from_steps(steps):
+    r = parse_recipe("train: [flip]\nborder: constant\n")
+    r.train = steps
+    return r
+
+
+def test_export_reproduces_policies_and_says_what_to_import(photo, tmp_path):
+    recipe = parse_recipe(POLICY)
+    path = export_albumentations(recipe, tmp_path / "p.json")
+    meta = json.loads(path.read_text())["__augkit__"]
+    assert meta["import_first"] == ["augkit.policy_transform"]
+    loaded = A.load(str(path))
+    aug = recipe.build()
+    for seed in range(6):
+        seed_random_state(loaded, seed)
+        assert np.array_equal(loaded(image=photo)["image"], aug(photo, seed)[0])
+    res = CliRunner().invoke(cli.app, ["recipes", "export", "digits-trivial", "-o", str(tmp_path / "d.yaml")])
+    assert res.exit_code == 0 and "import augkit.policy_transform before" in " ".join(res.output.split())
+
+
+def test_recipes_ops_lists_policies_with_their_ops():
+    res = CliRunner(env={"COLUMNS": "400"}).invoke(cli.app, ["recipes", "ops"])
+    assert res.exit_code == 0
+    for policy in ("trivial_augment", "rand_augment"):
+        line = next(ln for ln in res.output.splitlines() if policy in ln)
+        assert "ShearX" in line and "Equalize" in line, line
+
+
+def test_builtin_policy_recipes():
+    digits, trivial = load_recipe("digits"), load_recipe("digits-trivial")
+    assert [s.to_yaml() for s in trivial.train[:-1]] == [s.to_yaml() for s in digits.train] and trivial.train[-1].op == "trivial_augment"
+    assert [s.op for s in load_recipe("trivial").train] == ["flip", "trivial_augment"]
