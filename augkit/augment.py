@@ -21,6 +21,7 @@ from . import __version__
 from .augment_task import AugmentTask, TaskSettings, WorkItem
 from .errors import EXIT_OK, EXIT_SKIPPED, UsageError
 from .images import DECODE_POLICY, DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, scan_folder
+from .item_result import ItemResult, Status
 from .outdir import ERRORS, JOURNAL, MANIFEST, RUNFILE, Journal, RecordError, append_run, finalize, latest_rows, \
     locked, remove_stale_temps
 from .recipe import Recipe, load_recipe
@@ -203,7 +204,7 @@ def _albumentations_version() -> str:
         return "unknown"
 
 
-def _manifest_row(plan: Plan, item: WorkItem, res: dict) -> dict:
+def _manifest_row(plan: Plan, item: WorkItem, res: ItemResult) -> dict:
     opts = plan.options
     row = {"source": item.src, "output": item.out, "class": item.cls, "copy": item.copy,
            "kind": "original" if item.copy < 0 else "augmented", "seed": opts.seed,
@@ -259,7 +260,7 @@ def _run_entry(plan: Plan, executor) -> dict:
             "recipe_hash": plan.recipe_hash, "recipe": plan.recipe.resolved()}
 
 
-def run_plan(plan: Plan, *, executor=None, on_progress: Callable[[dict], None] | None = None,
+def run_plan(plan: Plan, *, executor=None, on_progress: Callable[[ItemResult], None] | None = None,
              on_start: Callable[[int], None] | None = None) -> AugmentResult:
     """Execute a plan: skip finished work, write the rest, then the manifest and errors files.
 
@@ -287,10 +288,10 @@ def run_plan(plan: Plan, *, executor=None, on_progress: Callable[[dict], None] |
     return result
 
 
-def _record(plan: Plan, result: AugmentResult, res: dict, journal: Journal, rows: list[dict]) -> None:
+def _record(plan: Plan, result: AugmentResult, res: ItemResult, journal: Journal, rows: list[dict]) -> None:
     """Account one result; sets ``result.aborted``/``fatal`` when the run must stop."""
     item, status = res["item"], res["status"]
-    if status == "ok":
+    if status == Status.OK:
         row = _manifest_row(plan, item, res)
         journal.append(row)
         rows.append(row)
@@ -299,9 +300,9 @@ def _record(plan: Plan, result: AugmentResult, res: dict, journal: Journal, rows
             result.already_done += 1
         else:
             result.written += 1
-    elif status == "exists":
+    elif status == Status.EXISTS:
         result.existing.append(item.out)
-    elif status in ("bad", "failed"):
+    elif status in (Status.BAD, Status.FAILED):
         result.bad.append({"path": item.src, "reason": res["reason"], "detail": res.get("detail", "")})
         if plan.options.strict:
             result.aborted = f"{plan.src / item.src}: {res['reason']} ({res.get('detail', '')}) [--strict]"
@@ -310,7 +311,7 @@ def _record(plan: Plan, result: AugmentResult, res: dict, journal: Journal, rows
 
 
 def _execute(plan: Plan, executor, task: AugmentTask, todo: list[WorkItem], result: AugmentResult,
-             on_progress: Callable[[dict], None] | None) -> None:
+             on_progress: Callable[[ItemResult], None] | None) -> None:
     rows: list[dict] = []
     t0 = time.perf_counter()
     journal = Journal(plan.dst)

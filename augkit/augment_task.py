@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import ImageError
 from .images import atomic_write_bytes, decode_image, encode_image, max_bytes_for, read_bytes
+from .item_result import ItemResult, Status
 from .seeding import derive_seed
 
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
@@ -48,8 +49,8 @@ def redraw_seed(seed: int, attempt: int) -> int:
     return seed if attempt == 0 else derive_seed(seed, "require-change", attempt, salt="augment")
 
 
-def _bad(item: WorkItem, reason: str, detail: str = "") -> dict:
-    return {"status": "bad", "item": item, "reason": reason, "detail": detail[:500]}
+def _bad(item: WorkItem, reason: str, detail: str = "") -> ItemResult:
+    return {"status": Status.BAD, "item": item, "reason": reason, "detail": detail[:500]}
 
 
 class AugmentTask:
@@ -98,7 +99,7 @@ class AugmentTask:
                 break
         return out, applied, attempt, unchanged
 
-    def __call__(self, item: WorkItem) -> dict:
+    def __call__(self, item: WorkItem) -> ItemResult:
         t0 = time.perf_counter()
         out_path = self.dst / item.out
         if len(os.fsencode(out_path.name)) > NAME_MAX:
@@ -108,7 +109,7 @@ class AugmentTask:
             data, img = self._decoded(item.src, self.src / item.src)
         except ImageError as exc:
             return _bad(item, exc.reason, exc.detail)
-        rec = {"status": "ok", "item": item, "transforms": [], "width": int(img.shape[1]),
+        rec: ItemResult = {"status": Status.OK, "item": item, "transforms": [], "width": int(img.shape[1]),
                "height": int(img.shape[0]), "unchanged": False, "redraws": 0}
         if item.copy < 0:
             payload = data  # the original, byte for byte
@@ -124,22 +125,22 @@ class AugmentTask:
                 return _bad(item, "encode failed", detail if isinstance(exc, ImageError) else f"{detail}: {exc}")
         if item.verify:
             return self._verify(item, out_path, payload, rec)
-        return self._write(item, out_path, payload, dict(rec, seconds=time.perf_counter() - t0))
+        return self._write(item, out_path, payload, ItemResult(rec, seconds=time.perf_counter() - t0))
 
-    def _verify(self, item: WorkItem, out_path: Path, payload: bytes, rec: dict) -> dict:
+    def _verify(self, item: WorkItem, out_path: Path, payload: bytes, rec: ItemResult) -> ItemResult:
         try:
             same = out_path.read_bytes() == payload
         except OSError:
             same = False
-        return dict(rec, verified=True) if same else {"status": "exists", "item": item}
+        return ItemResult(rec, verified=True) if same else {"status": Status.EXISTS, "item": item}
 
-    def _write(self, item: WorkItem, out_path: Path, payload: bytes, rec: dict) -> dict:
+    def _write(self, item: WorkItem, out_path: Path, payload: bytes, rec: ItemResult) -> ItemResult:
         try:
             out_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(out_path, payload)
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
                 return _bad(item, "name too long", f"{out_path}: {exc.strerror}")
-            return {"status": "fatal", "item": item, "reason": "write failed",
+            return {"status": Status.FATAL, "item": item, "reason": "write failed",
                     "detail": f"{exc.filename or out_path}: {exc.strerror or exc}"}
         return rec

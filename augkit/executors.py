@@ -1,5 +1,6 @@
 """Executors run a task on a list of items. They know only the :class:`Task` protocol: the
-task does the work for one item and returns a small, picklable result dict that names the item;
+task does the work for one item and returns a small, picklable result dict that names the item
+(:class:`~augkit.item_result.ItemResult`, with a :class:`~augkit.item_result.Status`);
 what an item *is* (paths, seeds) is the task's business.
 
 ``LocalExecutor`` (the default) runs in this process and, when the work left would repay it, in
@@ -20,7 +21,9 @@ import os
 import time
 from typing import Callable, Iterator, Protocol
 
-from .local_pool import PoolStarter, call_safely, failure, run_in_pool, warm_fork_server
+from .errors import UsageError
+from .item_result import ItemResult, failure
+from .local_pool import PoolStarter, call_safely, run_in_pool, warm_fork_server
 
 #: Seconds of remaining in-process work above which a pool is started. Starting one takes S ~ 0.7 s
 #: here (fork server and its imports, then a worker's setup). The parent keeps working meanwhile,
@@ -40,11 +43,11 @@ class Task(Protocol):
 
     def setup(self) -> None: ...
 
-    def __call__(self, item) -> dict: ...
+    def __call__(self, item) -> ItemResult: ...
 
 
 class Executor(Protocol):
-    def run(self, task: Task, items: list) -> Iterator[dict]: ...
+    def run(self, task: Task, items: list) -> Iterator[ItemResult]: ...
 
 
 def pool_context():
@@ -76,7 +79,7 @@ class LocalExecutor:
         if self.workers > 1 and n_items >= WARM_ITEMS:
             warm_fork_server(pool_context(), tuple(getattr(task, "preload", ())))
 
-    def run(self, task: Task, items: list) -> Iterator[dict]:
+    def run(self, task: Task, items: list) -> Iterator[ItemResult]:
         self.stats = {"in_process": 0, "pool": 0}
         if not items:
             return
@@ -94,13 +97,13 @@ class LocalExecutor:
             for s in self._starters:
                 s.close()
 
-    def _in_process(self, task: Task, items: list) -> Iterator[dict]:
+    def _in_process(self, task: Task, items: list) -> Iterator[ItemResult]:
         task.setup()
         for item in items:
             self.stats["in_process"] += 1
             yield call_safely(task, item)
 
-    def _adaptive(self, task: Task, items: list, starter: PoolStarter) -> Iterator[dict]:
+    def _adaptive(self, task: Task, items: list, starter: PoolStarter) -> Iterator[ItemResult]:
         task.setup()
         times: list[float] = []
         i = 0
@@ -120,7 +123,7 @@ class LocalExecutor:
         if i < len(items):
             yield from self._pool(starter, items[i:])
 
-    def _pool(self, starter: PoolStarter, items: list) -> Iterator[dict]:
+    def _pool(self, starter: PoolStarter, items: list) -> Iterator[ItemResult]:
         """Run ``items`` in the pool. When a worker dies, each item it may have been running is
         retried alone in a one-worker pool (so only the item that kills a worker is reported,
         "worker crashed"), and the items not yet sent go on in a fresh pool."""
@@ -147,7 +150,7 @@ class LocalExecutor:
         self._starters.append(new)
         return new
 
-    def _alone(self, task: Task, item) -> dict:
+    def _alone(self, task: Task, item) -> ItemResult:
         starter = PoolStarter(pool_context(), 1, task)
         try:
             suspects: list = []
@@ -174,7 +177,5 @@ ENGINES: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": _r
 
 def get_executor(engine: str, **kwargs) -> Executor:
     if engine not in ENGINES:
-        from .errors import UsageError
-
         raise UsageError(f"unknown engine {engine!r} (allowed: {', '.join(ENGINES)})")
     return ENGINES[engine](**kwargs)

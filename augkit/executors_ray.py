@@ -22,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .item_result import ItemResult
 from .local_pool import call_safely
 from .ray_session import check_pool_options, import_ray, ray_session
 
@@ -81,7 +82,7 @@ class RayExecutor:
         self.address, self.num_cpus, self.batch_size, self.concurrency = address, num_cpus, batch_size, n
         self.started = False  # whether the last run started (and stopped) Ray itself
 
-    def run(self, task, items: list) -> Iterator[dict]:
+    def run(self, task, items: list) -> Iterator[ItemResult]:
         if not items:
             return
         item_type = type(items[0])  # executors know only a task and its items (plain dataclasses)

@@ -13,6 +13,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator
 
+from .item_result import ItemResult, failure
+
 _TASK = None  # the task object of this worker process
 
 
@@ -43,13 +45,7 @@ def _ping() -> bool:
     return True
 
 
-def failure(item, reason: str, exc: BaseException) -> dict:
-    """The result of an item whose task raised: plain strings, so it always pickles."""
-    detail = f"{type(exc).__name__}: {exc}"
-    return {"status": "failed", "item": item, "reason": reason, "detail": detail[:500]}
-
-
-def call_safely(task, item) -> dict:
+def call_safely(task, item) -> ItemResult:
     """Run one item; any exception is a per-item ``failed`` result, never a crash or a hang."""
     try:
         return task(item)
@@ -57,7 +53,7 @@ def call_safely(task, item) -> dict:
         return failure(item, "worker error", exc)
 
 
-def _call_chunk(items: list) -> list[dict]:
+def _call_chunk(items: list) -> list[ItemResult]:
     return [call_safely(_TASK, it) for it in items]
 
 
@@ -133,7 +129,7 @@ class PoolStarter:
 
 
 def run_in_pool(pool: ProcessPoolExecutor, items: list, workers: int, suspects: list, unsent: list,
-                window: int | None = None) -> Iterator[dict]:
+                window: int | None = None) -> Iterator[ItemResult]:
     """Feed ``items`` to the pool in chunks (``window`` chunks in flight, default two per worker)
     and yield results as they come.
 

@@ -45,7 +45,8 @@ class FlakyTask:
 
 
 class SlowInParent:
-    """Wraps a task: 20 ms more per item in the parent, so that a pool repays itself on a tiny plan."""
+    """Wraps a task: 50 ms more per item in the parent, so that a pool repays itself on a tiny plan (and is up
+    before the parent finishes alone, even on a busy machine: a pool took 2 s to start at load 6 on 2 cores)."""
 
     def __init__(self, task, parent: int):
         self.task, self.parent, self.preload = task, parent, task.preload
@@ -55,7 +56,7 @@ class SlowInParent:
 
     def __call__(self, item) -> dict:
         if os.getpid() == self.parent:
-            time.sleep(0.02)
+            time.sleep(0.05)
         return self.task(item)
 
 
@@ -229,3 +230,17 @@ def test_a_pool_whose_workers_cannot_start_leaves_the_work_to_this_process():
     ex = LocalExecutor(workers=2, adaptive=False)
     res = list(ex.run(NoSetupInWorkers(), list(range(10))))
     assert sorted(r["item"] for r in res) == list(range(10)) and ex.stats["in_process"] == 10
+
+
+def test_worker_results_carry_a_typed_status(src, tmp_path):
+    import json
+
+    from augkit.item_result import Status
+
+    seen: list = []
+    plan = make_plan(src, tmp_path / "d", load_recipe("default"), AugmentOptions(seed=5))
+    assert run_plan(plan, executor=LocalExecutor(workers=1), on_progress=seen.append).written == 12
+    assert len(seen) == 12 and all(r["status"] is Status.OK for r in seen)
+    (failed,) = LocalExecutor(workers=1).run(FlakyTask(), [3])
+    assert failed["status"] is Status.FAILED and failed["reason"] == "worker error"
+    assert json.loads(json.dumps({"status": Status.BAD}))["status"] == Status.BAD == "bad"  # across Ray's JSON
