@@ -20,6 +20,7 @@ from typing import Callable
 from . import __version__
 from .augment_task import AugmentTask, TaskSettings, WorkItem
 from .errors import EXIT_OK, EXIT_SKIPPED, UsageError
+from .executors import get_executor
 from .images import DECODE_POLICY, DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, scan_folder
 from .item_result import ItemResult, Status
 from .outdir import ERRORS, JOURNAL, MANIFEST, RUNFILE, Journal, RecordError, append_run, finalize, latest_rows, \
@@ -267,8 +268,6 @@ def run_plan(plan: Plan, *, executor=None, on_progress: Callable[[ItemResult], N
     Raises :class:`~augkit.outdir.RecordError` when the output folder cannot be written before any work (exit 1)
     and :class:`UsageError` when another run holds DST; failures during the run end it cleanly
     with ``result.fatal`` set and everything finished so far recorded."""
-    from .executors import get_executor  # deferred: the executors module is only needed to run
-
     opts = plan.options
     result = AugmentResult(plan, dry_run=opts.dry_run)
     if opts.dry_run:

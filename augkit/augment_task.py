@@ -18,6 +18,7 @@ import numpy as np
 from .errors import ImageError
 from .images import atomic_write_bytes, decode_image, encode_image, max_bytes_for, read_bytes
 from .item_result import ItemResult, Status
+from .recipe import parse_recipe
 from .seeding import derive_seed
 
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
@@ -70,8 +71,6 @@ class AugmentTask:
 
     def setup(self) -> None:
         if self._aug is None:
-            from .recipe import parse_recipe  # deferred: builds albumentations transforms
-
             self._aug = parse_recipe(self.recipe_text, self.recipe_source).build()
 
     def _decoded(self, src: str, path: Path) -> tuple[bytes, np.ndarray]:

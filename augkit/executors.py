@@ -22,6 +22,7 @@ import time
 from typing import Callable, Iterator, Protocol
 
 from .errors import UsageError
+from .executors_ray import RayExecutor
 from .item_result import ItemResult, failure
 from .local_pool import PoolStarter, call_safely, run_in_pool, warm_fork_server
 
@@ -165,14 +166,9 @@ class LocalExecutor:
             starter.close()
 
 
-def _ray_executor(**kwargs) -> Executor:
-    """``--engine ray`` (augkit/executors_ray.py), imported only when asked for: no Ray in ``import augkit``."""
-    from .executors_ray import RayExecutor
-
-    return RayExecutor(**kwargs)
-
-
-ENGINES: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": _ray_executor}
+#: name -> executor class (``--engine``). ``ray`` imports Ray only when an executor is built
+#: (:mod:`augkit.ray_session`), so ``import augkit`` never imports it.
+ENGINES: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": RayExecutor}
 
 
 def get_executor(engine: str, **kwargs) -> Executor:
