@@ -160,3 +160,23 @@ def test_builtin_policy_recipes():
     digits, trivial = load_recipe("digits"), load_recipe("digits-trivial")
     assert [s.to_yaml() for s in trivial.train[:-1]] == [s.to_yaml() for s in digits.train] and trivial.train[-1].op == "trivial_augment"
     assert [s.op for s in load_recipe("trivial").train] == ["flip", "trivial_augment"]
+
+
+def test_offline_augment_with_a_policy_is_reproducible_and_recorded(tmp_path):
+    from _imgs import class_folder
+
+    from augkit.augment import AugmentOptions, make_plan, run_plan
+
+    src = class_folder(tmp_path / "src", per_class=2)
+    outs = []
+    for workers in (1, 2):
+        dst = tmp_path / f"w{workers}"
+        r = run_plan(make_plan(src, dst, load_recipe("trivial"), AugmentOptions(copies=2, seed=5, workers=workers)))
+        assert r.exit_code == 0
+        outs.append({p.relative_to(dst).as_posix(): p.read_bytes() for p in sorted(dst.rglob("*"))
+                     if p.is_file() and p.suffix in (".jpg", ".png")})
+        rows = [json.loads(ln) for ln in (dst / "manifest.jsonl").read_text().splitlines()]
+        drawn = [op for row in rows for t in row["transforms"] if t["op"] == "trivial_augment"
+                 for op in t["params"]["ops"]]
+        assert len(drawn) == len(rows) and all(d["op"] in OP_NAMES for d in drawn)
+    assert outs[0] == outs[1] and len(outs[0]) >= 12
