@@ -62,15 +62,16 @@ class BatchAugment:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
-    def draw(self, epoch: int, step: int) -> dict[str, Any]:
-        """The batch's random choices (op and lambda before the box), from (seed, epoch, step) alone."""
+    def draw(self, epoch: int, step: int) -> tuple[str, float, np.random.Generator]:
+        """The batch's op and lambda, and the generator the cutmix box is drawn from next: all from
+        (seed, epoch, step) alone."""
         rng = np.random.default_rng(derive_seed(self.seed, f"batch:{int(step)}", int(epoch), salt="batchaug"))
         s = self.spec
         if rng.random() >= s.p:
-            return {"op": "none", "lam": 1.0, "rng": rng}
+            return "none", 1.0, rng
         use_cutmix = s.cutmix_alpha is not None and (s.mixup_alpha is None or rng.random() < s.switch_prob)
         alpha = s.cutmix_alpha if use_cutmix else s.mixup_alpha
-        return {"op": "cutmix" if use_cutmix else "mixup", "lam": float(rng.beta(alpha, alpha)), "rng": rng}
+        return ("cutmix" if use_cutmix else "mixup"), float(rng.beta(alpha, alpha)), rng
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, *, epoch: int,
                  step: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -78,20 +79,19 @@ class BatchAugment:
         if images.ndim != 4 or targets.ndim != 1 or images.shape[0] != targets.shape[0]:
             raise ValueError(f"expected images (N, C, H, W) and targets (N,), got {tuple(images.shape)} and "
                              f"{tuple(targets.shape)}")
-        d = self.draw(epoch, step)
+        op, lam, rng = self.draw(epoch, step)
         x = images.float() if images.dtype != torch.float32 else images.clone()
         y = one_hot_smooth(targets, self.num_classes, self.label_smoothing)
-        info: dict[str, Any] = {"op": d["op"], "lam": d["lam"]}
-        if d["op"] == "none" or x.shape[0] < 2:
+        info: dict[str, Any] = {"op": op, "lam": lam}
+        if op == "none" or x.shape[0] < 2:
             info.update(op="none", lam=1.0)
             return x, y, info
-        lam = d["lam"]
         x_other = x.roll(1, 0)
-        if d["op"] == "mixup":
+        if op == "mixup":
             x = x * lam + x_other * (1.0 - lam)
         else:
             h, w = x.shape[-2:]
-            y0, y1, x0, x1 = rand_bbox(h, w, lam, d["rng"])
+            y0, y1, x0, x1 = rand_bbox(h, w, lam, rng)
             x[:, :, y0:y1, x0:x1] = x_other[:, :, y0:y1, x0:x1]
             lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)  # the real share of the image kept
             info.update(lam=lam, box=(y0, y1, x0, x1))

@@ -158,7 +158,10 @@ def test_recipes_ops_lists_policies_with_their_ops():
 
 def test_builtin_policy_recipes():
     digits, trivial = load_recipe("digits"), load_recipe("digits-trivial")
-    assert [s.to_yaml() for s in trivial.train[:-1]] == [s.to_yaml() for s in digits.train] and trivial.train[-1].op == "trivial_augment"
+    assert [s.to_yaml() for s in trivial.train[:-1]] == [s.to_yaml() for s in digits.train]
+    assert trivial.train[-1].op == "trivial_augment" and trivial.batch is None
+    assert load_recipe("digits-mixup").batch is not None
+    assert [s.to_yaml() for s in load_recipe("digits-mixup").train] == [s.to_yaml() for s in digits.train]
     assert [s.op for s in load_recipe("trivial").train] == ["flip", "trivial_augment"]
 
 
