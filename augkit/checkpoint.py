@@ -202,8 +202,11 @@ def check_state_dict(state: Any, source: str | os.PathLike) -> dict:
     return state
 
 
-def meta_from_dict(d: Any, source: str | os.PathLike = "checkpoint") -> ModelMeta:
-    """Validate every field of a checkpoint's ``meta``; a :class:`UsageError` names the first problem."""
+def meta_from_dict(d: Any, source: str | os.PathLike = "checkpoint", *, check_model: bool = True) -> ModelMeta:
+    """Validate every field of a checkpoint's ``meta``; a :class:`UsageError` names the first problem.
+
+    ``check_model=False`` skips checking that this augkit can build ``arch`` (an ONNX export runs
+    without torchvision's or timm's model code)."""
     if not isinstance(d, dict):
         raise UsageError(f"{source}: damaged checkpoint: 'meta' is a {type(d).__name__}, expected a mapping")
     known = {f.name for f in fields(ModelMeta)}
@@ -218,7 +221,8 @@ def meta_from_dict(d: Any, source: str | os.PathLike = "checkpoint") -> ModelMet
             problem = check(values[name])
             if problem:
                 raise UsageError(f"{source}: bad checkpoint metadata: {name} {_short(values[name])}: {problem}")
-    check_arch(values["arch"], f"{source}: ")
+    if check_model:
+        check_arch(values["arch"], f"{source}: ")
     if values.get("arch_source", "") not in ("", arch_source(values["arch"])):
         raise UsageError(f"{source}: bad checkpoint metadata: arch_source {_short(values['arch_source'])} does "
                          f"not match arch {values['arch']!r} (built by {arch_source(values['arch'])})")

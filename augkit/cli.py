@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("evaluate", "command", "Plain vs TTA vs each single view on labelled images, with a paired test."),
     "train": ("train", "command",
               "Train an image classifier on DATA with a recipe's augmentations applied online."),
+    "models": ("models", "command", "List the architectures --arch takes: every torchvision classifier, or timm models."),
+    "export": ("export", "command", "Export a run's model to ONNX, with normalization and TTA views inside the graph."),
 }
 
 _APP: Any = None

@@ -29,6 +29,7 @@ from .checkpoint import ModelMeta, find_checkpoint, load_model
 from .devices import cpu_threads, usable_cores
 from .devices import default_workers as devices_default_workers
 from .errors import ImageError, UsageError
+from .onnx_backend import OnnxModel, OnnxRunner, is_onnx_path
 from .images import (DECODE_POLICY, DEFAULT_MAX_PIXELS, decode_policy_reduces, max_bytes_for,
                      opencv_threads, read_bytes, read_image, scan_folder)
 from .params import suggest
@@ -96,9 +97,19 @@ def default_workers(device: torch.device | str = "cpu") -> int:
     return devices_default_workers(device, "predict", usable_cores())
 
 
-def load_for_inference(run: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, ModelMeta, Path]:
-    """The model of a run (validated in full), after checking that this augkit decodes and
+Model = torch.nn.Module | OnnxModel
+
+
+def load_for_inference(run: str | os.PathLike, device: torch.device) -> tuple[Model, ModelMeta, Path]:
+    """The model of a run (validated in full), or of an exported ``.onnx`` file (run by
+    onnxruntime, :mod:`augkit.onnx_backend`), after checking that this augkit decodes and
     resizes its inputs exactly as training did."""
+    if is_onnx_path(run):
+        if not Path(run).is_file():
+            raise UsageError(f"{run}: exported model not found")
+        onnx = OnnxModel(run, device)
+        check_policies(onnx.meta, run)
+        return onnx, onnx.meta, Path(run)
     path = find_checkpoint(run)
     model, meta = load_model(path, device)
     check_policies(meta, path)
@@ -257,7 +268,7 @@ class RunOptions:
     ``set_threads``: apply the thread rule (a Ray actor leaves Ray's per-actor setting)."""
 
     device: torch.device
-    batch_size: int = 64
+    batch_size: int = 64  # images per batch; also the most images a CPU forward pass takes
     workers: int | None = 0
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     keep_views: bool = False
@@ -265,7 +276,33 @@ class RunOptions:
     set_threads: bool = True
 
 
-def run_tta(model: torch.nn.Module, meta: ModelMeta, paths: Sequence[str], tta: TTASpec, *,
+class TorchRunner:
+    """The views of a batch through a PyTorch model (:class:`~augkit.tta.TTAWrapper`), from
+    uint8 images normalized with the model's mean/std; its ONNX twin is
+    :class:`~augkit.onnx_backend.OnnxRunner`."""
+
+    def __init__(self, model: torch.nn.Module, meta: ModelMeta, tta: TTASpec, device: torch.device,
+                 opt: RunOptions):
+        self.wrapper = TTAWrapper(model, tta.views, tta.merge, tta.beta, with_plain=opt.with_plain,
+                                  max_batch=opt.batch_size if device.type == "cpu" else None).eval()
+        self.meta, self.device = meta, device
+        self.all_views, self.plain_index = self.wrapper.all_views, self.wrapper.plain_index
+
+    def probs(self, images: torch.Tensor) -> torch.Tensor:
+        return self.wrapper.view_probs(to_model_input(images, self.meta, self.device))
+
+    def merge_views(self, p: torch.Tensor) -> torch.Tensor:
+        return self.wrapper.merge_views(p)
+
+
+def make_runner(model: Model, meta: ModelMeta, tta: TTASpec, opt: RunOptions) -> TorchRunner | OnnxRunner:
+    """What runs the views: PyTorch, or an export's own views (refused when it lacks one)."""
+    if isinstance(model, OnnxModel):
+        return model.runner(tta, with_plain=opt.with_plain)
+    return TorchRunner(model, meta, tta, opt.device, opt)
+
+
+def run_tta(model: Model, meta: ModelMeta, paths: Sequence[str], tta: TTASpec, *,
             device: torch.device, progress: Progress | None = None, **options) -> TTARun:
     """Decode each input once, run all views of each batch through the model, merge.
 
@@ -277,8 +314,7 @@ def run_tta(model: torch.nn.Module, meta: ModelMeta, paths: Sequence[str], tta: 
     """
     opt = RunOptions(device=device, **options)
     quiet_opencv()
-    wrapper = TTAWrapper(model, tta.views, tta.merge, tta.beta, with_plain=opt.with_plain,
-                         max_batch=opt.batch_size if device.type == "cpu" else None).eval()
+    runner = make_runner(model, meta, tta, opt)
     workers = default_workers(device) if opt.workers is None else opt.workers
     workers = min(workers, -(-len(paths) // opt.batch_size))  # no idle worker processes for a few images
     loader = DataLoader(DecodedImages(paths, meta.image_size, opt.max_pixels, decodes_reduced(meta)),
@@ -291,11 +327,11 @@ def run_tta(model: torch.nn.Module, meta: ModelMeta, paths: Sequence[str], tta: 
             good = acc.add_errors(idx, errs, details)
             if good:
                 sel = images if len(good) == len(errs) else images[good]
-                vp = wrapper.view_probs(to_model_input(sel, meta, device))
-                acc.add(idx, good, wrapper.merge_views(vp), vp if opt.keep_views else None)
+                vp = runner.probs(sel)
+                acc.add(idx, good, runner.merge_views(vp), vp if opt.keep_views else None)
             if progress is not None:
                 progress(len(errs))
-    return acc.result(len(meta.classes), wrapper, opt.keep_views)
+    return acc.result(len(meta.classes), runner, opt.keep_views)
 
 
 class _Collected:
@@ -320,7 +356,7 @@ class _Collected:
             self.per_view.append(view_probs.cpu().numpy())
         self.ok.extend(int(idx[j]) for j in good)
 
-    def result(self, k: int, wrapper: TTAWrapper, keep_views: bool) -> TTARun:
+    def result(self, k: int, wrapper: TorchRunner | OnnxRunner, keep_views: bool) -> TTARun:
         v = len(wrapper.all_views)
         merged = np.concatenate(self.merged) if self.merged else np.zeros((0, k), np.float32)
         views = None
