@@ -10,6 +10,7 @@ transform in :mod:`augkit.policy_transform`), and each applied op and magnitude 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -28,9 +29,12 @@ _MAX = {"ShearX": (0.99, 0.3), "ShearY": (0.99, 0.3), "TranslateX": (32.0, 150.0
 _POSTERIZE_SPAN = {"trivial_augment": 6, "rand_augment": 4}
 
 
+@functools.lru_cache(maxsize=64)
 def augmentation_space(policy: str, height: int, width: int,
                        bins: int = NUM_BINS) -> dict[str, tuple[np.ndarray | None, bool]]:
-    """op name -> (its magnitudes per bin, or None; whether a draw flips its sign), as torchvision's."""
+    """op name -> (its magnitudes per bin, or None; whether a draw flips its sign), as torchvision's.
+
+    Cached per image size (drawn for every image); callers must not modify the arrays."""
     which = POLICIES.index(policy)
     space: dict[str, tuple[np.ndarray | None, bool]] = {"Identity": (None, False)}
     for name, maxes in _MAX.items():
@@ -45,6 +49,9 @@ def augmentation_space(policy: str, height: int, width: int,
     space["Solarize"] = (np.linspace(255.0, 0.0, bins, dtype=np.float32), False)
     space["AutoContrast"] = (None, False)
     space["Equalize"] = (None, False)
+    for values, _ in space.values():
+        if values is not None:
+            values.setflags(write=False)  # shared through the cache
     return space
 
 
