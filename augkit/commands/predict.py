@@ -19,7 +19,8 @@ Format = Enum("Format", {f: f for f in FORMATS}, type=str)
 
 @cli_errors
 def command(
-    run: Path = typer.Argument(..., help="Run folder (uses its best.pt) or a checkpoint file."),
+    run: Path = typer.Argument(..., help="Run folder (uses its best.pt), a checkpoint file, or a model.onnx from "
+                               "augkit export (run by onnxruntime; --tta only among the views it was exported with)."),
     inputs: List[Path] = typer.Argument(..., help="Image files, folders (searched recursively) and .txt/.lst "
                                         "files listing one path a line."),
     tta: Optional[str] = typer.Option(None, "--tta", "-t", help=TTA_HELP + " \\[default: none, the plain view]"),
@@ -57,6 +58,8 @@ def command(
         raise UsageError(f"--engine {engine!r} is not supported (allowed: local, ray)")
     if address is not None and engine != "ray":
         raise UsageError("--address needs --engine ray")
+    if engine == "ray" and run.suffix.lower() == ".onnx":
+        raise UsageError(f"{run}: --engine ray runs a run folder or checkpoint, not an exported .onnx")
     if engine == "local":  # with ray the device is the actors', checked there
         resolve_device(device)
     if output is not None:
