@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: the CLI reads this module's constants without importing torch
     from torch import nn
 
-FREEZE_CHOICES = ("auto", "head", "none")
+FREEZE_CHOICES = ("auto", "head", "finetune", "none")
 MIN_IMAGES = 500
 MIN_PER_CLASS = 50
 BACKBONE_LR_MULT = 0.1  # backbone learning rate = lr x this, once unfrozen (pretrained weights only)
@@ -64,38 +64,63 @@ def choose_freeze(freeze: str, n_train: int, n_classes: int, epochs: int, pretra
         return FreezePlan("head", why)
     if freeze == "none":
         return FreezePlan("none", "--freeze none", 0, mult)
+    if freeze == "finetune":
+        return FreezePlan("finetune", "--freeze finetune", _warmup(epochs), mult)
     if not pretrained:
         return FreezePlan("none", "auto: no pretrained weights (--weights none), so the whole network must learn")
     size = f"{n_train} training images, {per_class:.0f} per class"
     if n_train < MIN_IMAGES or per_class < MIN_PER_CLASS:
         return FreezePlan("head", f"auto: few images ({size}; fine-tuning needs >= {MIN_IMAGES} and >= "
                                   f"{MIN_PER_CLASS} per class): a new head on the frozen pretrained backbone")
-    warmup = max(1, round(WARMUP_FRACTION * epochs)) if epochs >= 2 else 0
-    return FreezePlan("finetune", f"auto: many images ({size}): fine-tune the whole network", warmup, mult)
+    return FreezePlan("finetune", f"auto: many images ({size}): fine-tune the whole network", _warmup(epochs), mult)
 
 
-def is_head(name: str) -> bool:
-    return name.startswith("fc.")
+def _warmup(epochs: int) -> int:
+    """Head-only epochs before the whole network trains (none in a one-epoch run)."""
+    return max(1, round(WARMUP_FRACTION * epochs)) if epochs >= 2 else 0
+
+
+def head_prefix(model: nn.Module) -> str:
+    """The classification head's module name (``fc``, ``classifier.1``, ``heads.head``, ...), whatever the family."""
+    from .archs import head_name  # deferred: archs imports torchvision; the CLI reads this module without torch
+
+    return head_name(model)
+
+
+def is_head(name: str, head: str = "fc") -> bool:
+    """Whether parameter ``name`` belongs to the head module ``head`` (see :func:`head_prefix`)."""
+    return name.startswith(head + ".")
 
 
 def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(backbone parameters, head parameters) of a torchvision ResNet."""
+    """(backbone parameters, head parameters): the backbone is everything but the new head."""
+    head_name = head_prefix(model)
     backbone, head = [], []
     for name, p in model.named_parameters():
-        (head if is_head(name) else backbone).append(p)
+        (head if is_head(name, head_name) else backbone).append(p)
     return backbone, head
 
 
 def set_phase(model: nn.Module, phase: str) -> None:
     """Freeze (``head``) or unfreeze (``all``) the backbone; call before each epoch."""
+    head_name = head_prefix(model)
     for name, p in model.named_parameters():
-        p.requires_grad_(phase == "all" or is_head(name))
+        p.requires_grad_(phase == "all" or is_head(name, head_name))
 
 
 def train_mode(model: nn.Module, phase: str) -> None:
-    """Training mode for the phase: with a frozen backbone the whole model stays in eval mode,
-    so BatchNorm uses and keeps its running statistics (a ResNet has no dropout)."""
+    """Training mode for the phase. With a frozen backbone the model is in eval mode, so BatchNorm
+    uses and keeps its running statistics and stochastic depth is off; only the top-level block
+    holding the head (``classifier`` of EfficientNet/MobileNet, timm's ``head``) trains, so the
+    dropout in front of a new head still regularises it (as Keras' transfer-learning guide does),
+    BatchNorm inside it excepted."""
     if phase == "all":
         model.train()
-    else:
-        model.eval()
+        return
+    model.eval()
+    inner = getattr(model, "module", model)  # DDP / DataParallel
+    block = inner.get_submodule(head_prefix(inner).split(".")[0])
+    block.train()
+    for m in block.modules():
+        if "BatchNorm" in type(m).__name__:  # by name: timm's BatchNormAct2d too
+            m.eval()
