@@ -97,3 +97,10 @@ def parse_batch(raw: Any, source: str, line: int | None) -> BatchSpec:
         raise RecipeError("switch_prob needs both mixup and cutmix", source=source, where="batch",
                           line=_line(raw, "switch_prob", line))
     return BatchSpec(alphas.get("mixup"), alphas.get("cutmix"), p, switch)
+
+
+def describe_batch() -> str:
+    """One line for ``recipes ops``: the keys of the batch section with their defaults."""
+    kinds = ", ".join(f"{k}: {{alpha: {a:g}}}" for k, a in MIX_DEFAULT_ALPHA.items())
+    return (f"{kinds} (alpha > 0), p: {P_SPEC.help} ({P_SPEC.default:g}), switch_prob: {SWITCH_SPEC.help} "
+            f"({SWITCH_SPEC.default:g})")

@@ -154,6 +154,7 @@ def test_recipes_ops_lists_policies_with_their_ops():
     for policy in ("trivial_augment", "rand_augment"):
         line = next(ln for ln in res.output.splitlines() if policy in ln)
         assert "ShearX" in line and "Equalize" in line, line
+    assert "batch section (train only, per batch): mixup: {alpha: 0.2}, cutmix: {alpha: 1}" in res.output
 
 
 def test_builtin_policy_recipes():

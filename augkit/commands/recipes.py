@@ -7,6 +7,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..batchspec import describe_batch
 from ..errors import AugkitError, UsageError
 from ..ops import get_op, step_names
 from ..passthrough import albumentations_transforms
@@ -103,5 +104,6 @@ def ops_cmd(albumentations: bool = typer.Option(False, "--albumentations", help=
     out.print(_table("ops (every step also takes p: probability, default 1)",
                      ("op", "parameters (default)", "what it does"), rows))
     out.print("TTA presets (combine with +): " + ", ".join(list_presets()))
+    out.print("batch section (train only, per batch): " + describe_batch(), markup=False)
     if albumentations:
         out.print("albumentations transforms: " + ", ".join(albumentations_transforms()))
