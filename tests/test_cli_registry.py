@@ -94,11 +94,15 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> tuple[Path, Path, str]:
-    """(data, run, train output): 3 digit classes of 6 images, and one ``augkit train`` run on them."""
-    root = tmp_path_factory.mktemp("registry")
-    data = digits_folder(root / "data", per_class=PER_CLASS, size=32)
-    run = root / "run"
+def data(tmp_path_factory) -> Path:
+    """3 digit classes of 6 images (32 px)."""
+    return digits_folder(tmp_path_factory.mktemp("registry") / "data", per_class=PER_CLASS, size=32)
+
+
+@pytest.fixture(scope="module")
+def shared(data, tmp_path_factory) -> tuple[Path, Path, str]:
+    """(data, run, train output): one ``augkit train`` run on the data."""
+    run = tmp_path_factory.mktemp("registry") / "run"
     res = invoke("train", data, "-o", run, "--weights", "none", "--epochs", "1", "--image-size", "32",
                  "--batch-size", "8", "--device", "cpu", "--recipe", "digits", "--workers", "0")
     return data, run, res.output
@@ -236,9 +240,9 @@ def test_happy_path(path, env):
 
 
 @pytest.fixture(scope="module")
-def tiny_plan_ref(shared, tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
+def tiny_plan_ref(data, tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
     """The in-process outputs of a tiny plan (6 images, 1 copy each): what every engine must write."""
-    src = shared[0]
+    src = data
     ref = tmp_path_factory.mktemp("engines") / "ref"
     run_plan(_tiny_plan(src, ref), executor=LocalExecutor(workers=1))
     return src, _outputs(ref)
