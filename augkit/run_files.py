@@ -37,6 +37,8 @@ from .train_config import CURVES, ERRORS, METRICS, SETTINGS  # noqa: F401  (re-e
 
 METRIC_COLUMNS = ("epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr_backbone", "lr_head",
                   "seconds", "images_per_s")
+#: how train_acc is counted when batches are mixed (settings.yaml and the summary say so)
+MIXED_ACC = "against each mixed image's dominant label (the larger share)"
 FLUSH_FACTOR = 20  # checkpoints are written when the time since the last write >= 20x its cost
 
 
@@ -157,6 +159,9 @@ def settings_dict(cfg, recipe, data, plan, device: torch.device, precision, thre
             "optimizer": {"name": "AdamW", "lr": cfg.lr, "weight_decay": cfg.weight_decay,
                           "backbone_lr": f"lr x {plan.backbone_lr_mult:g}",
                           "schedule": "constant during head-only warm-up, then cosine decay per epoch"},
+            "loss": _loss_block(cfg, recipe),
+            "early_stopping": ({"patience": cfg.patience, "metric": "val_acc (ties: val_loss)" if data.val is not None
+                                else "train_loss (no validation images)"} if cfg.patience is not None else None),
             "data": data.describe(),
             "preprocessing": {"image_size": cfg.image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                               "decode_policy": DECODE_POLICY, "resize_policy": RESIZE_POLICY},
@@ -165,3 +170,15 @@ def settings_dict(cfg, recipe, data, plan, device: torch.device, precision, thre
             "versions": versions(),
         },
     }
+
+
+def _loss_block(cfg, recipe) -> dict:
+    """How the training loss and train_acc are computed (mixed batches change both)."""
+    batch = recipe.batch if recipe is not None else None
+    if batch is None:
+        return {"train": "cross entropy", "label_smoothing": cfg.label_smoothing,
+                "train_acc": "against the true label"}
+    return {"train": "soft-target cross entropy on mixed batches (recipe batch: section)",
+            "label_smoothing": cfg.label_smoothing, "batch": batch.to_yaml(),
+            "train_acc": MIXED_ACC,
+            "validation": "plain images, cross entropy without smoothing"}

@@ -39,6 +39,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
+from .batchaug import BatchAugment, soft_target_cross_entropy
 from .cache import ImageCache
 from .checkpoint import BEST, LAST, ModelMeta, load_checkpoint, versions
 from .dataset import MEMORY_CACHE_BYTES, AugmentedImageFolder
@@ -51,14 +52,18 @@ from .models import build_model, imagenet_state_dict, load_backbone_weights, wei
 from .precision import Precision, choose_precision
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
 from .recipe import Recipe, load_recipe
-from .run_files import (CURVES, ERRORS, METRIC_COLUMNS, METRICS, SETTINGS, CheckpointWriter,  # noqa: F401
-                        make_run_dir, settings_dict, write_curves, write_errors, write_metrics, write_text)
+from .run_files import (CURVES, ERRORS, METRIC_COLUMNS, METRICS, MIXED_ACC, SETTINGS,  # noqa: F401
+                        CheckpointWriter, make_run_dir, settings_dict, write_curves, write_errors, write_metrics,
+                        write_text)
 from .seeding import derive_seed
 from .train_config import DEVICES, TrainCallbacks, TrainConfig, default_workers  # noqa: F401  (re-exported)
 
 #: settings a resumed run must share with the run it continues
 RESUME_KEYS = ("arch", "weights", "epochs", "batch_size", "lr", "weight_decay", "image_size", "val_split", "freeze",
-               "seed", "recipe_hash")
+               "seed", "recipe_hash", "label_smoothing")
+#: what a resume key saved before a setting existed meant (runs written by earlier versions resume)
+RESUME_DEFAULTS = {"label_smoothing": 0.0}
+COMPLETED = "completed"
 
 
 @dataclass
@@ -118,6 +123,8 @@ class TrainResult:
     precision: str = "fp32"
     threads: int = 1
     workers: int = 0
+    stopped: str = COMPLETED  # or "early stop: no improvement in <metric> for N epochs after epoch E"
+    mixed: bool = False  # batches mixed (mixup/cutmix): train_acc counts MIXED_ACC
 
 
 @dataclass
@@ -137,6 +144,7 @@ class RunState:
     device: torch.device
     dist: DistContext
     callbacks: TrainCallbacks
+    mix: BatchAugment | None = None  # the recipe's batch: section (mixup/cutmix), else None
 
 
 # ====================================================================== data
@@ -267,30 +275,32 @@ def model_input(x: torch.Tensor, device: torch.device, channels_last: bool = Fal
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device,
                     *, phase: str = "all", scaler: torch.amp.GradScaler | None = None,
                     precision: Precision | None = None,
-                    on_batch: Callable[[int, float, float, float], None] | None = None) -> dict:
+                    on_batch: Callable[[int, float, float, float], None] | None = None,
+                    label_smoothing: float = 0.0, mix: BatchAugment | None = None, epoch: int = 0) -> dict:
     """One pass over ``loader``; returns loss, accuracy, images and seconds.
 
+    ``mix`` (mixup/cutmix) mixes each normalized batch on the device, its draws seeded from
+    (its seed, ``epoch``, batch index) alone; the loss is then the soft-target cross entropy
+    (smoothed by ``mix.label_smoothing``) and accuracy counts :data:`MIXED_ACC`. Without it the
+    loss is ``CrossEntropyLoss(label_smoothing=label_smoothing)``.
     ``on_batch(images, mean_loss, accuracy, images_per_second)`` is called after each batch.
     """
     precision = precision or Precision("fp32", False, "")
     train_mode(model, phase)
-    criterion = nn.CrossEntropyLoss()
+    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     total = correct = 0
     loss_sum = 0.0
     start = time.perf_counter()
-    for x, y in loader:
+    for step, (x, y) in enumerate(loader):
         x, y = model_input(x, device, precision.channels_last), y.to(device, non_blocking=True)
+        target = y
+        if mix is not None:  # after normalization (mixing is linear, so it commutes with it)
+            x, target, _ = mix(x, y, epoch=epoch, step=step)
+            y = target.argmax(1)  # the dominant label, for accuracy
         with precision.autocast(device):
             logits = model(x)
-            loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+            loss = criterion(logits, target) if mix is None else soft_target_cross_entropy(logits, target)
+        _step(loss, optimizer, scaler)
         n = y.numel()
         total += n
         loss_sum += loss.item() * n
@@ -299,6 +309,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             on_batch(n, loss_sum / total, correct / total, total / max(1e-9, time.perf_counter() - start))
     seconds = time.perf_counter() - start
     return {"loss": loss_sum / max(1, total), "acc": correct / max(1, total), "images": total, "seconds": seconds}
+
+
+def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
 
 
 @torch.no_grad()
@@ -336,7 +357,8 @@ def _run_epoch(epoch: int, run: RunState) -> dict:
     cb.on_epoch_start(epoch + 1, cfg.epochs, phase, len(run.train_loader),
                       len(run.val_loader) if run.val_loader is not None else 0)
     tr = dist.reduce(train_one_epoch(net, run.train_loader, run.optimizer, run.device, phase=phase,
-                                     scaler=run.scaler, precision=run.precision, on_batch=cb.on_batch))
+                                     scaler=run.scaler, precision=run.precision, on_batch=cb.on_batch,
+                                     label_smoothing=cfg.label_smoothing, mix=run.mix, epoch=epoch))
     va = None
     if run.val_loader is not None:
         va = dist.reduce(validate(run.model, run.val_loader, run.device, precision=run.precision,
@@ -418,7 +440,8 @@ def _start_state(cfg: TrainConfig, out: Path, key: dict, classes: list[str], not
         return None
     ckpt = load_checkpoint(last)
     saved = ckpt.get("settings", {})
-    diff = [f"{k}: run has {saved.get(k)!r}, now {key[k]!r}" for k in RESUME_KEYS if saved.get(k) != key[k]]
+    diff = [f"{k}: run has {saved.get(k, RESUME_DEFAULTS.get(k))!r}, now {key[k]!r}" for k in RESUME_KEYS
+            if saved.get(k, RESUME_DEFAULTS.get(k)) != key[k]]
     if ckpt["meta"]["classes"] != classes:
         diff.append(f"classes: run has {ckpt['meta']['classes']}, data now has {classes}")
     if diff:
@@ -450,18 +473,24 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
         data = load_data(cfg, recipe, _cache(cfg, cb.on_note))
         state = _start_state(cfg, out, resume_key(cfg, recipe), data.classes, cb.on_note)
         with deterministic(cfg.seed, device), opencv_threads(1):  # 1 OpenCV thread, set before workers fork
-            run = _prepare(cfg, data, state, device, dist, precision, cb)
+            run = _prepare(cfg, data, state, device, dist, precision, cb, recipe)
             history, best = _restore(state, run)
             cb.on_start(StartInfo(cfg, data, run.plan, device, precision, threads, out, len(history)))
+            settings = settings_dict(cfg, recipe, data, run.plan, device, precision, threads)
             if dist.is_main:
-                _write_start(out, settings_dict(cfg, recipe, data, run.plan, device, precision, threads), data, dist)
+                _write_start(out, settings, data, dist)
             writer = CheckpointWriter(out, model_meta(cfg, recipe, data.classes),
                                       {"settings": resume_key(cfg, recipe), "plan": run.plan.to_dict()},
                                       enabled=dist.is_main)
-            history, best = _loop(run, history, best, out, writer)
+            history, best, stopped = _loop(run, history, best, out, writer)
+            if dist.is_main:  # settings.yaml ends with how the run ended
+                settings["resolved"]["outcome"] = {"stopped": stopped, "epochs": len(history),
+                                                   "best_epoch": int(best["epoch"])}
+                write_text(out / SETTINGS, yaml.safe_dump(settings, sort_keys=False, allow_unicode=True))
     dist.close()
     return TrainResult(out, len(history), int(best["epoch"]), best, history[-1], history, run.plan, str(device),
-                       data.errors, state["epoch"] if state else 0, precision.name, threads, cfg.workers)
+                       data.errors, state["epoch"] if state else 0, precision.name, threads, cfg.workers, stopped,
+                       run.mix is not None)
 
 
 def _set_threads(cfg: TrainConfig, dist: DistContext, device: torch.device, default: int) -> int:
@@ -484,8 +513,9 @@ def _cache(cfg: TrainConfig, note: Callable[[str], None]) -> ImageCache | None:
 
 
 def _prepare(cfg: TrainConfig, data: Data, state: dict | None, device: torch.device, dist: DistContext,
-             precision: Precision, cb: TrainCallbacks) -> RunState:
-    """The model (fresh, or to be restored from ``last.pt``), optimizer, scaler and loaders."""
+             precision: Precision, cb: TrainCallbacks, recipe: Recipe | None = None) -> RunState:
+    """The model (fresh, or to be restored from ``last.pt``), optimizer, scaler, loaders and the
+    recipe's batch mixing."""
     if state:  # the weights come from last.pt: no download, no weights file needed
         model, plan = build_model(cfg.arch, len(data.classes)), FreezePlan(**state["plan"])
     else:
@@ -496,8 +526,10 @@ def _prepare(cfg: TrainConfig, data: Data, state: dict | None, device: torch.dev
     order = torch.Generator()
     train_loader = make_loader(data.train, cfg, device, shuffle=True, order=order, dist=dist)
     val_loader = make_loader(data.val, cfg, device, shuffle=False, dist=dist) if data.val is not None else None
+    mix = (BatchAugment(recipe.batch, len(data.classes), cfg.seed, cfg.label_smoothing)
+           if recipe is not None and recipe.batch is not None else None)
     return RunState(cfg, plan, model, optimizer, precision.scaler(device), precision, data, train_loader, val_loader,
-                    order, device, dist, cb)
+                    order, device, dist, cb, mix)
 
 
 def _restore(state: dict | None, run: RunState) -> tuple[list[dict], dict]:
@@ -521,27 +553,47 @@ def _write_start(out: Path, settings: dict, data: Data, dist: DistContext) -> No
 
 
 def _loop(run: RunState, history: list[dict], best: dict, out: Path, writer: CheckpointWriter
-          ) -> tuple[list[dict], dict]:
-    """The remaining epochs; metrics after each, checkpoints on a budget, curves at the end."""
+          ) -> tuple[list[dict], dict, str]:
+    """The remaining epochs (until ``--patience`` stops them); metrics after each, checkpoints on a
+    budget (and at the last epoch run), curves at the end. Returns (history, best row, why it ended)."""
     main, epochs, start = run.dist.is_main, run.cfg.epochs, len(history)
+    stopped = stop_reason(history, best, run.cfg.patience)  # a resumed run may have stopped already
     try:
-        for epoch in range(start, epochs):
+        for epoch in range(start, epochs if stopped is None else start):
             row = _run_epoch(epoch, run)
             history.append(row)
             improved = _better(row, best)
             best = dict(row) if improved else best
+            stopped = stop_reason(history, best, run.cfg.patience)
             if main:
                 write_metrics(out / METRICS, history)
-                writer.epoch_done(run.model, run.optimizer, run.scaler, history, best, improved, epoch + 1 == epochs)
+                writer.epoch_done(run.model, run.optimizer, run.scaler, history, best, improved,
+                                  epoch + 1 == epochs or stopped is not None)
+            if stopped is not None:
+                run.callbacks.on_note(stopped)
+                break
     except BaseException:
         if main:
             with contextlib.suppress(Exception):  # the interruption is what the user must see
                 write_curves(out, history)
         raise
-    if start == epochs:
-        run.callbacks.on_note(f"{out}: all {epochs} epochs are already done")
+    if len(history) == start:
+        run.callbacks.on_note(f"{out}: " + (f"all {epochs} epochs are already done" if stopped is None
+                                            else f"this run already ended ({stopped})"))
         if main:
             write_metrics(out / METRICS, history)
     if main:
         write_curves(out, history)
-    return history, best
+    return history, best, stopped or COMPLETED
+
+
+def stop_reason(history: list[dict], best: dict, patience: int | None) -> str | None:
+    """Why to stop early after the last epoch of ``history`` (``patience`` epochs since the best
+    one, by the metric that picks ``best.pt``), or None to go on."""
+    if patience is None or not history or not best:
+        return None
+    since = int(history[-1]["epoch"]) - int(best["epoch"])
+    if since < patience:
+        return None
+    metric = "train_loss" if best.get("val_acc") is None else "val_acc"
+    return f"early stop: no improvement in {metric} for {since} epochs after epoch {int(best['epoch'])}"

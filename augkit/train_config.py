@@ -75,12 +75,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Reject bad values before any work (exit code 2 from the CLI)."""
-        from .checkpoint import MAX_IMAGE_SIZE  # deferred: checkpoint and models import torch/torchvision
-        from .models import ARCHS
+        from .archs import check_arch  # deferred: archs and checkpoint import torch/torchvision
+        from .checkpoint import MAX_IMAGE_SIZE
 
-        for ok, message in self._checks(ARCHS, MAX_IMAGE_SIZE):
+        for ok, message in self._checks(MAX_IMAGE_SIZE):
             if not ok:
                 raise UsageError(message)
+        check_arch(self.arch, "--arch: ", image_size=self.image_size)
         if self.weights not in ("imagenet", "none") and not Path(self.weights).exists():
             raise UsageError(f"--weights {self.weights}: file or run folder not found "
                              "(use imagenet, none, a state-dict file or an earlier run folder)")
@@ -90,9 +91,8 @@ class TrainConfig:
         if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
             raise UsageError(f"{out}: the run folder must not be inside the data folder {data}")
 
-    def _checks(self, archs: tuple[str, ...], max_size: int) -> list[tuple[bool, str]]:
+    def _checks(self, max_size: int) -> list[tuple[bool, str]]:
         return [
-            (self.arch in archs, f"--arch {self.arch!r} is not one of {', '.join(archs)}"),
             (self.freeze in FREEZE_CHOICES, f"--freeze {self.freeze!r} is not one of {', '.join(FREEZE_CHOICES)}"),
             (self.device in DEVICES, f"--device {self.device!r} is not one of {', '.join(DEVICES)}"),
             (self.precision in PRECISIONS, f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}"),

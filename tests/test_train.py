@@ -526,3 +526,76 @@ def test_cache_option_trains_exactly_as_without(run_a, data, tmp_path):
 def test_relaunch_keeps_the_command_line_minus_nproc():
     argv = ["train", "DATA", "-o", "RUN", "--nproc", "2", "--epochs", "3", "--nproc=4", "--cache"]
     assert relaunch_args(argv) == ["train", "DATA", "-o", "RUN", "--epochs", "3", "--cache"]
+
+
+# ====================================================================== issue 12: loss, mixing, patience
+
+MIX_RECIPE = """name: mix-test
+train:
+  - affine: {translate: 0.05, p: 0.5}
+batch:
+  mixup: {alpha: 0.4}
+  cutmix: {alpha: 1.0}
+  p: 1.0
+  switch_prob: 0.5
+"""
+
+
+def test_label_smoothing_reaches_the_loss(data):
+    """The reported loss of a batch is torch's CrossEntropyLoss(label_smoothing=E) on that batch."""
+    from augkit.train import model_input
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3)
+    x = torch.from_numpy(np.stack([read_image(p) for p in sorted(data.rglob("*.png"))[:6]])).permute(0, 3, 1, 2)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    expected = torch.nn.CrossEntropyLoss(label_smoothing=0.2)(model(model_input(x, torch.device("cpu"))), y)
+    plain = torch.nn.CrossEntropyLoss()(model(model_input(x, torch.device("cpu"))), y)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    got = train_one_epoch(model, [(x, y)], opt, torch.device("cpu"), label_smoothing=0.2)["loss"]
+    assert got == pytest.approx(expected.item(), rel=1e-5) and abs(got - plain.item()) > 1e-3
+
+
+def test_mixed_batches_train_the_same_at_any_worker_count(data, tmp_path):
+    """A recipe's batch: section mixes batches (soft-target loss, smoothed); the same seed gives
+    the same metrics with the images loaded in this process or by a worker."""
+    recipe = tmp_path / "mix.yaml"
+    recipe.write_text(MIX_RECIPE)
+    runs = [train(_cfg(data, tmp_path / f"w{w}", recipe=str(recipe), workers=w, epochs=1, label_smoothing=0.1,
+                       threads=1, progress=False)) for w in (0, 1)]
+    assert runs[0].mixed and metrics(tmp_path / "w0") == metrics(tmp_path / "w1")
+    loss = yaml.safe_load((tmp_path / "w0" / "settings.yaml").read_text())["resolved"]["loss"]
+    assert loss["label_smoothing"] == 0.1 and "dominant" in loss["train_acc"] and "soft-target" in loss["train"]
+    plain = train(_cfg(data, tmp_path / "plain", epochs=1, label_smoothing=0.1, threads=1, progress=False))
+    assert not plain.mixed and metrics(tmp_path / "plain") != metrics(tmp_path / "w0")
+
+
+def test_patience_stops_at_the_right_epoch_and_resumes(data, tmp_path, monkeypatch):
+    """val_acc 0.5, 0.7, 0.6, 0.7 (same loss: a tie is no improvement) with --patience 2 stops after
+    epoch 4 with best.pt from epoch 2; resumed with the same patience nothing runs; with 3 it
+    runs epoch 5 (0.65) and stops there. Changing --label-smoothing refuses to resume."""
+    accs = iter([0.5, 0.7, 0.6, 0.7, 0.65, 0.9, 0.9, 0.9])
+    monkeypatch.setattr(trainmod, "validate", lambda *a, **k: {"loss": 1.0, "acc": next(accs), "images": 6})
+    monkeypatch.setattr(trainmod, "train_one_epoch",  # the loop is under test, not the training (fast)
+                        lambda *a, **k: {"loss": 1.0, "acc": 0.5, "images": 24, "seconds": 0.01})
+    out = tmp_path / "p"
+    res = train(_cfg(data, out, epochs=8, patience=2, val_split=0.2, progress=False))
+    assert res.epochs == 4 and res.best_epoch == 2
+    assert res.stopped == "early stop: no improvement in val_acc for 2 epochs after epoch 2"
+    assert load_checkpoint(out / "best.pt")["epoch"] == 2 and load_checkpoint(out / "last.pt")["epoch"] == 4
+    assert yaml.safe_load((out / "settings.yaml").read_text())["resolved"]["outcome"]["stopped"] == res.stopped
+    again = train(_cfg(data, out, epochs=8, patience=2, val_split=0.2, resume=True, progress=False))
+    assert again.epochs == 4 and again.stopped == res.stopped
+    more = train(_cfg(data, out, epochs=8, patience=3, val_split=0.2, resume=True, progress=False))
+    assert more.epochs == 5 and more.best_epoch == 2 and "for 3 epochs after epoch 2" in more.stopped
+    with pytest.raises(UsageError, match="label_smoothing"):
+        train(_cfg(data, out, epochs=8, patience=3, val_split=0.2, resume=True, label_smoothing=0.1))
+    done = train(_cfg(data, tmp_path / "full", epochs=2, patience=5, progress=False))
+    assert done.stopped == "completed"
+
+
+@pytest.mark.parametrize("opt,value,match", [("--label-smoothing", "1", "label-smoothing"),
+                                             ("--patience", "0", "patience")])
+def test_bad_smoothing_or_patience_exit_2(data, tmp_path, opt, value, match):
+    res = cli(data, "-o", tmp_path / "bad", *FAST, opt, value)
+    assert res.exit_code == 2 and match in res.output

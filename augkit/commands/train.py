@@ -36,7 +36,9 @@ def command(
     output: Path = typer.Option(..., "--output", "-o", help="Run folder to write (RUN_DIR)."),
     recipe: str = typer.Option("default", "--recipe", "-r",
                                help="Built-in recipe name, a recipe .yaml file, or none (no augmentation)."),
-    arch: str = typer.Option("resnet18", "--arch", help="torchvision ResNet: resnet18, 34, 50, 101 or 152."),
+    arch: str = typer.Option("resnet18", "--arch", help="Any torchvision classifier (list: augkit models), e.g. "
+                             "resnet18, convnext_tiny, efficientnet_b0, vit_b_16 (224 px); timm/<name> with "
+                             "pip install \"augkit[timm]\"."),
     weights: str = typer.Option("imagenet", "--weights",
                                 help="imagenet (torchvision's, downloaded), none (random init), or PATH: a "
                                 "torchvision state-dict file or an earlier augkit run folder/checkpoint."),
@@ -69,6 +71,12 @@ def command(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Keep the --cache store in this folder "
                                              "(shared between runs; implies --cache)."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN_DIR from its last.pt."),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing",
+                                          help="Label smoothing E (0 <= E < 1) of the training loss; mixup/cutmix "
+                                          "targets (a recipe's batch: section) are smoothed too. Validation is not."),
+    patience: Optional[int] = typer.Option(None, "--patience", min=1,
+                                           help="Stop early when the metric that picks best.pt (val_acc, or "
+                                           "train_loss without validation) has not improved for N epochs."),
     check: Check = typer.Option("header", "--check", help="Check every file before training: header (signature, "
                                 "size, end marker), full (decode) or none."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
@@ -87,7 +95,8 @@ def command(
                          batch_size=batch_size, lr=lr, weight_decay=weight_decay, image_size=image_size,
                          val_split=val_split, freeze=freeze.value, seed=seed, device=device.value, workers=workers,
                          threads=threads, precision=precision.value, amp=amp, cache=cache or cache_dir is not None,
-                         cache_dir=cache_dir, resume=resume, check=check.value, max_pixels=max_pixels)
+                         cache_dir=cache_dir, resume=resume, check=check.value, max_pixels=max_pixels,
+                         label_smoothing=label_smoothing, patience=patience)
     # deferred: augkit.distributed imports torch (seconds); `augkit --help` must not pay for it
     from ..distributed import launch, relaunch_args, under_torchrun
 
@@ -196,13 +205,15 @@ def summary_table(result: Any) -> Table:
         return "-" if v is None else (f"{v:.1%}" if pct else f"{v:.4f}")
 
     for key, pct in (("train_loss", False), ("train_acc", True), ("val_loss", False), ("val_acc", True)):
-        t.add_row(key.replace("_", " "), f(result.best.get(key), pct), f(result.last.get(key), pct))
+        name = key.replace("_", " ") + (" (vs dominant mixed label)" if key == "train_acc" and result.mixed else "")
+        t.add_row(name, f(result.best.get(key), pct), f(result.last.get(key), pct))
     secs = sum(r["seconds"] for r in result.history)
     ips = sum(r["images_per_s"] * r["seconds"] for r in result.history) / max(1e-9, secs)
     t.add_row("train time", "", f"{secs:.1f} s over {len(result.history)} epochs")
     t.add_row("throughput", "", f"{ips:.0f} img/s on {result.device} ({result.precision}, {result.threads} "
                                 f"thread(s), {result.workers} worker(s))")
     t.add_row("freeze", "", result.plan.mode)
+    t.add_row("stopped", "", result.stopped)
     if result.skipped:
         t.add_row("skipped files", "", f"{len(result.skipped)} (see {ERRORS})")
     return t
