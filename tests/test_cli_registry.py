@@ -14,7 +14,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from augkit.commands._lazy import load_command
 from augkit.executors import ENGINES, LocalExecutor, get_executor
 from augkit.recipe import list_builtin, load_recipe
 from _digits import digits_folder
+from _ray import local_ray
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning")  # Ray Data's own context
 runner = CliRunner()
@@ -38,33 +39,16 @@ CLASSES = ["d0", "d1", "d2"]
 PER_CLASS = 6  # images per class of the shared data folder (18 in all)
 
 
-@contextlib.contextmanager
-def _small_local_ray(monkeypatch) -> Iterator[None]:
-    """One small local Ray (2 CPUs, no dashboard) unless one runs already; the engine joins it."""
-    import ray
-
-    monkeypatch.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))  # no ~/.ray/auth_token
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
-
-
 @dataclass(frozen=True)
 class EngineNeeds:
-    """What an engine's test needs: its pytest mark, the modules of its extra, and a context to run in."""
+    """What an engine's test needs: its pytest mark and a context to run in (which skips without the extra)."""
 
     mark: Any
-    modules: tuple[str, ...]
-    context: Callable[[Any], Any]
+    context: Callable[[], Any]
 
 
 #: engines that need an extra (the others run as they are)
-ENGINE_NEEDS = {"ray": EngineNeeds(pytest.mark.ray, ("ray", "ray.data"), _small_local_ray)}
+ENGINE_NEEDS = {"ray": EngineNeeds(pytest.mark.ray, local_ray)}
 
 
 def command_paths() -> list[str]:
@@ -261,12 +245,10 @@ def _outputs(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("engine", [pytest.param(e, marks=ENGINE_NEEDS[e].mark) if e in ENGINE_NEEDS else e
                                     for e in ENGINES])
-def test_every_engine_runs_a_tiny_plan(engine, tiny_plan_ref, tmp_path, monkeypatch):
+def test_every_engine_runs_a_tiny_plan(engine, tiny_plan_ref, tmp_path):
     needs = ENGINE_NEEDS.get(engine)
-    for module in needs.modules if needs else ():
-        pytest.importorskip(module)
     src, ref = tiny_plan_ref
-    with needs.context(monkeypatch) if needs else contextlib.nullcontext():
+    with needs.context() if needs else contextlib.nullcontext():
         r = run_plan(_tiny_plan(src, tmp_path / engine, engine), executor=get_executor(engine, workers=1))
     assert r.exit_code == 0 and r.written == 6 and not r.bad
     assert _outputs(tmp_path / engine) == ref  # images, manifest and errors: byte for byte

@@ -6,8 +6,6 @@ is not installed; the others check what happens without Ray and always run.
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +20,7 @@ from augkit.cli import app
 from augkit.errors import UsageError
 from augkit.executors import get_executor
 from augkit.recipe import load_recipe
+from _ray import local_ray
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning")  # Ray Data's own context
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -40,16 +39,8 @@ def plan_for(dst: Path, **kw):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    try:  # pytest.importorskip, also for a broken or partial install (ray without its [data] extra)
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"ray[data] is not installed ({exc}): pip install -e '.[test]'")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))  # no ~/.ray/auth_token
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    with local_ray() as ray:
         yield ray
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
 from pathlib import Path
 
@@ -17,12 +16,12 @@ from typer.testing import CliRunner
 
 from augkit.checkpoint import ModelMeta, save_checkpoint
 from augkit.cli import app
-from augkit.errors import UsageError
 from augkit.images import DECODE_POLICY
 from augkit.models import build_model
 from augkit.predict import predict
 from augkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
 from _digits import digits_folder
+from _ray import local_ray
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning")
 runner = CliRunner()
@@ -31,19 +30,8 @@ CLASSES = ["d0", "d1", "d2"]
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"ray[data] is not installed ({exc}): pip install -e '.[test]'")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))
-        started = not ray.is_initialized()
-        if started:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    with local_ray() as ray:
         yield ray
-        if started:
-            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
