@@ -35,7 +35,7 @@ class _Worker:
     """One Ray Data actor: builds the task once, then runs it on every item of each batch."""
 
     def __init__(self, task, item_type: type) -> None:
-        import cv2  # deferred: only actors need it
+        import cv2  # deferred: the executor itself needs no OpenCV; an actor only pins its threads
 
         cv2.setNumThreads(1)  # one OpenCV thread per actor: no oversubscription
         self.task = task

@@ -20,7 +20,7 @@ _TASK = None  # the task object of this worker process
 
 def _init(task, parent: int) -> None:
     global _TASK
-    import cv2  # deferred: only pool workers need it here
+    import cv2  # deferred: the executor itself needs no OpenCV; a worker only pins its threads
 
     cv2.setNumThreads(1)  # one OpenCV thread per worker: no oversubscription
     threading.Thread(target=_exit_with, args=(parent,), name="augkit-parent-watch", daemon=True).start()

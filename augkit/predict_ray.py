@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -37,9 +38,7 @@ class _Predictor:
 
     def __init__(self, checkpoint: bytes, source: str, tta: TTASpec, device: str, batch_size: int,
                  max_pixels: int | None):
-        import cv2  # deferred: this runs in the Ray actor, which sets its own OpenCV threads
-
-        cv2.setNumThreads(1)
+        cv2.setNumThreads(1)  # one OpenCV thread per actor: no oversubscription
         model, self.meta = model_from_checkpoint(load_checkpoint_bytes(checkpoint, source), source)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
