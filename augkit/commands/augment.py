@@ -12,7 +12,7 @@ from rich.table import Table
 from ..augment import ERRORS, MANIFEST, AugmentOptions, AugmentResult, make_plan, run_plan
 from ..augment_task import MAX_REDRAWS
 from ..errors import UsageError
-from ..executors import get_executor
+from ..executors import ENGINES, get_executor
 from ..images import DEFAULT_MAX_PIXELS
 from ..recipe import load_recipe
 from ._common import cli_errors, err, out
@@ -48,8 +48,8 @@ def command(
     opts = AugmentOptions(copies=copies, per_class=per_class, seed=seed, workers=workers, originals=originals,
                           format=fmt, quality=quality, overwrite=overwrite, strict=strict, dry_run=dry_run,
                           max_pixels=max_pixels, engine=engine, max_side=max_side, require_change=require_change)
-    if engine not in ("local", "ray"):
-        raise UsageError(f"--engine {engine!r} is not supported (allowed: local, ray)")
+    if engine not in ENGINES:
+        raise UsageError(f"--engine {engine!r} is not supported (allowed: {', '.join(ENGINES)})")
     if address is not None and engine != "ray":
         raise UsageError("--address needs --engine ray")
     rec = load_recipe(recipe)
