@@ -184,3 +184,14 @@ def test_train_predict_evaluate_export_end_to_end(arch, tmp_path):
     res = cli("predict", tmp_path / "m.onnx", data, "-o", tmp_path / "onnx.csv", "--tta", "flip", "--workers", 0)
     assert res.exit_code == 0, res.output
     assert [r["label"] for r in _read(tmp_path / "onnx.csv")] == [r["label"] for r in _read(tmp_path / "run.csv")]
+
+
+def test_importing_augkit_imports_neither_timm_nor_onnx():
+    """The extras load only when used: timm for a timm/ arch, onnxruntime for an .onnx or an export."""
+    import subprocess
+
+    code = ("import sys, augkit, augkit.archs, augkit.models, augkit.inference, augkit.predict, augkit.export, "
+            "augkit.commands.models, augkit.commands.export; "
+            "print(sorted(m for m in ('timm', 'onnx', 'onnxruntime', 'onnxscript') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
