@@ -21,6 +21,7 @@ from . import __version__
 from .checkpoint import ModelMeta
 from .devices import resolve_device
 from .errors import AugkitError, UsageError
+from .gallery import confident_mistakes
 from .images import DEFAULT_MAX_PIXELS, scan_folder, write_image
 from .inference import Progress, load_for_inference, resolve_tta, run_tta
 from .outfiles import save_text
@@ -63,6 +64,25 @@ def confusion_matrix(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     m = np.zeros((k, k), dtype=np.int64)
     np.add.at(m, (y, pred), 1)
     return m
+
+
+def precision_recall_f1(y: np.ndarray, pred: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Per class (index 0..k-1): precision, recall, F1 and support, as scikit-learn's
+    ``precision_recall_fscore_support(..., labels=range(k), zero_division=0)``."""
+    m = confusion_matrix(y, pred, k)
+    tp = np.diag(m).astype(float)
+    predicted, support = m.sum(0).astype(float), m.sum(1).astype(float)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros(k), where=both > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
+
+
+def macro(prf: dict[str, np.ndarray]) -> dict[str, float]:
+    """Unweighted means over the classes present in the data (support > 0)."""
+    present = prf["support"] > 0
+    return {key: float(prf[key][present].mean()) if present.any() else 0.0 for key in ("precision", "recall", "f1")}
 
 
 def _acc(ok: np.ndarray) -> float:
@@ -150,14 +170,16 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike, *, tta: TTASpec | 
     if not len(y):
         raise AugkitError(f"{data}: none of the {len(paths)} images could be read:\n"
                          + "\n".join(f"  {e['path']}: {e['reason']}" for e in res.errors[:20]))
+    label = tta_label or spec.preset or "recipe views"
     report = score(res.view_probs, res.merged, y, res.views, res.plain_index, len(spec.views), meta.classes,
-                   top_k=top_k, merge=spec.merge)
+                   top_k=top_k, merge=spec.merge, predictions=predictions_label(spec, label))
+    report["mistakes"] = confident_mistakes(res.merged, y, [paths[i] for i in res.ok], meta.classes)
     subset = bool(info["missing_from_data"])
     return {
         "augkit_version": __version__,
         "checkpoint": str(ckpt),
         "data": str(data),
-        "tta": {"spec": tta_label or spec.preset or "recipe views", "views": [v.name for v in spec.views],
+        "tta": {"spec": label, "views": [v.name for v in spec.views],
                 "merge": spec.merge, "beta": spec.beta,
                 "resolved": spec.to_yaml()},
         "classes": {"model": info["model"], "data": info["data"], "subset": subset,
@@ -170,11 +192,22 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike, *, tta: TTASpec | 
     }
 
 
+def predictions_label(spec: TTASpec, label: str) -> str:
+    """What the merged predictions are, for titles: plain (the identity view alone) or TTA."""
+    if len(spec.views) == 1 and spec.views[0].is_identity and not spec.beta:
+        return "plain predictions, no TTA"
+    return f"TTA predictions: {label}, merge {spec.merge}" + (f", beta {spec.beta:g}" if spec.beta else "")
+
+
 def score(view_probs: np.ndarray, merged: np.ndarray, y: np.ndarray, views: list[View], plain_index: int,
-          n_merged: int, classes: list[str], *, top_k: int = 5, merge: str = "mean") -> dict:
-    """All the metrics of a report from per-view probabilities ``(V, N, K)`` and labels ``(N,)``."""
+          n_merged: int, classes: list[str], *, top_k: int = 5, merge: str = "mean",
+          predictions: str = "TTA predictions") -> dict:
+    """All the metrics of a report from per-view probabilities ``(V, N, K)`` and labels ``(N,)``.
+
+    Top-k is left out (None) when ``top_k`` >= the number of classes: it would be 100%.
+    Precision, recall and F1 are those of the merged (TTA) predictions, as the confusion matrix."""
     k_classes = len(classes)
-    k = min(top_k, k_classes)
+    k = top_k if top_k < k_classes else None
     plain = view_probs[plain_index]
     plain_ok, tta_ok = plain.argmax(1) == y, merged.argmax(1) == y
     test = paired(plain_ok, tta_ok)
@@ -184,24 +217,29 @@ def score(view_probs: np.ndarray, merged: np.ndarray, y: np.ndarray, views: list
         t = paired(plain_ok, ok)
         per_view.append({"name": v.name, "accuracy": _acc(ok), "gain": _acc(ok) - _acc(plain_ok),
                          "p_value": t["p_value"], "in_merge": i < n_merged})
+    prf, plain_prf = (precision_recall_f1(y, p.argmax(1), k_classes) for p in (merged, plain))
     per_class = []
     for c in range(k_classes):
         m = y == c
         if m.any():
             per_class.append({"class": classes[c], "n": int(m.sum()), "plain": _acc(plain_ok[m]),
-                              "tta": _acc(tta_ok[m])})
+                              "tta": _acc(tta_ok[m]), "precision": float(prf["precision"][c]),
+                              "recall": float(prf["recall"][c]), "f1": float(prf["f1"][c])})
     chosen = select_views(view_probs, y, merge) if len(y) else []
     sel_probs = merge_probs(torch.from_numpy(view_probs[chosen]), merge).numpy() if chosen else merged
     return {
         "accuracy": {"plain": _acc(plain_ok), "tta": _acc(tta_ok), "gain": _acc(tta_ok) - _acc(plain_ok),
-                     "top_k": k, "plain_top_k": _acc(topk_correct(plain, y, k)),
-                     "tta_top_k": _acc(topk_correct(merged, y, k)),
+                     "top_k": k, "plain_top_k": _acc(topk_correct(plain, y, k)) if k else None,
+                     "tta_top_k": _acc(topk_correct(merged, y, k)) if k else None,
                      "plain_nll": _nll(plain, y), "tta_nll": _nll(merged, y)},
         "mcnemar": {"plain_only_right": test["plain_only_right"], "tta_only_right": test["other_only_right"],
                     "p_value": test["p_value"]},
         "views": per_view,
         "per_class": per_class,
+        "macro": {"tta": macro(prf), "plain": macro(plain_prf),
+                  "over": "classes present in the data (unweighted means)"},
         "confusion": {"rows": "true class", "columns": "predicted class (TTA)", "labels": list(classes),
+                      "predictions": predictions,
                       "matrix": confusion_matrix(y, merged.argmax(1), k_classes).tolist()},
         "suggested_views": {"views": [views[i].name for i in chosen],
                             "yaml": {"views": [view_to_yaml(views[i]) for i in chosen], "merge": merge},
@@ -216,23 +254,30 @@ def write_report(report: dict, path: str | os.PathLike) -> None:
     save_text(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
-def draw_confusion(matrix: np.ndarray, labels: list[str], *, max_side: int = 1200) -> np.ndarray:
+MIN_PICTURE = 600  # px: the confusion picture's smallest side (readable at any class count)
+
+
+def draw_confusion(matrix: np.ndarray, labels: list[str], *, max_side: int = 1200,
+                   title: str = "confusion matrix") -> np.ndarray:
     """A row-normalized confusion matrix as an RGB image (OpenCV only): darker blue = more of
-    the row's images; counts in the cells and class names on the axes while they fit."""
+    the row's images; counts in the cells and class names on the axes while they fit. At least
+    :data:`MIN_PICTURE` px a side: with few classes the cells (and their text) grow."""
     m = np.asarray(matrix, dtype=np.int64)
     k = m.shape[0]
-    cell = int(max(4, min(56, max_side // max(k, 1))))
+    cell = int(max(4, min(max_side // max(k, 1), max(56, (MIN_PICTURE - 80) // max(k, 1)))))
     show_text = cell >= 24
-    margin = (min(160, 10 + 8 * max(len(s) for s in labels)) if show_text and labels else 10)
-    top = 30
+    scale = min(1.0, max(0.35, cell / 120))  # count and label text grow with the cell
     font = cv2.FONT_HERSHEY_SIMPLEX
-    title = "rows: true class, columns: predicted"
-    (title_w, _), _ = cv2.getTextSize(title, font, 0.45, 1)
-    h, w = top + k * cell + margin, max(margin + k * cell + 10, title_w + 20)
-    img = np.full((h, w, 3), 255, np.uint8)
+    label_w = max((cv2.getTextSize(s[:18], font, scale, 1)[0][0] for s in labels), default=0)
+    margin = min(260, 12 + label_w) if show_text and labels else 10
+    top = 56
+    subtitle = "rows: true class, columns: predicted class; shade: share of the row"
+    h, w = top + k * cell + margin + 8, margin + k * cell + 10
+    img = np.full((max(h, MIN_PICTURE), max(w, MIN_PICTURE), 3), 255, np.uint8)
+    cv2.putText(img, title[:90], (10, 22), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, subtitle, (10, 44), font, 0.42, (70, 70, 70), 1, cv2.LINE_AA)
     rows = m.sum(1, keepdims=True)
     frac = np.divide(m, rows, out=np.zeros(m.shape, float), where=rows > 0)
-    cv2.putText(img, title, (10, 20), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     for i in range(k):
         for j in range(k):
             f = frac[i, j]
@@ -242,27 +287,34 @@ def draw_confusion(matrix: np.ndarray, labels: list[str], *, max_side: int = 120
             if show_text and m[i, j]:
                 txt = str(m[i, j])
                 ink = (255, 255, 255) if f > 0.5 else (0, 0, 0)
-                (tw, th), _ = cv2.getTextSize(txt, font, 0.35, 1)
-                cv2.putText(img, txt, (x0 + (cell - tw) // 2, y0 + (cell + th) // 2), font, 0.35, ink, 1,
+                (tw, th), _ = cv2.getTextSize(txt, font, scale, 1)
+                cv2.putText(img, txt, (x0 + (cell - tw) // 2, y0 + (cell + th) // 2), font, scale, ink, 1,
                             cv2.LINE_AA)
     cv2.rectangle(img, (margin - 1, top - 1), (margin + k * cell, top + k * cell), (128, 128, 128), 1)
     if show_text:
-        for i, name in enumerate(labels):
-            name = name[:18]
-            cv2.putText(img, name, (4, top + i * cell + cell // 2 + 4), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-            # column names, written vertically below the grid
-            (tw, th), _ = cv2.getTextSize(name, font, 0.35, 1)
-            patch = np.full((th + 6, tw + 4, 3), 255, np.uint8)
-            cv2.putText(patch, name, (2, th + 2), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-            patch = np.rot90(patch, 1)[: margin - 4]
-            x0, y0 = margin + i * cell + (cell - patch.shape[1]) // 2, top + k * cell + 4
-            img[y0:y0 + patch.shape[0], x0:x0 + patch.shape[1]] = patch
+        _axis_labels(img, labels, top, margin, cell, scale)
     return img
+
+
+def _axis_labels(img: np.ndarray, labels: list[str], top: int, margin: int, cell: int, scale: float) -> None:
+    """Class names left of the rows and, written vertically, below the columns."""
+    font, k = cv2.FONT_HERSHEY_SIMPLEX, len(labels)
+    for i, name in enumerate(labels):
+        name = name[:18]
+        (tw, th), _ = cv2.getTextSize(name, font, scale, 1)
+        cv2.putText(img, name, (4, top + i * cell + (cell + th) // 2), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        patch = np.full((th + 6, tw + 4, 3), 255, np.uint8)
+        cv2.putText(patch, name, (2, th + 2), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        patch = np.rot90(patch, 1)[: max(0, min(margin - 4, img.shape[0] - (top + k * cell + 4)))]
+        x0, y0 = margin + i * cell + (cell - patch.shape[1]) // 2, top + k * cell + 4
+        img[y0:y0 + patch.shape[0], x0:x0 + patch.shape[1]] = patch
 
 
 def write_confusion(report: dict, path: str | os.PathLike) -> None:
     conf = report["confusion"]
     try:
-        write_image(draw_confusion(np.asarray(conf["matrix"]), conf["labels"]), path)
+        title = (f"Confusion matrix of {conf.get('predictions', 'TTA predictions')} "
+                 f"({int(np.sum(conf['matrix']))} images)")
+        write_image(draw_confusion(np.asarray(conf["matrix"]), conf["labels"], title=title), path)
     except OSError as exc:
         raise AugkitError(f"could not write {path}: {exc.strerror or exc} (no partial file was left)") from None

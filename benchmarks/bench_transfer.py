@@ -37,6 +37,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 LOCK = Path("/work/notes/BENCH_RUNNING")
+#: one torch thread: on a shared machine two threads ran ResNet-18 at 32 px at ~4 img/s (OpenMP
+#: threads waiting on each other while other jobs hold the cores); accuracy does not depend on it
+THREADS = 1
 TEST_PER_CLASS = 60
 POOL_PER_CLASS = 110  # training subsets are drawn from each class's first 110 images
 
@@ -80,7 +83,7 @@ def train(data: Path, out: Path, *, weights: str, freeze: str, epochs: int, seed
     t0 = time.perf_counter()
     run_train(TrainConfig(data=data, out=out, recipe="digits", weights=weights, freeze=freeze, epochs=epochs,
                           batch_size=32, lr=lr, image_size=32, val_split=0, seed=seed, device="cpu", workers=0,
-                          progress=False))
+                          threads=THREADS, progress=False))
     return time.perf_counter() - t0
 
 

@@ -295,3 +295,78 @@ def test_a_model_with_another_decode_policy_is_refused(tmp_path, digits):
     save_checkpoint(run / "best.pt", model, meta)
     res = cli("predict", run, tmp_path, "--device", "cpu")
     assert res.exit_code == 2 and "decode policy" in res.stderr
+
+
+# ---------------------------------------------------------------- evaluate you can act on (issue 12)
+
+def test_precision_recall_f1_match_scikit_learn():
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from augkit.evaluate import macro, precision_recall_f1
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 60)
+    pred = np.where(rng.random(60) < 0.6, y, rng.integers(0, 3, 60))  # class 3 is never predicted
+    got = precision_recall_f1(y, pred, 5)  # class 4: neither present nor predicted
+    want = precision_recall_fscore_support(y, pred, labels=list(range(5)), zero_division=0)
+    for g, w in zip((got["precision"], got["recall"], got["f1"], got["support"]), want):
+        np.testing.assert_allclose(g, w)
+    avg = precision_recall_fscore_support(y, pred, labels=[0, 1, 2, 3], average="macro", zero_division=0)
+    assert [macro(got)[k] for k in ("precision", "recall", "f1")] == pytest.approx(list(avg[:3]))
+
+
+@pytest.fixture(scope="module")
+def mislabelled(tmp_path_factory, digits):
+    """Three classes, with two images of a 'one' filed under zero and one 'two' under one."""
+    images, target = digits
+    root = tmp_path_factory.mktemp("mislabelled")
+    for c in range(3):
+        for i, img in enumerate(images[target == c][:5]):
+            write_png(root / CLASSES[c] / f"{c}_{i}.png", digit_rgb(img))
+    for i, (c, wrong) in enumerate(((1, 0), (1, 0), (2, 1))):
+        write_png(root / CLASSES[wrong] / f"really_{CLASSES[c]}_{i}.png", digit_rgb(images[target == c][10 + i]))
+    return root
+
+
+def test_evaluate_reports_prf_gallery_and_a_readable_confusion(run_dir, mislabelled, tmp_path):
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from augkit.gallery import FRAME
+
+    rep, cm, gal = tmp_path / "r.json", tmp_path / "cm.png", tmp_path / "mistakes.png"
+    res = cli("evaluate", run_dir, mislabelled, "--tta", "flip", "--report", rep, "--confusion", cm, "--gallery", gal,
+              "--workers", "0", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    r = json.loads(rep.read_text())
+    m = np.array(r["confusion"]["matrix"])  # rows true, columns TTA prediction: the pairs behind P/R/F1
+    y = np.repeat(np.arange(3), m.sum(1))
+    pred = np.concatenate([np.repeat(np.arange(3), row) for row in m])
+    p, rc, f1, n = precision_recall_fscore_support(y, pred, labels=[0, 1, 2], zero_division=0)
+    assert [c["precision"] for c in r["per_class"]] == pytest.approx(list(p))
+    assert [c["recall"] for c in r["per_class"]] == pytest.approx(list(rc))
+    assert [c["f1"] for c in r["per_class"]] == pytest.approx(list(f1))
+    assert r["macro"]["tta"]["f1"] == pytest.approx(f1.mean())
+    for text in ("precision", "recall", "F1", "macro F1", "confident mistake"):
+        assert text in res.stderr
+    # the gallery: one red-framed tile per mistake, the planted ones among them, most confident first
+    wrong = int(m.sum() - np.trace(m))
+    assert len(r["mistakes"]) == wrong >= 2
+    assert sum("really_" in x["path"] for x in r["mistakes"]) >= 2
+    assert [x["prob"] for x in r["mistakes"]] == sorted((x["prob"] for x in r["mistakes"]), reverse=True)
+    frames = np.all(read_image(gal) == np.array(FRAME, np.uint8), axis=2).astype(np.uint8)
+    assert cv2.connectedComponents(frames)[0] - 1 == min(wrong, 24)
+    # the confusion picture: large enough to read, titled with what it shows
+    assert min(read_image(cm).shape[:2]) >= 600
+    assert r["confusion"]["predictions"].startswith("TTA predictions: flip")
+    # top-k: no column when k >= the number of classes (3 here; the default k is 5)
+    assert r["accuracy"]["top_k"] is None and r["accuracy"]["tta_top_k"] is None and "top-" not in res.stderr
+
+
+def test_plain_evaluation_is_titled_plain(run_dir, data_dir):
+    from augkit.evaluate import draw_confusion
+
+    r = evaluate(run_dir, data_dir, tta="identity", device="cpu", workers=0, top_k=2)
+    assert r["confusion"]["predictions"] == "plain predictions, no TTA" and r["accuracy"]["top_k"] == 2
+    assert not r["mistakes"] or r["mistakes"][0]["prob"] >= r["mistakes"][-1]["prob"]
+    big = draw_confusion(np.eye(40, dtype=int), [f"class {i}" for i in range(40)])
+    assert min(big.shape[:2]) >= 600 and max(big.shape[:2]) <= 1400

@@ -9,12 +9,14 @@ from rich.markup import escape as esc
 from rich.table import Table
 
 from ..errors import EXIT_SKIPPED, UsageError
+from ..gallery import GALLERY_TILES
 from ..images import DEFAULT_MAX_PIXELS
 from ..outfiles import check_output
 from ._common import cli_errors, err
 from ._infer import BETA_HELP, MERGE_HELP, TTA_HELP, WORKERS_HELP, Merge, list_skipped, progress_bar, say
 
 MAX_TABLE_CLASSES = 12
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 @cli_errors
@@ -25,8 +27,12 @@ def command(
     merge: Optional[Merge] = typer.Option(None, "--merge", help=MERGE_HELP),
     beta: Optional[float] = typer.Option(None, "--beta", min=0.0, max=1.0, help=BETA_HELP),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the full report as JSON."),
-    confusion: Optional[Path] = typer.Option(None, "--confusion", help="Draw the TTA confusion matrix (.png)."),
-    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Also report top-k accuracy (k capped at the "
+    confusion: Optional[Path] = typer.Option(None, "--confusion", help="Draw the confusion matrix of the merged "
+                                             "(TTA) predictions (.png, at least 600 px, titled plain or TTA)."),
+    gallery: Optional[Path] = typer.Option(None, "--gallery", help="Draw the most confident mistakes (.png): "
+                                           f"up to {GALLERY_TILES} images with true and predicted label and "
+                                           "probability."),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Also report top-k accuracy (left out when k >= the "
                               "number of classes)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per batch (each with all views)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
@@ -44,14 +50,17 @@ def command(
     # deferred: the library imports torch (seconds); `augkit --help` must not pay for it
     from ..devices import resolve_device
     from ..evaluate import evaluate, write_confusion, write_report
+    from ..gallery import write_gallery
     from ..inference import resolve_tta
 
     spec = resolve_tta(tta, merge=merge.value if merge else None, beta=beta)
     resolve_device(device)
     check_output(report, overwrite, "report")
     check_output(confusion, overwrite, "confusion picture")
-    if confusion is not None and confusion.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
-        raise UsageError(f"--confusion {confusion}: give a picture file name (.png)")
+    check_output(gallery, overwrite, "gallery picture")
+    for opt, path in (("--confusion", confusion), ("--gallery", gallery)):
+        if path is not None and path.suffix.lower() not in PICTURE_SUFFIXES:
+            raise UsageError(f"{opt} {path}: give a picture file name (.png)")
     with progress_bar("evaluate") as (on_start, on_progress):
         rep = evaluate(run, data, tta=spec, top_k=top_k, batch_size=batch_size, device=device,
                        workers=workers, max_pixels=max_pixels,
@@ -60,9 +69,12 @@ def command(
         write_report(rep, report)
     if confusion is not None:
         write_confusion(rep, confusion)
+    if gallery is not None:
+        write_gallery(rep, gallery)
     print_report(rep)
-    if report is not None or confusion is not None:
-        say(esc("wrote " + ", ".join(str(p) for p in (report, confusion) if p is not None)))
+    written = [str(p) for p in (report, confusion, gallery) if p is not None]
+    if written:
+        say(esc("wrote " + ", ".join(written)))
     if rep["errors"]:
         raise typer.Exit(code=EXIT_SKIPPED)
 
@@ -91,10 +103,14 @@ def print_report(rep: dict) -> None:
     t = Table(title=esc(f"TTA {rep['tta']['spec']}: {len(rep['tta']['views'])} views, merge "
                         f"{rep['tta']['merge']}" + (f", beta {rep['tta']['beta']:g}" if rep["tta"]["beta"] else "")),
               title_justify="left")
-    for col in ("", "accuracy", f"top-{acc['top_k']}", "log-loss"):
+    topk = [f"top-{acc['top_k']}"] if acc["top_k"] else []  # none when k >= the classes (always 100%)
+    macro = rep.get("macro", {})
+    for col in ("", "accuracy", *topk, "log-loss", "macro P", "macro R", "macro F1"):
         t.add_column(col, justify="right" if col else "left")
-    t.add_row("plain", _pct(acc["plain"]), _pct(acc["plain_top_k"]), f"{acc['plain_nll']:.4f}")
-    t.add_row("TTA", _pct(acc["tta"]), _pct(acc["tta_top_k"]), f"{acc['tta_nll']:.4f}")
+    for name, key in (("plain", "plain"), ("TTA", "tta")):
+        avg = macro.get(key, {})
+        t.add_row(name, _pct(acc[key]), *([_pct(acc[f"{key}_top_k"])] if topk else []), f"{acc[f'{key}_nll']:.4f}",
+                  *(_pct(avg[m]) if m in avg else "-" for m in ("precision", "recall", "f1")))
     err.print(t)
     say(f"gain {_gain(acc['gain'])}; McNemar exact p = {_p(mc['p_value'])} "
               f"(plain only right: {mc['plain_only_right']}, TTA only right: {mc['tta_only_right']})")
@@ -105,11 +121,13 @@ def print_report(rep: dict) -> None:
         name = row["name"] + ("" if row["in_merge"] else " (plain, not merged)")
         v.add_row(esc(name), _pct(row["accuracy"]), _gain(row["gain"]), _p(row["p_value"]))
     err.print(v)
-    pc = Table(title="per class", title_justify="left")
-    for col in ("class", "images", "plain", "TTA"):
+    pc = Table(title="per class (accuracy plain and TTA; precision, recall, F1 of the TTA predictions)",
+               title_justify="left")
+    for col in ("class", "images", "plain", "TTA", "precision", "recall", "F1"):
         pc.add_column(col, justify="left" if col == "class" else "right")
     for row in rep["per_class"]:
-        pc.add_row(esc(row["class"]), str(row["n"]), _pct(row["plain"]), _pct(row["tta"]))
+        pc.add_row(esc(row["class"]), str(row["n"]), _pct(row["plain"]), _pct(row["tta"]),
+                   *(_pct(row[m]) if m in row else "-" for m in ("precision", "recall", "f1")))
     err.print(pc)
     labels, m = rep["confusion"]["labels"], rep["confusion"]["matrix"]
     if len(labels) <= MAX_TABLE_CLASSES:
@@ -120,6 +138,8 @@ def print_report(rep: dict) -> None:
         for name, row in zip(labels, m):
             cm.add_row(esc(name), *[str(x) if x else "." for x in row])
         err.print(cm)
+    for m in rep.get("mistakes", [])[:3]:
+        say(esc(f"confident mistake: {m['path']}: {m['true']} predicted {m['predicted']} ({m['prob']:.0%})"))
     s = rep["suggested_views"]
     say(esc(f"suggested views: {', '.join(s['views'])} -> {_pct(s['accuracy'])} "
             f"(merge {rep['tta']['merge']}; {s['note']})"))
