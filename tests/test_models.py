@@ -195,3 +195,25 @@ def test_importing_augkit_imports_neither_timm_nor_onnx():
             "print(sorted(m for m in ('timm', 'onnx', 'onnxruntime', 'onnxscript') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("arch", ["googlenet", "mobilenet_v3_small"])
+def test_imagenet_weights_path_loads_every_weight_but_the_head(arch, monkeypatch):
+    """``--weights imagenet``'s real code path with the download replaced by torchvision's own
+    1000-class model of the same architecture (GoogLeNet's ImageNet weights carry auxiliary heads
+    augkit builds without: dropped)."""
+    import torchvision
+
+    from augkit.models import imagenet_state_dict
+
+    kwargs = {"aux_logits": True, "init_weights": True} if arch == "googlenet" else {}
+    reference = torchvision.models.get_model(arch, weights=None, **kwargs).state_dict()
+    monkeypatch.setattr(torchvision.models.get_model_weights(arch), "get_state_dict",
+                        lambda self, *a, **k: reference)
+    state = imagenet_state_dict(arch)
+    assert not any(k.startswith(("aux1.", "aux2.")) for k in state)
+    model = build_model(arch, 3)
+    loaded = load_backbone_weights(model, state, f"ImageNet weights for {arch}")
+    head = head_name(model)
+    assert loaded and all(not k.startswith(head + ".") for k in loaded)
+    assert all(torch.equal(model.state_dict()[k], reference[k]) for k in loaded)
