@@ -22,7 +22,7 @@ def command(
 ) -> None:
     """Export a run's model to ONNX, with normalization and TTA views inside the graph.
 
-    Input "images": uint8 RGB (N, 3, S, S) at the run's image size, decoded and resized as augkit does. Outputs "probs" (N, K), the merged TTA probabilities, and "view_probs" (V, N, K), each view's. Class names, image size, decode policy and the TTA spec are in the file's metadata. The file is checked with onnxruntime against PyTorch before the command succeeds. Needs pip install "augkit[onnx]".
+    Input "images": uint8 RGB (N, 3, S, S) at the run's image size, decoded and resized as augkit does. Outputs "probs" (N, K), the merged TTA probabilities, and "view_probs" (V, N, K), each view's. Class names, image size, decode policy and the TTA spec are in the file's metadata. The file is checked with onnxruntime against PyTorch before the command succeeds. Needs pip install "augkit\\[onnx]".
     """
     from ..export import export_onnx  # deferred: imports torch (seconds); `augkit --help` must not pay for it
 

@@ -24,7 +24,7 @@ def command(
     pattern: Optional[str] = typer.Argument(None, help="Only names matching this glob (convnext*) or containing "
                                             "this text (vit)."),
     timm: bool = typer.Option(False, "--timm", help="List timm models instead (use as --arch timm/<name>; needs "
-                              "pip install \"augkit[timm]\"); give a PATTERN, timm has over a thousand."),
+                              "pip install \"augkit\\[timm]\"); give a PATTERN, timm has over a thousand."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, or csv (name,family,imagenet_size,params,source)."),
 ) -> None:
     """List the architectures --arch takes: every torchvision classifier, or timm models.
