@@ -112,11 +112,12 @@ def main() -> None:
         work = Path(tmp)
         pre = write(work / "pretrain", [(i, k) for k, idx in src.items() for i in idx], imgs)
         test = write(work / "test", [(i, k) for k, idx in dst.items() for i in idx[-TEST_PER_CLASS:]], imgs)
-        wait_for_lock()
-        secs = train(pre, work / "pre_run", weights="none", freeze="none", epochs=args.pretrain_epochs, seed=0,
-                     lr=2e-3)
-        results["pretrain"] = {"images": sum(len(v) for v in src.values()), "seconds": round(secs, 1)}
-        print(f"pretrained on digits 0-4 in {secs:.0f} s", flush=True)
+        if set(args.modes.split(",")) != {"scratch"}:  # scratch alone needs no pretrained backbone
+            wait_for_lock()
+            secs = train(pre, work / "pre_run", weights="none", freeze="none", epochs=args.pretrain_epochs, seed=0,
+                         lr=2e-3)
+            results["pretrain"] = {"images": sum(len(v) for v in src.values()), "seconds": round(secs, 1)}
+            print(f"pretrained on digits 0-4 in {secs:.0f} s", flush=True)
         for seed in map(int, args.seeds.split(",")):  # seed outermost: a cut-short run still has whole seeds
             for n in map(int, args.sizes.split(",")):
                 pick = [(i, k) for k, idx in dst.items()

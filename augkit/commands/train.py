@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import EXIT_SKIPPED
-from ..freeze import FREEZE_CHOICES, MIN_IMAGES, MIN_PER_CLASS
+from ..freeze import FREEZE_CHOICES, WARMUP_FRACTION
 from ..images import DEFAULT_MAX_PIXELS
 from ..train_config import CHECKS, DEVICES, ERRORS, PRECISIONS, WORKERS_RULE, TrainCallbacks, TrainConfig
 from ._common import cli_errors, err
@@ -51,8 +51,9 @@ def command(
     val_split: float = typer.Option(0.2, "--val-split", help="Share of each class held out for validation when "
                                     "DATA has no val folder (stratified, seeded); 0: no validation."),
     freeze: Freeze = typer.Option("auto", "--freeze",
-                                  help=f"auto: head only with few images (< {MIN_IMAGES}, or < {MIN_PER_CLASS} per "
-                                  "class), else fine-tune (head first, then all layers); head: backbone "
+                                  help=f"auto: finetune with pretrained weights (it beat a frozen backbone at every "
+                                  "size measured, 5 to 100 images per class), none without; finetune: the head "
+                                  f"alone for {WARMUP_FRACTION:.0%} of the epochs, then all layers; head: backbone "
                                   "frozen; none: all layers from the start."),
     seed: int = typer.Option(0, "--seed", "-s", help="Decides initialisation, data order, split and augmentation."),
     device: Device = typer.Option("auto", "--device", help="auto picks cuda, then mps, then cpu."),
