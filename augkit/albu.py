@@ -33,7 +33,7 @@ def import_albumentations() -> ModuleType:
             return albumentations
         sys.modules[_PYTORCH] = None  # type: ignore[assignment]  # makes `from .pytorch import *` an ImportError
         try:
-            import albumentations
+            import albumentations  # deferred: the whole point of this module (imported without torch)
         finally:
             if sys.modules.get(_PYTORCH, 0) is None:
                 del sys.modules[_PYTORCH]

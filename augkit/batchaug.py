@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import default_collate, get_worker_info
 
 from .batchspec import BatchSpec
 from .seeding import derive_seed
@@ -99,8 +100,6 @@ class BatchAugment:
 
     def collate(self, samples: list, *, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """``default_collate`` of (image, target) samples, then mixed as batch ``step`` of ``epoch``."""
-        from torch.utils.data import default_collate
-
         images, targets = default_collate(samples)[:2]
         return self(images, targets, epoch=epoch, step=step)
 
@@ -131,8 +130,6 @@ class MixupCollate:
         self.epoch, self._count = int(epoch), 0
 
     def __call__(self, samples: list) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        from torch.utils.data import default_collate, get_worker_info
-
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         step = self._count * nw + wid

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from . import __version__
 from .archs import arch_head_name, arch_source, build_model, check_arch
 from .errors import UsageError
 from .images import atomic_write_bytes
@@ -58,8 +59,6 @@ class ModelMeta:
 
 def versions() -> dict[str, str]:
     """Versions of augkit and the libraries that shape a model (read without importing them)."""
-    from . import __version__
-
     out = {"augkit": __version__}
     for name in ("torch", "torchvision", "albumentations", "timm"):
         try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,6 @@ def import_onnxruntime() -> Any:
 
 def metadata_props(meta: ModelMeta, spec: TTASpec, views: list[View]) -> dict[str, str]:
     """What an export writes into the ONNX file's metadata (all strings)."""
-    from dataclasses import asdict
-
     return {KEY_FORMAT: ONNX_FORMAT, KEY_META: json.dumps(asdict(meta)),
             KEY_VIEWS: json.dumps([view_to_yaml(v) for v in views]), KEY_TTA: json.dumps(spec.to_yaml()),
             "classes": json.dumps(meta.classes), "image_size": str(meta.image_size),

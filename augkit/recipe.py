@@ -408,7 +408,7 @@ def export_albumentations(recipe: Recipe, path: str | os.PathLike, fmt: str | No
         raise UsageError(f"export format {fmt!r} is not supported (allowed: json, yaml)")
     if not recipe.train:
         raise UsageError(f"{recipe.source}: the recipe has no train section to export")
-    from .images import atomic_write_text
+    from .images import atomic_write_text  # deferred: images imports cv2, not needed to parse recipes
     compose = recipe.to_albumentations()
     d = import_albumentations().to_dict(compose)
     meta = {"version": __version__, "recipe": recipe.name, "recipe_hash": recipe.hash}

@@ -12,6 +12,8 @@ from ..errors import EXIT_SKIPPED, UsageError
 from ..images import DEFAULT_MAX_PIXELS
 from ..outfiles import FORMATS, check_output, errors_path, write_predictions
 from ._common import cli_errors
+
+ENGINE_NAMES = ("local", "ray")  # predict's engines: in-process/DataLoader, or Ray Data actors
 from ._infer import BETA_HELP, MERGE_HELP, TTA_HELP, WORKERS_HELP, Merge, list_skipped, progress_bar, say
 
 Format = Enum("Format", {f: f for f in FORMATS}, type=str)
@@ -54,8 +56,8 @@ def command(
     from ..predict import predict
 
     spec = resolve_tta(tta, merge=merge.value if merge else None, beta=beta)
-    if engine not in ("local", "ray"):
-        raise UsageError(f"--engine {engine!r} is not supported (allowed: local, ray)")
+    if engine not in ENGINE_NAMES:
+        raise UsageError(f"--engine {engine!r} is not supported (allowed: {', '.join(ENGINE_NAMES)})")
     if address is not None and engine != "ray":
         raise UsageError("--address needs --engine ray")
     if engine == "ray" and run.suffix.lower() == ".onnx":
@@ -68,7 +70,7 @@ def command(
     label = tta or "none"
     with progress_bar("predict") as (on_start, on_progress):
         if engine == "ray":  # augkit.predict_ray: same rows, same writer
-            from ..predict_ray import predict_ray
+            from ..predict_ray import predict_ray  # deferred: the Ray engine only (needs the ray extra)
             preds = predict_ray(run, [str(i) for i in inputs], tta=spec, top_k=top_k, batch_size=batch_size,
                                 device=device, address=address, workers=workers, max_pixels=max_pixels,
                                 on_start=on_start, progress=on_progress)
