@@ -252,3 +252,21 @@ def test_every_engine_runs_a_tiny_plan(engine, tiny_plan_ref, tmp_path):
         r = run_plan(_tiny_plan(src, tmp_path / engine, engine), executor=get_executor(engine, workers=1))
     assert r.exit_code == 0 and r.written == 6 and not r.bad
     assert _outputs(tmp_path / engine) == ref  # images, manifest and errors: byte for byte
+
+
+def test_augment_and_preview_say_the_batch_section_is_for_training(tmp_path):
+    """A recipe's batch: section (mixup/cutmix) mixes training batches; augment and preview say so
+    instead of ignoring it silently."""
+    from typer.testing import CliRunner
+
+    from augkit.cli import app
+
+    src = Path(__file__).resolve().parents[1] / "samples"
+    runner = CliRunner()
+    res = runner.invoke(app, ["augment", str(src), str(tmp_path / "out"), "-r", "digits-mixup", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "batch section (mixup) applies in `augkit train` only" in res.output
+    res = runner.invoke(app, ["preview", str(src), "-r", "digits-mixup", "-o", str(tmp_path / "p.png")])
+    assert res.exit_code == 0, res.output
+    assert "batch section (mixup) is not shown" in res.output
+    assert (tmp_path / "p.png").stat().st_size > 0

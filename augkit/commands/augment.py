@@ -58,6 +58,9 @@ def command(
     executor = get_executor("ray", workers=workers, address=address) if engine == "ray" else None
     for cls in plan.empty_classes:
         err.print(f"[yellow]warning:[/] class folder {esc(str(src / cls))} has no images")
+    if rec.batch is not None:  # mixup/cutmix mix pairs of images in a training batch: nothing to write here
+        err.print(f"note: the recipe's batch section ({'/'.join(rec.batch.kinds)}) applies in `augkit train` only; "
+                  "augment writes single images")
     progress = Progress(TextColumn("[bold]augment"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
                         disable=dry_run)

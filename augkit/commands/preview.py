@@ -27,3 +27,6 @@ def command(
     rec = load_recipe(recipe)
     path = preview(rec, sources, output, images=images, versions=versions, seed=seed, extremes=extremes, cell=cell)
     err.print(f"preview of recipe [bold]{rec.name}[/] written to {path}")
+    if rec.batch is not None:  # mixing needs a batch of images: the picture shows the per-image steps
+        err.print(f"note: the recipe's batch section ({'/'.join(rec.batch.kinds)}) is not shown: it mixes "
+                  "training batches in `augkit train`")
