@@ -19,7 +19,7 @@ Seeds: each (N, seed) uses the same subset and seed for every mode (paired compa
 Runs wait while ``/work/notes/BENCH_RUNNING`` exists (timing benchmarks must run alone).
 
 Run: .venv/bin/python benchmarks/bench_transfer.py [--sizes 5,10,30,100] [--seeds 0,1]
-     [--modes head,finetune,none,scratch] [--epochs 20] [--json out.json]
+     [--modes head,finetune,none,scratch] [--epochs 20] [--backbone-lr-mult 0.1] [--json out.json]
 (~25 minutes on this project's shared 2-core box; seeds run outermost, results are saved after each run.)
 """
 from __future__ import annotations
@@ -101,13 +101,19 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--pretrain-epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--backbone-lr-mult", type=float, help="override augkit.freeze.BACKBONE_LR_MULT (0.1): the "
+                   "pretrained backbone's share of the learning rate once it trains")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    if args.backbone_lr_mult is not None:
+        import augkit.freeze
+
+        augkit.freeze.BACKBONE_LR_MULT = args.backbone_lr_mult  # read by choose_freeze at each run's start
     import augkit.evaluate  # noqa: F401  (imported up front: the code measured is the code at the start)
     import augkit.train  # noqa: F401
     imgs, target = load()
     src, dst = by_class(target, range(5)), by_class(target, range(5, 10))
-    results: dict = {"load_before": os.getloadavg(), "runs": []}
+    results: dict = {"load_before": os.getloadavg(), "runs": [], "backbone_lr_mult": args.backbone_lr_mult}
     with tempfile.TemporaryDirectory(prefix="bench_transfer_") as tmp:
         work = Path(tmp)
         pre = write(work / "pretrain", [(i, k) for k, idx in src.items() for i in idx], imgs)
