@@ -53,23 +53,13 @@ def digits_split(root: Path, per_class: int, test_per_class: int, size: int = 32
 
 
 def camera_jpegs(root: Path, count: int, size: tuple[int, int] = (4032, 3024), classes: int = 2) -> Path:
-    """``count`` phone-sized JPEGs (quality 90), each a different crop of a scikit-image photo."""
+    """``count`` phone-sized JPEGs (quality 90), each a different crop of a scikit-image photo, upscaled."""
     import cv2
-    import numpy as np
-    from skimage import data
 
-    sources = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        src = sources[i % len(sources)]
-        h, w = src.shape[:2]
-        ch, cw = int(h * rng.uniform(0.7, 1.0)), int(w * rng.uniform(0.7, 1.0))
-        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        img = cv2.resize(src[y:y + ch, x:x + cw], size, interpolation=cv2.INTER_CUBIC)
-        out = root / f"class{i % classes}" / f"img{i:03d}.jpg"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        assert cv2.imwrite(str(out), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    return root
+    from photos import make_photos
+
+    return make_photos(root, count, size, classes, crop=(0.7, 1.0), interpolation=cv2.INTER_CUBIC,
+                       sources=("astronaut", "chelsea", "coffee", "rocket"))
 
 
 # ---------------------------------------------------------------------- (1) the plain digits script
