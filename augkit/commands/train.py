@@ -38,7 +38,7 @@ def command(
                                help="Built-in recipe name, a recipe .yaml file, or none (no augmentation)."),
     arch: str = typer.Option("resnet18", "--arch", help="Any torchvision classifier (list: augkit models), e.g. "
                              "resnet18, convnext_tiny, efficientnet_b0, vit_b_16 (224 px); timm/<name> with "
-                             "pip install \"augkit[timm]\"."),
+                             "pip install \"augkit\\[timm]\"."),
     weights: str = typer.Option("imagenet", "--weights",
                                 help="imagenet (torchvision's, downloaded), none (random init), or PATH: a "
                                 "torchvision state-dict file or an earlier augkit run folder/checkpoint."),
@@ -59,9 +59,9 @@ def command(
     device: Device = typer.Option("auto", "--device", help="auto picks cuda, then mps, then cpu."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0,
                                           help=f"DataLoader worker processes; 0 loads in the main process "
-                                          f"[default: {WORKERS_RULE}]."),
+                                          f"\\[default: {WORKERS_RULE}]."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of the training process "
-                                          "[default: usable cores minus loader workers, at least 1]."),
+                                          "\\[default: usable cores minus loader workers, at least 1]."),
     precision: PrecisionChoice = typer.Option("auto", "--precision",
                                               help="auto: bf16 autocast + channels_last on CPUs with native "
                                               "bfloat16 at image sizes >= 96, else fp32; on cuda fp32 (fp16 with "
