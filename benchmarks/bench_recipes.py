@@ -10,10 +10,12 @@ batch 32, lr 2e-3, no validation split, ``last.pt`` scored; seeds 0 and 1. Recip
 ``shift`` and ``flip`` (``augkit evaluate``; a flip changes what a digit means, so it is the
 control that should not help).
 
-Runs wait while ``/work/notes/BENCH_RUNNING`` exists (timing benchmarks must run alone).
+``--data faces``: scikit-image's ``lfw_subset`` (100 faces and 100 non-faces, 25x25 gray,
+upscaled to 32 px), 20 of each class for training and the other 80 of each held out; compare e.g.
+``--recipes none,light,default``.
 
-Run: .venv/bin/python benchmarks/bench_recipes.py [--recipes none,digits,digits-trivial,digits-mixup]
-     [--seeds 0,1] [--epochs 20] [--json out.json]
+Run: .venv/bin/python benchmarks/bench_recipes.py [--data digits|faces]
+     [--recipes none,digits,digits-trivial,digits-mixup] [--seeds 0,1] [--epochs 20] [--json out.json]
 """
 from __future__ import annotations
 
@@ -30,15 +32,25 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 from bench_train import digits_split  # noqa: E402  (the quality benchmark's data, exactly)
 
-LOCK = Path("/work/notes/BENCH_RUNNING")
 THREADS = 1  # as bench_transfer: two threads on a shared machine were ~10x slower; accuracy does not depend on it
 TTAS = ("shift", "flip")
 
 
-def wait_for_lock() -> None:
-    """Timing benchmarks of this project must run alone: wait while one is running."""
-    while LOCK.exists():
-        time.sleep(20)
+def faces_split(root: Path, per_class: int = 20, size: int = 32) -> Path:
+    """root/train/{face,nonface}/*.png (``per_class`` each) and root/test/... (the rest of the 100 each)."""
+    import cv2
+    import numpy as np
+    from skimage.data import lfw_subset
+
+    images = lfw_subset()  # (200, 25, 25) floats in [0, 1]: 100 faces, then 100 non-faces
+    for i, img in enumerate(images):
+        cls, k = ("face", i) if i < 100 else ("nonface", i - 100)
+        g = cv2.resize((img * 255).round().astype(np.uint8), (size, size), interpolation=cv2.INTER_LINEAR)
+        out = root / ("train" if k < per_class else "test") / cls / f"{cls}_{k:03d}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(out), g):
+            raise OSError(f"could not write {out}")
+    return root
 
 
 def run_one(data: Path, out: Path, recipe: str, seed: int, args) -> dict:
@@ -71,6 +83,7 @@ def print_table(rows: list[dict], recipes: list[str]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", choices=("digits", "faces"), default="digits")
     p.add_argument("--recipes", default="none,digits,digits-trivial,digits-mixup")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--epochs", type=int, default=20)
@@ -82,10 +95,9 @@ def main() -> None:
     recipes = args.recipes.split(",")
     results: dict = {"load_before": os.getloadavg(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench_recipes_") as tmp:
-        data = digits_split(Path(tmp) / "digits", 10, 20)
+        data = digits_split(Path(tmp) / "digits", 10, 20) if args.data == "digits" else faces_split(Path(tmp) / "faces")
         for seed in map(int, args.seeds.split(",")):
             for recipe in recipes:
-                wait_for_lock()
                 row = run_one(data, Path(tmp) / f"run_{recipe}_{seed}", recipe, seed, args)
                 row["load"] = os.getloadavg()[0]
                 results["runs"].append(row)

