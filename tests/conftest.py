@@ -19,3 +19,11 @@ def _photo() -> np.ndarray:
 def photo(_photo) -> np.ndarray:
     """A small real RGB uint8 photo (scikit-image's chelsea the cat, 96x64); a fresh copy per test."""
     return _photo.copy()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's 8x8 digits 0, 1 and 2 and their labels (tests/_tinymodel.py's digits3)."""
+    from _tinymodel import digits3
+
+    return digits3()

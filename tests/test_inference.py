@@ -19,7 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 import augkit.inference as inference_mod
-from _tinymodel import SIZE, digit_rgb, digits3, make_run, write_png
+from _tinymodel import SIZE, digit_rgb, make_run, write_png
 from augkit.checkpoint import load_model
 from augkit.cli import app
 from augkit.devices import compute_threads
@@ -31,11 +31,6 @@ from augkit.preprocess import eval_image
 
 runner = CliRunner()
 HANG_LIMIT_S = 60  # a FIFO read blocks forever; the alarm turns a regression into a failure
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits3()
 
 
 @pytest.fixture(scope="module")

@@ -29,15 +29,10 @@ from augkit.models import build_model
 from augkit.inference import to_model_input
 from augkit.predict import predict
 from augkit.preprocess import eval_image
-from _tinymodel import CLASSES, SIZE, digit_rgb, digits3, make_run, write_png
+from _tinymodel import CLASSES, SIZE, digit_rgb, make_run, write_png
 
 PER_CLASS = 6
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits3()
 
 
 @pytest.fixture(scope="module")
