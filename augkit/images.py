@@ -51,6 +51,9 @@ from .scan import IGNORED_NAMES, IMAGE_EXTENSIONS, Scan, is_ignored, is_image_na
 
 DECODE_POLICY = ("augkit-v2: rgb uint8, exif-oriented, alpha over white, 16-bit/257, "
                  "jpeg dct-reduced to the needed size")
+#: Decode policies of earlier augkit versions that this one reproduces exactly (full decoding,
+#: ``reduced=False``), so models saved under them keep working.
+LEGACY_DECODE_POLICIES = ("augkit-v1: rgb uint8, exif-oriented, alpha over white, 16-bit/257",)
 DEFAULT_MAX_PIXELS = 100_000_000
 #: Longest side / shortest side, checked from the header (reason "bad dimensions"); see above.
 MAX_ASPECT = 100

@@ -30,7 +30,7 @@ from .devices import cpu_threads, usable_cores
 from .devices import default_workers as devices_default_workers
 from .errors import ImageError, UsageError
 from .onnx_backend import OnnxModel, OnnxRunner, is_onnx_path
-from .images import (DECODE_POLICY, DEFAULT_MAX_PIXELS, decode_policy_reduces, max_bytes_for,
+from .images import (DECODE_POLICY, DEFAULT_MAX_PIXELS, LEGACY_DECODE_POLICIES, decode_policy_reduces, max_bytes_for,
                      opencv_threads, read_bytes, read_image, scan_folder)
 from .params import suggest
 from .preprocess import RESIZE_POLICY, eval_image
@@ -42,9 +42,6 @@ LIST_SUFFIXES = (".txt", ".lst")
 #: A list of paths larger than this is refused before it is read (about a million paths).
 MAX_LIST_BYTES = 64 * 2**20
 Progress = Callable[[int], None]
-#: Decode policies of earlier augkit versions that this one reproduces exactly (full decoding,
-#: ``reduced=False``), so their checkpoints keep working. Saved as the checkpoint's decode_policy.
-LEGACY_DECODE_POLICIES = ("augkit-v1: rgb uint8, exif-oriented, alpha over white, 16-bit/257",)
 
 
 # ====================================================================== what to run
