@@ -5,7 +5,12 @@ that line imports torch (~1.7 s) although augkit's recipes never use it. Recipes
 and the offline augment workers need only the numpy/OpenCV transforms, so
 :func:`import_albumentations` hides ``albumentations.pytorch`` for the duration of the import
 when torch is not loaded yet, then removes the block so a user's later
-``from albumentations.pytorch import ToTensorV2`` still works. (Checked for 2.0.8: no other
+``from albumentations.pytorch import ToTensorV2`` still works.
+
+In augkit's own processes (the ``augkit`` command and its workers, which call :func:`own_process`)
+``huggingface_hub`` is hidden the same way: albumentations imports it (~0.1-0.2 s with httpx)
+only for ``push_to_hub``/``from_pretrained``, which augkit never calls. A library user's process
+keeps albumentations exactly as it is. (Checked for 2.0.8: no other
 module of albumentations imports torch at import time; ``core.utils.get_image_shape`` imports it
 only for non-numpy inputs, which augkit never passes.)
 """
@@ -17,7 +22,16 @@ import threading
 from types import ModuleType
 
 _PYTORCH = "albumentations.pytorch"
+_HUB = "huggingface_hub"
 _lock = threading.Lock()
+_own_process = False
+
+
+def own_process() -> None:
+    """Declare this process augkit's own (the CLI, a worker): albumentations is then imported
+    without its Hugging Face Hub mixin's imports, which augkit never uses."""
+    global _own_process
+    _own_process = True
 
 
 def import_albumentations() -> ModuleType:
@@ -28,15 +42,17 @@ def import_albumentations() -> ModuleType:
     # albumentations contacts PyPI on import unless this is set first (augkit/__init__ sets it too).
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     with _lock:
-        if "torch" in sys.modules or _PYTORCH in sys.modules:
-            import albumentations  # torch is already paid for: a plain import is the cheapest
-            return albumentations
-        sys.modules[_PYTORCH] = None  # type: ignore[assignment]  # makes `from .pytorch import *` an ImportError
+        hidden = [] if "torch" in sys.modules or _PYTORCH in sys.modules else [_PYTORCH]  # torch paid for: keep it
+        if _own_process and _HUB not in sys.modules:
+            hidden.append(_HUB)
+        for name in hidden:
+            sys.modules[name] = None  # type: ignore[assignment]  # makes `from .pytorch import *` an ImportError
         try:
             import albumentations  # deferred: the whole point of this module (imported without torch)
         finally:
-            if sys.modules.get(_PYTORCH, 0) is None:
-                del sys.modules[_PYTORCH]
+            for name in hidden:
+                if sys.modules.get(name, 0) is None:
+                    del sys.modules[name]
             # The failed relative import may have left the attribute unset or bound to None.
             pkg = sys.modules.get("albumentations")
             if pkg is not None and getattr(pkg, "pytorch", 0) is None:

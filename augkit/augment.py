@@ -277,7 +277,7 @@ def run_plan(plan: Plan, *, executor=None, on_progress: Callable[[ItemResult], N
     task = AugmentTask(plan.src, plan.dst, plan.recipe.text, plan.recipe.source, opts.settings())
     with locked(plan.dst):
         if hasattr(executor, "prepare"):  # e.g. start a pool's fork server while we check what is done
-            executor.prepare(task, len(plan.items))
+            executor.prepare(task.preload, len(plan.items))
         todo = _todo(plan, result)
         remove_stale_temps({(plan.dst / it.out).parent for it in plan.items} | {plan.dst})
         append_run(plan.dst, _run_entry(plan, executor))

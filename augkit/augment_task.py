@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +18,12 @@ import numpy as np
 
 from .errors import ImageError
 from .images import atomic_write_bytes, decode_image, encode_image, max_bytes_for, read_bytes
-from .item_result import ItemResult, Status
+from .limits import AUGMENT_PRELOAD, MAX_REDRAWS
+from .item_result import ItemResult, Status, failure
 from .recipe import parse_recipe
 from .seeding import derive_seed
 
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
-MAX_REDRAWS = 10  # --require-change: redraws of a copy in which no step changed a pixel
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,15 @@ def redraw_seed(seed: int, attempt: int) -> int:
     return seed if attempt == 0 else derive_seed(seed, "require-change", attempt, salt="augment")
 
 
+def _settled(result: ItemResult | Future, item: WorkItem) -> ItemResult:
+    if not isinstance(result, Future):
+        return result
+    try:
+        return result.result()
+    except Exception as exc:  # noqa: BLE001 - a write that raised something other than OSError
+        return failure(item, "worker error", exc)
+
+
 def _bad(item: WorkItem, reason: str, detail: str = "") -> ItemResult:
     return {"status": Status.BAD, "item": item, "reason": reason, "detail": detail[:500]}
 
@@ -58,16 +68,17 @@ class AugmentTask:
     """What a worker does with one item: read the SRC file, augment it with the item's seed,
     write the DST file. ``preload``: what the pool's fork server imports once for all workers."""
 
-    preload = ("augkit.worker_preload", "augkit.augment_task")
+    preload = AUGMENT_PRELOAD
 
     def __init__(self, src: Path, dst: Path, recipe_text: str, recipe_source: str, settings: TaskSettings):
         self.src, self.dst = Path(src), Path(dst)
         self.recipe_text, self.recipe_source, self.settings = recipe_text, recipe_source, settings
         self._aug = None
         self._last = None  # (src, bytes, decoded image) of the last source
+        self._writer: ThreadPoolExecutor | None = None  # run_chunk's writer thread
 
     def __getstate__(self) -> dict:
-        return dict(self.__dict__, _aug=None, _last=None)  # workers build their own pipeline
+        return dict(self.__dict__, _aug=None, _last=None, _writer=None)  # workers build their own
 
     def setup(self) -> None:
         if self._aug is None:
@@ -99,6 +110,27 @@ class AugmentTask:
         return out, applied, attempt, unchanged
 
     def __call__(self, item: WorkItem) -> ItemResult:
+        made = self._make(item)
+        return self._write(*made) if isinstance(made, tuple) else made
+
+    def run_chunk(self, items: list[WorkItem]) -> list[ItemResult]:
+        """The items of one pool chunk, in order. Each file's write (fsync, then rename) runs in a
+        writer thread while the next item is decoded and augmented: fsync waits for the disk
+        (~10% of an item here), and that wait no longer leaves the core idle. A result still
+        comes back only once its file is in place, so the manifest never names a missing file."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="augkit-writer")
+        pending: list = []
+        for item in items:
+            try:
+                made = self._make(item)
+                pending.append(self._writer.submit(self._write, *made) if isinstance(made, tuple) else made)
+            except Exception as exc:  # noqa: BLE001 - as the executors' call_safely: reported per file
+                pending.append(failure(item, "worker error", exc))
+        return [_settled(p, item) for p, item in zip(pending, items)]
+
+    def _make(self, item: WorkItem) -> ItemResult | tuple[WorkItem, Path, bytes, ItemResult]:
+        """Everything but the write: a finished result (bad input, verify) or what to write."""
         t0 = time.perf_counter()
         out_path = self.dst / item.out
         if len(os.fsencode(out_path.name)) > NAME_MAX:
@@ -124,7 +156,7 @@ class AugmentTask:
                 return _bad(item, "encode failed", detail if isinstance(exc, ImageError) else f"{detail}: {exc}")
         if item.verify:
             return self._verify(item, out_path, payload, rec)
-        return self._write(item, out_path, payload, ItemResult(rec, seconds=time.perf_counter() - t0))
+        return item, out_path, payload, ItemResult(rec, seconds=time.perf_counter() - t0)
 
     def _verify(self, item: WorkItem, out_path: Path, payload: bytes, rec: ItemResult) -> ItemResult:
         try:

@@ -38,7 +38,9 @@ _MEASURE_ITEMS = 3  # items timed in-process before the first decision (then it 
 
 
 class Task(Protocol):
-    """What executors run. ``preload``: modules the fork server imports once for every worker."""
+    """What executors run. ``preload``: modules the fork server imports once for every worker.
+    A task may also have ``run_chunk(items) -> list[ItemResult]`` (one result per item, in order,
+    never raising): the pool's workers then hand it whole chunks, e.g. to overlap their I/O."""
 
     preload: tuple[str, ...]
 
@@ -75,10 +77,11 @@ class LocalExecutor:
         self.stats = {"in_process": 0, "pool": 0}
         self._starters: list[PoolStarter] = []
 
-    def prepare(self, task: Task, n_items: int) -> None:
-        """Called before the resume check: warm the fork server for big plans."""
+    def prepare(self, preload: tuple[str, ...], n_items: int) -> None:
+        """Warm the fork server (importing ``preload``, a task's) for plans of ``n_items`` large
+        enough to need a pool; called as early as the size is known. Returns at once."""
         if self.workers > 1 and n_items >= WARM_ITEMS:
-            warm_fork_server(pool_context(), tuple(getattr(task, "preload", ())))
+            warm_fork_server(pool_context(), tuple(preload))
 
     def run(self, task: Task, items: list) -> Iterator[ItemResult]:
         self.stats = {"in_process": 0, "pool": 0}

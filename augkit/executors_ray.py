@@ -20,8 +20,6 @@ from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-
 from .item_result import ItemResult
 from .local_pool import call_safely
 from .ray_session import check_pool_options, import_ray, ray_session
@@ -51,6 +49,8 @@ class _Worker:
             res = dict(call_safely(self.task, item))
             res["item"] = _item_to_dict(res["item"])
             out.append(json.dumps(res, ensure_ascii=False))
+        import numpy as np  # deferred: Ray Data batches are numpy; the local engine needs none of it
+
         return {"result": np.array(out, dtype=object)}
 
 

@@ -47,6 +47,7 @@ import numpy as np
 from .errors import ImageError, UsageError
 from .fileio import atomic_write_bytes, atomic_write_text, is_temp_name, read_bytes, temp_name  # noqa: F401 (public here)
 from .jpeg import JpegInfo, JpegStructureError, reduction, walk_jpeg, with_probe
+from .limits import DEFAULT_MAX_PIXELS  # noqa: F401 (public here)
 from .scan import IGNORED_NAMES, IMAGE_EXTENSIONS, Scan, is_ignored, is_image_name, scan_folder  # noqa: F401 (public here)
 
 DECODE_POLICY = ("augkit-v2: rgb uint8, exif-oriented, alpha over white, 16-bit/257, "
@@ -54,7 +55,6 @@ DECODE_POLICY = ("augkit-v2: rgb uint8, exif-oriented, alpha over white, 16-bit/
 #: Decode policies of earlier augkit versions that this one reproduces exactly (full decoding,
 #: ``reduced=False``), so models saved under them keep working.
 LEGACY_DECODE_POLICIES = ("augkit-v1: rgb uint8, exif-oriented, alpha over white, 16-bit/257",)
-DEFAULT_MAX_PIXELS = 100_000_000
 #: Longest side / shortest side, checked from the header (reason "bad dimensions"); see above.
 MAX_ASPECT = 100
 #: Longest side in pixels, checked from the header (reason "bad dimensions"); JPEG's own limit.

@@ -54,6 +54,11 @@ def call_safely(task, item) -> ItemResult:
 
 
 def _call_chunk(items: list) -> list[ItemResult]:
+    """One chunk in this worker: through the task's own ``run_chunk`` when it has one (it may
+    overlap the items' I/O; it must return one result per item, in order, and never raise)."""
+    chunked = getattr(_TASK, "run_chunk", None)
+    if chunked is not None:
+        return chunked(items)
     return [call_safely(_TASK, it) for it in items]
 
 

@@ -106,6 +106,18 @@ def scan_folder(root: str | os.PathLike, *, exclude: str | os.PathLike | None = 
     return _assemble(walk)
 
 
+def count_images(root: str | os.PathLike, stop_at: int) -> int:
+    """How many image files ``root`` and its folders hold, counting by name only and stopping at
+    ``stop_at``: a quick size estimate taken before the real scan (errors count as nothing)."""
+    n = 0
+    for _, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not is_ignored(d)]
+        n += sum(map(is_image_name, files))
+        if n >= stop_at:
+            break
+    return min(n, stop_at)
+
+
 def _assemble(walk: _Walk) -> Scan:
     def order(f: str) -> tuple[str, str, str]:
         # torchvision ImageFolder order: class, then folder (os.walk, sorted), then file name

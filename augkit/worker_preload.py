@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import cv2
 
-from .albu import import_albumentations
+from .albu import import_albumentations, own_process
 
 cv2.setNumThreads(1)  # the server never runs OpenCV; its forked workers run one thread each
+own_process()  # a worker never uses albumentations' Hugging Face Hub mixin
 import_albumentations()

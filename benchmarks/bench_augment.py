@@ -65,10 +65,16 @@ print(f"inner {n / (time.perf_counter() - t0):.1f}")
 '''
 
 
+#: Every contender runs as on a user's machine, where Python caches compiled modules: a sandbox's
+#: PYTHONDONTWRITEBYTECODE=1 would recompile augkit's ~60 modules in every process, parent and
+#: workers (the plain script's libraries come precompiled by pip either way).
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def timed(cmd: list[str], cwd: Path = ROOT) -> tuple[float, str]:
     """Wall time of a whole command, and its stdout."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=ENV)
     took = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")

@@ -1,6 +1,7 @@
 """augkit augment: layout, manifest, determinism across workers, resume after kill, bad inputs, safety."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -290,3 +291,42 @@ def test_unchanged_copies_are_counted_and_require_change_redraws_them(tmp_path):
     res = runner.invoke(app, ["augment", str(src), str(tmp_path / "cli"), "-r", str(recipe), "-n", "4", "-f", "png",
                               "-s", "3", "-w", "1"])
     assert res.exit_code == 0 and f"unchanged copies │ {len(same)} (identical" in res.output
+
+
+def _task_and_items(src, dst, **kw):
+    opts = AugmentOptions(**kw)
+    rec = load_recipe("default")
+    plan = make_plan(src, dst, rec, opts)
+    return taskmod.AugmentTask(plan.src, plan.dst, rec.text, rec.source, opts.settings()), plan.items
+
+
+def test_chunks_with_overlapped_writes_equal_item_by_item_and_report_each_failure(src, tmp_path, monkeypatch):
+    """The pool's run_chunk (each write overlapping the next item) gives the same files and records
+    as one item at a time, and a failing write is reported for its own item only."""
+    (src / "cat" / "zz_bad.jpg").write_bytes(b"not a jpeg")
+    one, items = _task_and_items(src, tmp_path / "one", copies=2, seed=3)
+    chunk, items2 = _task_and_items(src, tmp_path / "chunk", copies=2, seed=3)
+    a, b = [one(it) for it in items], chunk.run_chunk(items2)
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert [strip(r) for r in a] == [strip(r) for r in b]
+    assert [r["status"] for r in b].count("bad") == 2  # zz_bad.jpg, both copies
+    assert images(tmp_path / "one") == images(tmp_path / "chunk") and len(images(tmp_path / "chunk")) == 18
+
+    real, calls = taskmod.atomic_write_bytes, {"n": 0}
+
+    def faulty(path, data):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ValueError("a bug in a write")
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(taskmod, "atomic_write_bytes", faulty)
+    (src / "cat" / "zz_bad.jpg").unlink()
+    task, items3 = _task_and_items(src, tmp_path / "faulty", copies=1, seed=3)
+    res = task.run_chunk(items3[:5])
+    assert [r["status"] for r in res] == ["ok", "failed", "fatal", "ok", "ok"]
+    assert "ValueError: a bug in a write" in res[1]["detail"] and "No space left" in res[2]["detail"]
+    assert [r["item"] for r in res] == items3[:5]
+    assert all((tmp_path / "faulty" / r["item"].out).is_file() == (r["status"] == "ok") for r in res)

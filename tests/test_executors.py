@@ -163,10 +163,10 @@ def test_big_plans_warm_the_fork_server_up_front_small_ones_do_not():
         from augkit.augment_task import AugmentTask
         from augkit.executors import WARM_ITEMS, LocalExecutor
         server = forkserver._forkserver
-        LocalExecutor(workers=2).prepare(AugmentTask, WARM_ITEMS - 1)
-        LocalExecutor(workers=1).prepare(AugmentTask, WARM_ITEMS)
+        LocalExecutor(workers=2).prepare(AugmentTask.preload, WARM_ITEMS - 1)
+        LocalExecutor(workers=1).prepare(AugmentTask.preload, WARM_ITEMS)
         assert server._forkserver_pid is None, "started for a small plan or one worker"
-        LocalExecutor(workers=2).prepare(AugmentTask, WARM_ITEMS)
+        LocalExecutor(workers=2).prepare(AugmentTask.preload, WARM_ITEMS)
         assert server._forkserver_pid is not None, "not started for a big plan"
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

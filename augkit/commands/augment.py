@@ -5,18 +5,15 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.markup import escape as esc
-from rich.table import Table
 
-from ..augment import ERRORS, MANIFEST, AugmentOptions, AugmentResult, make_plan, run_plan
-from ..augment_task import MAX_REDRAWS
 from ..errors import UsageError
-from ..executors import ENGINES, get_executor
-from ..images import DEFAULT_MAX_PIXELS
-from ..recipe import load_recipe
+from ..executors import ENGINES, WARM_ITEMS, get_executor
+from ..limits import AUGMENT_PRELOAD, DEFAULT_MAX_PIXELS, MAX_REDRAWS
+from ..scan import count_images
 from ._common import cli_errors, err, out
 
+# numpy, OpenCV, albumentations and rich's progress are imported inside the command, after a big
+# job has set its workers' imports going (see _warm_up).
 
 @cli_errors
 def command(
@@ -45,17 +42,26 @@ def command(
 
     Exit codes: 0 all done; 1 the run failed (e.g. disk full); 2 bad options or recipe, or another run is using DST; 3 finished, but some inputs were skipped (see errors.jsonl).
     """
-    opts = AugmentOptions(copies=copies, per_class=per_class, seed=seed, workers=workers, originals=originals,
-                          format=fmt, quality=quality, overwrite=overwrite, strict=strict, dry_run=dry_run,
-                          max_pixels=max_pixels, engine=engine, max_side=max_side, require_change=require_change)
     if engine not in ENGINES:
         raise UsageError(f"--engine {engine!r} is not supported (allowed: {', '.join(ENGINES)})")
     if address is not None and engine != "ray":
         raise UsageError("--address needs --engine ray")
+    # built first: a missing Ray extra fails before any work, and a big local job gets its workers'
+    # imports going on another core while this process imports its own and loads the recipe
+    executor = get_executor(engine, workers=workers, **({"address": address} if engine == "ray" else {}))
+    if not dry_run:
+        _warm_up(executor, src, copies)
+    from rich.markup import escape as esc
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ..augment import AugmentOptions, make_plan, run_plan
+    from ..recipe import load_recipe
+
+    opts = AugmentOptions(copies=copies, per_class=per_class, seed=seed, workers=workers, originals=originals,
+                          format=fmt, quality=quality, overwrite=overwrite, strict=strict, dry_run=dry_run,
+                          max_pixels=max_pixels, engine=engine, max_side=max_side, require_change=require_change)
     rec = load_recipe(recipe)
     plan = make_plan(src, dst, rec, opts)
-    # local: run_plan builds its executor as before; ray: built here, so a missing extra fails before any work
-    executor = get_executor("ray", workers=workers, address=address) if engine == "ray" else None
     for cls in plan.empty_classes:
         err.print(f"[yellow]warning:[/] class folder {esc(str(src / cls))} has no images")
     if rec.batch is not None:  # mixup/cutmix mix pairs of images in a training batch: nothing to write here
@@ -81,7 +87,22 @@ def command(
     raise typer.Exit(code=result.exit_code)
 
 
-def _summary(r: AugmentResult) -> None:
+def _warm_up(executor, src: Path, copies: int | None) -> None:
+    """When a quick count of SRC says the job will be big, start the local pool's fork server
+    now: it imports OpenCV and albumentations for the workers while this process does the same.
+    (A --per-class job counts one output per image here; run_plan looks again once it has the plan.)"""
+    prepare = getattr(executor, "prepare", None)
+    copies = 1 if copies is None else copies
+    if prepare is not None and copies >= 1:  # a bad --copies is reported by the plan
+        prepare(AUGMENT_PRELOAD, count_images(src, -(-WARM_ITEMS // copies)) * copies)
+
+
+def _summary(r: "AugmentResult") -> None:
+    from rich.markup import escape as esc
+    from rich.table import Table
+
+    from ..augment import ERRORS, MANIFEST
+
     plan = r.plan
     if r.dry_run:
         todo = [i for i in r.todo if not i.verify]
