@@ -73,12 +73,17 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta, 
     """Atomically write ``{format, state_dict, meta, **extra}``; ``extra`` holds only tensors,
     numbers, strings, lists and dicts (optimizer state, epoch, metrics), so weights_only loads it."""
     path = Path(path)
+    atomic_write_bytes(path, checkpoint_bytes(model, meta, **extra))
+    return path
+
+
+def checkpoint_bytes(model: nn.Module, meta: ModelMeta, **extra: Any) -> bytes:
+    """The bytes :func:`save_checkpoint` writes: a snapshot, unaffected by later training steps."""
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     payload = {"format": FORMAT, "state_dict": state, "meta": asdict(meta), **extra}
     buf = io.BytesIO()
     torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return buf.getvalue()
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

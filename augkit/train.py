@@ -589,8 +589,11 @@ def _loop(run: RunState, history: list[dict], best: dict, out: Path, writer: Che
     except BaseException:
         if main:
             with contextlib.suppress(Exception):  # the interruption is what the user must see
+                writer.close()  # a checkpoint being written is finished, never left half-way
+            with contextlib.suppress(Exception):
                 write_curves(out, history)
         raise
+    writer.close()  # every checkpoint is on disk before the run reports its end
     if len(history) == start:
         run.callbacks.on_note(f"{out}: " + (f"all {epochs} epochs are already done" if stopped is None
                                             else f"this run already ended ({stopped})"))

@@ -490,11 +490,40 @@ def test_disk_full_while_saving_a_checkpoint_exits_1_naming_the_file(data, tmp_p
     def full(path, *a, **k):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(rf, "save_checkpoint", full)
+    monkeypatch.setattr(rf, "atomic_write_bytes", full)  # the checkpoint writer thread's write
     result = cli(data, "-o", tmp_path / "run", "--weights", "none", *FAST)
     assert result.exit_code == 1, result.output
     assert f"cannot write {tmp_path / 'run' / 'best.pt'}: No space left on device" in result.output
     assert "Traceback" not in result.output and (tmp_path / "run" / "curves.png").is_file()
+
+
+def test_checkpoints_are_written_while_the_next_epoch_trains_and_are_on_disk_at_the_end(data, tmp_path, monkeypatch):
+    import threading
+    import time as _time
+
+    import augkit.run_files as rf
+
+    events, real_write, real_epoch = [], rf.atomic_write_bytes, trainmod._run_epoch
+
+    def slow_write(path, data):
+        events.append(("write", path.name, threading.current_thread() is threading.main_thread()))
+        _time.sleep(0.3)
+        real_write(path, data)
+        events.append(("written", path.name))
+
+    def epoch(e, *args, **kwargs):
+        events.append(("epoch", e))
+        return real_epoch(e, *args, **kwargs)
+
+    monkeypatch.setattr(rf, "atomic_write_bytes", slow_write)
+    monkeypatch.setattr(trainmod, "_run_epoch", epoch)
+    monkeypatch.setattr(rf, "FLUSH_FACTOR", 0)  # every epoch is due
+    result = train(_cfg(data, tmp_path / "run", epochs=2))
+    writes = [e for e in events if e[0] == "write"]
+    assert writes == [("write", n, False) for n in ("best.pt", "last.pt") * 2]  # in the writer thread
+    assert events.index(("epoch", 1)) < events.index(("written", "best.pt"))  # epoch 2 did not wait for it
+    assert events[-1] == ("written", "last.pt")  # train() returned after the last write
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2 == result.epochs
 
 
 def test_checkpoints_on_a_budget_still_resume_exactly(data, tmp_path, monkeypatch):
