@@ -461,9 +461,10 @@ def test_precision_auto_by_cpu_and_image_size(monkeypatch):
 
 
 def test_bf16_training_still_learns(tmp_path):
-    """Same data and seeds in fp32 and bf16 (ResNet-18 from scratch, 36 digits, 6 epochs): bf16
-    learns as well (measured here: best val accuracy 0.83 fp32, 0.92 bf16 on 12 held-out digits)."""
-    root = digits_folder(tmp_path / "d", digits=(0, 1, 7), per_class=16)
+    """Same data and seeds in fp32 and bf16 (ResNet-18 from scratch, 90 digits, 6 epochs): bf16
+    learns as well. (12 held-out digits were too few to compare: one image is 8 points, and the
+    two precisions swapped places when the optimizer's kernel changed.)"""
+    root = digits_folder(tmp_path / "d", digits=(0, 1, 7), per_class=40)
     runs = {p: train(_cfg(root, tmp_path / p, precision=p, epochs=6, recipe="none", val_split=0.25, lr=2e-3,
                           threads=1)) for p in ("fp32", "bf16")}
     settings = yaml.safe_load((tmp_path / "bf16" / "settings.yaml").read_text())["resolved"]
@@ -472,7 +473,7 @@ def test_bf16_training_still_learns(tmp_path):
         losses = [h["train_loss"] for h in r.history]
         assert losses[-1] < 0.6 * losses[0], (p, losses)
         assert r.best["val_acc"] >= 0.75, (p, r.best)
-    assert runs["bf16"].best["val_acc"] >= runs["fp32"].best["val_acc"] - 1 / 12  # at most one digit worse
+    assert runs["bf16"].best["val_acc"] >= runs["fp32"].best["val_acc"] - 2 / 30  # at most two digits worse
 
 
 def test_unwritable_run_folder_exits_1_with_one_line(data, tmp_path):
