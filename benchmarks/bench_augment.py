@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, nargs=2, default=(500, 375), metavar=("W", "H"),
                     help="photo size (default 500x375, as in issue 8's measurements; try 1024 768, 4032 3024)")
     ap.add_argument("--recipe", default="default")
-    ap.add_argument("--repeat", type=int, default=3, help="rounds; each contender's median is reported")
+    ap.add_argument("--repeat", type=int, default=5, help="rounds; each contender's median is reported")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="augkit-bench-"))
     try:
@@ -122,6 +122,8 @@ def main() -> None:
                 if name == "plain (fsync)":
                     inner.append(float(out.split()[-1]))
                 shutil.rmtree(tmp / "out", ignore_errors=True)
+                os.sync()  # the deletions' disk work is done before the next contender starts
+                time.sleep(1.0)
         report(args, {k: statistics.median(v) for k, v in times.items()}, statistics.median(inner), load0)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
