@@ -7,7 +7,7 @@ and the offline augment workers need only the numpy/OpenCV transforms, so
 when torch is not loaded yet, then removes the block so a user's later
 ``from albumentations.pytorch import ToTensorV2`` still works.
 
-In augkit's own processes (the ``augkit`` command and its workers, which call :func:`own_process`)
+In augkit's own processes (the ``augkit`` command and its workers: :mod:`augkit.own_process`)
 ``huggingface_hub`` is hidden the same way: albumentations imports it (~0.1-0.2 s with httpx)
 only for ``push_to_hub``/``from_pretrained``, which augkit never calls. A library user's process
 keeps albumentations exactly as it is. (Checked for 2.0.8: no other

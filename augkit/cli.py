@@ -52,9 +52,9 @@ def __getattr__(name: str) -> Any:
 def main() -> None:
     """Entry point of the ``augkit`` script. Ctrl-C, even while importing, exits 130 without a traceback."""
     try:
-        from .albu import own_process  # stdlib only: keeps `augkit --version` instant
+        from . import own_process  # stdlib only: keeps `augkit --version` instant
 
-        own_process()
+        own_process.setup()
         try:
             build_app()()
         finally:

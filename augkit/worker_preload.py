@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import cv2
 
-from .albu import import_albumentations, own_process
+from . import own_process
+from .albu import import_albumentations
 
 cv2.setNumThreads(1)  # the server never runs OpenCV; its forked workers run one thread each
-own_process()  # a worker never uses albumentations' Hugging Face Hub mixin
+own_process.setup()  # augkit's own process: see augkit.own_process
 import_albumentations()
