@@ -123,7 +123,6 @@ def main() -> None:
                     inner.append(float(out.split()[-1]))
                 shutil.rmtree(tmp / "out", ignore_errors=True)
                 os.sync()  # the deletions' disk work is done before the next contender starts
-                time.sleep(1.0)
         report(args, {k: statistics.median(v) for k, v in times.items()}, statistics.median(inner), load0)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
