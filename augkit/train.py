@@ -253,8 +253,10 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def optimizer_kernel(optimizer: torch.optim.Optimizer) -> str:
-    """How ``optimizer`` updates (recorded in settings.yaml): "fused" or "per-tensor"."""
-    return "fused" if optimizer.defaults.get("fused") else "per-tensor"
+    """How ``optimizer`` updates (recorded in settings.yaml): "fused" or "per-tensor". Read from
+    the parameter groups, which a resumed run takes from its checkpoint (one written before the
+    fused kernel keeps the per-tensor update, and the numbers it had)."""
+    return "fused" if all(g.get("fused") for g in optimizer.param_groups) else "per-tensor"
 
 
 def epoch_lrs(cfg: TrainConfig, plan: FreezePlan, epoch: int) -> tuple[float, float]:

@@ -107,6 +107,24 @@ def test_cli_run_writes_every_run_file(run_a, data):
     assert "best (epoch" in result.output and "train time" in result.output  # the summary table
 
 
+def test_the_optimizer_is_fused_where_the_device_has_it_else_per_tensor(run_a, monkeypatch):
+    run, _ = run_a
+    kernel = yaml.safe_load((run / "settings.yaml").read_text())["resolved"]["optimizer"]["kernel"]
+    torch_2_4 = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 4)
+    assert kernel == ("fused" if torch_2_4 else "per-tensor")  # CPU has a fused AdamW since torch 2.4
+    real = torch.optim.AdamW
+
+    def no_fused_kernel(params, **kw):
+        if kw.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused_kernel)
+    model = build_model("resnet18", 3)
+    opt = trainmod.make_optimizer(model, TrainConfig(data=".", out="x"))
+    assert trainmod.optimizer_kernel(opt) == "per-tensor" and [g["name"] for g in opt.param_groups] == ["backbone", "head"]
+
+
 def test_same_seed_gives_the_same_metrics(run_a, data, tmp_path):
     run, _ = run_a
     again = train(TrainConfig(data=data, out=tmp_path / "again", weights="none", epochs=2, batch_size=8,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -12,8 +12,12 @@ from ..limits import AUGMENT_PRELOAD, DEFAULT_MAX_PIXELS, MAX_REDRAWS
 from ..scan import count_images
 from ._common import cli_errors, err, out
 
+if TYPE_CHECKING:
+    from ..augment import AugmentResult
+
 # numpy, OpenCV, albumentations and rich's progress are imported inside the command, after a big
 # job has set its workers' imports going (see _warm_up).
+
 
 @cli_errors
 def command(
@@ -97,7 +101,7 @@ def _warm_up(executor, src: Path, copies: int | None) -> None:
         prepare(AUGMENT_PRELOAD, count_images(src, -(-WARM_ITEMS // copies)) * copies)
 
 
-def _summary(r: "AugmentResult") -> None:
+def _summary(r: AugmentResult) -> None:
     from rich.markup import escape as esc
     from rich.table import Table
 
