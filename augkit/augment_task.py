@@ -109,6 +109,11 @@ class AugmentTask:
                 break
         return out, applied, attempt, unchanged
 
+    @staticmethod
+    def chunk_key(item: WorkItem) -> str:
+        """The copies of one source go to one worker together: it decodes the source once."""
+        return item.src
+
     def __call__(self, item: WorkItem) -> ItemResult:
         made = self._make(item)
         return self._write(*made) if isinstance(made, tuple) else made

@@ -40,7 +40,9 @@ _MEASURE_ITEMS = 3  # items timed in-process before the first decision (then it 
 class Task(Protocol):
     """What executors run. ``preload``: modules the fork server imports once for every worker.
     A task may also have ``run_chunk(items) -> list[ItemResult]`` (one result per item, in order,
-    never raising): the pool's workers then hand it whole chunks, e.g. to overlap their I/O."""
+    never raising): the pool's workers then hand it whole chunks, e.g. to overlap their I/O; and
+    ``chunk_key(item)``: consecutive items with equal keys are kept in one chunk where possible
+    (:func:`~augkit.local_pool.make_chunks`), e.g. to read a shared input once."""
 
     preload: tuple[str, ...]
 
@@ -138,7 +140,8 @@ class LocalExecutor:
                 return
             suspects: list = []
             unsent: list = []
-            for res in run_in_pool(pool, items, starter.workers, suspects, unsent):
+            for res in run_in_pool(pool, items, starter.workers, suspects, unsent,
+                                   key=getattr(starter.task, "chunk_key", None)):
                 self.stats["pool"] += 1
                 yield res
             starter.close()

@@ -11,7 +11,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .item_result import ItemResult, failure
 
@@ -133,16 +133,33 @@ class PoolStarter:
             self.pool = None
 
 
+def make_chunks(items: list, size: int, key: Callable[[object], object] | None = None) -> list[list]:
+    """Consecutive items in chunks of ``size``; with ``key``, a chunk grows past ``size`` to the end
+    of its run of equal keys (e.g. the copies of one source image, so one worker decodes it once),
+    up to twice ``size``: a longer run is split, so the workers still share the work."""
+    if key is None or size == 1:
+        return [items[i:i + size] for i in range(0, len(items), size)]
+    chunks: list[list] = []
+    cur: list = []
+    for it in items:
+        if cur and (len(cur) >= 2 * size or (len(cur) >= size and key(it) != key(cur[-1]))):
+            chunks.append(cur)
+            cur = []
+        cur.append(it)
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
 def run_in_pool(pool: ProcessPoolExecutor, items: list, workers: int, suspects: list, unsent: list,
-                window: int | None = None) -> Iterator[ItemResult]:
-    """Feed ``items`` to the pool in chunks (``window`` chunks in flight, default two per worker)
-    and yield results as they come.
+                window: int | None = None, key: Callable[[object], object] | None = None) -> Iterator[ItemResult]:
+    """Feed ``items`` to the pool in chunks (``window`` chunks in flight, default two per worker;
+    ``key``: see :func:`make_chunks`) and yield results as they come.
 
     When the pool breaks (a worker died), stop: the items that were in flight are added to
     ``suspects`` (one of them killed the worker; the others are innocent) and those never sent to
     ``unsent``; the caller decides what to do with them."""
-    chunk = 1 if window == 1 else max(1, min(8, len(items) // (workers * 4)))
-    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+    chunks = make_chunks(items, 1 if window == 1 else max(1, min(8, len(items) // (workers * 4))), key)
     pending: dict[Future, list] = {}
     nxt = 0
     while nxt < len(chunks) or pending:

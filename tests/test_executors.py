@@ -244,3 +244,16 @@ def test_worker_results_carry_a_typed_status(src, tmp_path):
     (failed,) = LocalExecutor(workers=1).run(FlakyTask(), [3])
     assert failed["status"] is Status.FAILED and failed["reason"] == "worker error"
     assert json.loads(json.dumps({"status": Status.BAD}))["status"] == Status.BAD == "bad"  # across Ray's JSON
+
+
+def test_chunks_keep_the_copies_of_a_source_together_up_to_twice_the_size():
+    from augkit.local_pool import make_chunks
+
+    items = [(s, k) for s in "abcdef" for k in range(5)]  # 6 sources x 5 copies
+    chunks = make_chunks(items, 8, key=lambda it: it[0])
+    assert [len(c) for c in chunks] == [10, 10, 10] and sum(chunks, []) == items
+    assert all(len({s for s, _ in c}) == 2 for c in chunks)  # no source split between two chunks
+    long = [("a", k) for k in range(40)]  # one source, 40 copies: split, or one worker would do it all
+    assert [len(c) for c in make_chunks(long, 8, key=lambda it: it[0])] == [16, 16, 8]
+    assert make_chunks(items, 8) == [items[i:i + 8] for i in range(0, 30, 8)]  # no key: plain slices
+    assert make_chunks(items, 1, key=lambda it: it[0]) == [[it] for it in items]
