@@ -78,6 +78,20 @@ def weights_file(tmp_path_factory) -> Path:
     return path
 
 
+def interrupt_at_epoch(monkeypatch, epoch: int):
+    """Make the run raise KeyboardInterrupt (a Ctrl-C) when it starts the 0-based ``epoch``;
+    returns the real epoch function, to put back before resuming."""
+    real = trainmod._run_epoch
+
+    def run(e, *args, **kwargs):
+        if e == epoch:
+            raise KeyboardInterrupt
+        return real(e, *args, **kwargs)
+
+    monkeypatch.setattr(trainmod, "_run_epoch", run)
+    return real
+
+
 # ------------------------------------------------------------------ end to end
 
 def test_cli_run_writes_every_run_file(run_a, data):
@@ -137,14 +151,7 @@ def test_same_seed_gives_the_same_metrics(run_a, data, tmp_path):
 def test_resume_continues_and_ends_like_an_uninterrupted_run(run_a, data, tmp_path, monkeypatch):
     run, _ = run_a
     out = tmp_path / "resumed"
-    real = trainmod._run_epoch
-
-    def killed_in_epoch_2(epoch, *args, **kwargs):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(epoch, *args, **kwargs)
-
-    monkeypatch.setattr(trainmod, "_run_epoch", killed_in_epoch_2)
+    real = interrupt_at_epoch(monkeypatch, 1)  # Ctrl-C in epoch 2
     first = cli(data, "-o", out, "--weights", "none", *FAST)
     assert first.exit_code == 130, first.output
     assert load_checkpoint(out / "last.pt")["epoch"] == 1 and len(metrics(out)) == 1
@@ -551,14 +558,7 @@ def test_checkpoints_on_a_budget_still_resume_exactly(data, tmp_path, monkeypatc
     monkeypatch.setattr(rf, "FLUSH_FACTOR", 1e9)  # only the first and the last epoch are due
     whole = train(_cfg(data, tmp_path / "whole", epochs=3))
     assert load_checkpoint(tmp_path / "whole" / "last.pt")["epoch"] == 3
-    real = trainmod._run_epoch
-
-    def killed_in_epoch_3(epoch, *args, **kwargs):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real(epoch, *args, **kwargs)
-
-    monkeypatch.setattr(trainmod, "_run_epoch", killed_in_epoch_3)
+    real = interrupt_at_epoch(monkeypatch, 2)  # Ctrl-C in epoch 3
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(data, tmp_path / "cut", epochs=3))
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1  # epoch 2 was not due
