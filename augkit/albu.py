@@ -24,14 +24,14 @@ from types import ModuleType
 _PYTORCH = "albumentations.pytorch"
 _HUB = "huggingface_hub"
 _lock = threading.Lock()
-_own_process = False
+_skip_hub = False
 
 
-def own_process() -> None:
-    """Declare this process augkit's own (the CLI, a worker): albumentations is then imported
-    without its Hugging Face Hub mixin's imports, which augkit never uses."""
-    global _own_process
-    _own_process = True
+def skip_hub_imports() -> None:
+    """In augkit's own processes (the CLI, a worker; :mod:`augkit.own_process`): import
+    albumentations without its Hugging Face Hub mixin's imports, which augkit never uses."""
+    global _skip_hub
+    _skip_hub = True
 
 
 def import_albumentations() -> ModuleType:
@@ -43,7 +43,7 @@ def import_albumentations() -> ModuleType:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     with _lock:
         hidden = [] if "torch" in sys.modules or _PYTORCH in sys.modules else [_PYTORCH]  # torch paid for: keep it
-        if _own_process and _HUB not in sys.modules:
+        if _skip_hub and _HUB not in sys.modules:
             hidden.append(_HUB)
         for name in hidden:
             sys.modules[name] = None  # type: ignore[assignment]  # makes `from .pytorch import *` an ImportError

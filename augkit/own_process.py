@@ -2,7 +2,7 @@
 library user's process: :func:`setup` is called by ``augkit.cli.main`` and by the augment workers'
 fork server (:mod:`augkit.worker_preload`); DataLoader workers fork from the command and inherit it.
 
-* albumentations is imported without ``huggingface_hub`` (:func:`augkit.albu.own_process`).
+* albumentations is imported without ``huggingface_hub`` (:func:`augkit.albu.skip_hub_imports`).
 * glibc's allocator keeps freed image buffers for reuse (:func:`keep_freed_buffers`).
 
 Standard library only, so ``augkit --version`` stays instant.
@@ -22,9 +22,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt() parameters, glibc's m
 
 def setup() -> None:
     """Everything above, once per process (idempotent)."""
-    from .albu import own_process
+    from .albu import skip_hub_imports
 
-    own_process()
+    skip_hub_imports()
     keep_freed_buffers()
 
 
