@@ -1,3 +1,3 @@
-from .cli import main
+from augkit.cli import main
 
 main()

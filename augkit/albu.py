@@ -7,13 +7,14 @@ and the offline augment workers need only the numpy/OpenCV transforms, so
 when torch is not loaded yet, then removes the block so a user's later
 ``from albumentations.pytorch import ToTensorV2`` still works.
 
-In augkit's own processes (the ``augkit`` command and its workers: :mod:`augkit.own_process`)
+In augkit's own processes (the ``augkit`` command and its workers: :mod:`augkit.process_setup`)
 ``huggingface_hub`` is hidden the same way: albumentations imports it (~0.1-0.2 s with httpx)
 only for ``push_to_hub``/``from_pretrained``, which augkit never calls. A library user's process
 keeps albumentations exactly as it is. (Checked for 2.0.8: no other
 module of albumentations imports torch at import time; ``core.utils.get_image_shape`` imports it
 only for non-numpy inputs, which augkit never passes.)
 """
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,7 @@ _skip_hub = False
 
 
 def skip_hub_imports() -> None:
-    """In augkit's own processes (the CLI, a worker; :mod:`augkit.own_process`): import
+    """In augkit's own processes (the CLI, a worker; :mod:`augkit.process_setup`): import
     albumentations without its Hugging Face Hub mixin's imports, which augkit never uses."""
     global _skip_hub
     _skip_hub = True

@@ -4,6 +4,7 @@ Start-up is kept instant: this module imports only the standard library, and eac
 module is imported when that command runs (``augkit --version`` and ``--help`` import no
 command at all, so neither torch nor albumentations). ``app`` is built on first use.
 """
+
 from __future__ import annotations
 
 import gc
@@ -18,14 +19,20 @@ EXIT_INTERRUPTED = 130
 #: command's own docstring. New commands register here.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "recipes": ("recipes", "app", "List, show, check and export recipes."),
-    "preview": ("preview", "command",
-                "Draw a grid: rows are source images, columns the original and augmented versions."),
+    "preview": (
+        "preview",
+        "command",
+        "Draw a grid: rows are source images, columns the original and augmented versions.",
+    ),
     "augment": ("augment", "command", "Write augmented copies of SRC into DST, keeping its class folders."),
     "predict": ("predict", "command", "Predict the class of each image, optionally merged over TTA views."),
     "evaluate": ("evaluate", "command", "Plain vs TTA vs each single view on labelled images, with a paired test."),
-    "train": ("train", "command",
-              "Train an image classifier on DATA with a recipe's augmentations applied online."),
-    "models": ("models", "command", "List the architectures --arch takes: every torchvision classifier, or timm models."),
+    "train": ("train", "command", "Train an image classifier on DATA with a recipe's augmentations applied online."),
+    "models": (
+        "models",
+        "command",
+        "List the architectures --arch takes: every torchvision classifier, or timm models.",
+    ),
     "export": ("export", "command", "Export a run's model to ONNX, with normalization and TTA views inside the graph."),
 }
 
@@ -36,7 +43,7 @@ def build_app() -> Any:
     """The Typer app (built once). Commands are attached lazily by :class:`~augkit.commands._lazy.LazyGroup`."""
     global _APP
     if _APP is None:
-        from .commands._lazy import make_app  # deferred: main() must be able to catch Ctrl-C during it
+        from augkit.commands._lazy import make_app  # deferred: main() must be able to catch Ctrl-C during it
 
         _APP = make_app(COMMANDS)
     return _APP
@@ -52,7 +59,7 @@ def __getattr__(name: str) -> Any:
 def main() -> None:
     """Entry point of the ``augkit`` script. Ctrl-C, even while importing, exits 130 without a traceback."""
     try:
-        from . import own_process  # stdlib only: keeps `augkit --version` instant
+        from augkit import process_setup as own_process  # stdlib only: keeps `augkit --version` instant
 
         own_process.setup()
         try:

@@ -1,8 +1,9 @@
 """One rule each for ``--device``, CPU threads and default loader workers in train, predict and evaluate.
 
 Imports torch only inside the functions that need it: :func:`default_workers` is read by
-:mod:`augkit.train_config`, which builds ``augkit train --help`` without torch.
+:mod:`augkit.training.config`, which builds ``augkit train --help`` without torch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +11,7 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .errors import UsageError
+from augkit.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 #: ``role`` of :func:`default_workers` -> its rule in words (help texts); the function is the rule.
 WORKERS_RULES = {
     "train": "on a GPU, usable cores - 1 (at most 16); on CPU, 0 (load in the training process) "
-             "with 2 cores or fewer, else cores / 4 (1 to 4)",
+    "with 2 cores or fewer, else cores / 4 (1 to 4)",
     "predict": "on a GPU, usable cores - 1 (at most 4); on CPU, cores / 4 (0 to 4)",
 }
 

@@ -7,6 +7,7 @@ Every class here pickles (``__reduce__`` rebuilds it from its own fields): error
 process boundaries (augment's worker pool, DataLoader workers, Ray), and an exception that
 cannot be unpickled there hangs or kills the parent instead of naming the file.
 """
+
 from __future__ import annotations
 
 #: Exit codes, documented in the README.
@@ -31,8 +32,15 @@ class UsageError(AugkitError):
 class RecipeError(UsageError):
     """A recipe that is not valid. ``where`` says which step/key, ``line`` the YAML line."""
 
-    def __init__(self, message: str, *, source: str | None = None, where: str | None = None,
-                 line: int | None = None, allowed: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        where: str | None = None,
+        line: int | None = None,
+        allowed: str | None = None,
+    ):
         self.message = message
         self.source, self.where, self.line, self.allowed = source, where, line, allowed
         parts = []

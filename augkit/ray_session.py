@@ -9,16 +9,18 @@ enough that every actor gets several.
 Ray is an optional extra (``pip install "augkit[ray]"``): it is imported by :func:`import_ray`,
 only when a session starts, so ``import augkit`` never imports Ray.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
-from .errors import UsageError
+from augkit.errors import UsageError
 
 INSTALL_HINT = 'the ray engine needs Ray Data: pip install "augkit[ray]"'
 
@@ -58,8 +60,9 @@ class RaySession:
     ray: Any
     started: bool
 
-    def actor_pool(self, n_items: int, *, workers: int | None = None, num_cpus: float | None = None,
-                   gpu: bool = False) -> ActorPool:
+    def actor_pool(
+        self, n_items: int, *, workers: int | None = None, num_cpus: float | None = None, gpu: bool = False
+    ) -> ActorPool:
         """Actors for ``n_items`` (never more actors than items).
 
         CPU: ``workers`` actors (default: the cluster's CPU count), each with ``num_cpus`` (default:
@@ -88,9 +91,15 @@ class RaySession:
         ray = self.ray
         per_call = max(1, min(batch_size, math.ceil(len(records) / (4 * pool.size))))
         ds = ray.data.from_items(records, override_num_blocks=max(1, math.ceil(len(records) / per_call)))
-        return ds.map_batches(actor, fn_constructor_args=args, batch_size=per_call, batch_format="numpy",
-                              compute=ray.data.ActorPoolStrategy(size=pool.size), zero_copy_batch=False,
-                              **pool.resources)
+        return ds.map_batches(
+            actor,
+            fn_constructor_args=args,
+            batch_size=per_call,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=pool.size),
+            zero_copy_batch=False,
+            **pool.resources,
+        )
 
 
 @contextlib.contextmanager
@@ -118,8 +127,9 @@ def _connect(ray: Any, address: str | None) -> bool:
     try:
         ray.init(address=address or None, ignore_reinit_error=True, logging_level=logging.WARNING)
     except (ConnectionError, ValueError) as exc:  # nothing there / a malformed address
-        raise UsageError(f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
-                         f"{exc}") from None
+        raise UsageError(
+            f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {exc}"
+        ) from None
     return True
 
 

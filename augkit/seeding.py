@@ -4,6 +4,7 @@ Each random draw in augkit (an augmented copy, a training sample in an epoch) ge
 seed derived by hashing ``(seed, key, index)``, where ``key`` is the source file's path
 relative to the input folder. The result does not depend on worker count, order or process.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,5 +12,5 @@ import hashlib
 
 def derive_seed(seed: int, key: str, index: int = 0, salt: str = "") -> int:
     """A 63-bit seed for one (sample, copy/epoch); stable across Python versions and platforms."""
-    h = hashlib.blake2b(f"{int(seed)}\x00{salt}\x00{key}\x00{int(index)}".encode("utf-8"), digest_size=8)
+    h = hashlib.blake2b(f"{int(seed)}\x00{salt}\x00{key}\x00{int(index)}".encode(), digest_size=8)
     return int.from_bytes(h.digest(), "little") >> 1

@@ -13,6 +13,7 @@ Targets (issue 8): (c) >= 0.9x (a) with 1 worker, >= 1.7x with 2 workers; (d) un
 Run alone on a quiet machine: .venv/bin/python benchmarks/bench_augment.py [--count 200 --copies 5]
 (--count 12 --copies 1 --repeat 1 checks that it works). A benchmark, never a test.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,15 +85,19 @@ def timed(cmd: list[str], cwd: Path = ROOT) -> tuple[float, str]:
 def contenders(tmp: Path, src: Path, copies: int, recipe: str) -> dict[str, callable]:
     script, pipeline = tmp / "plain.py", tmp / "pipeline.json"
     script.write_text(PLAIN)
-    subprocess.run([*AUGKIT, "recipes", "export", recipe, "-o", str(pipeline)], check=True, cwd=ROOT,
-                   capture_output=True)
+    subprocess.run(
+        [*AUGKIT, "recipes", "export", recipe, "-o", str(pipeline)], check=True, cwd=ROOT, capture_output=True
+    )
     fresh = lambda name: str(tmp / "out" / f"{name}-{time.perf_counter_ns()}")  # noqa: E731
     aug = [*AUGKIT, "augment", str(src)]
     opts = ["--copies", str(copies), "--recipe", recipe]
     return {
-        "plain (fsync)": lambda: timed([sys.executable, str(script), str(src), fresh("p"), str(pipeline), str(copies), "1"]),
-        "plain, no fsync (floor)": lambda: timed([sys.executable, str(script), str(src), fresh("f"), str(pipeline),
-                                                  str(copies), "0"]),
+        "plain (fsync)": lambda: timed(
+            [sys.executable, str(script), str(src), fresh("p"), str(pipeline), str(copies), "1"]
+        ),
+        "plain, no fsync (floor)": lambda: timed(
+            [sys.executable, str(script), str(src), fresh("f"), str(pipeline), str(copies), "0"]
+        ),
         "augkit --workers 1": lambda: timed([*aug, fresh("w1"), *opts, "--workers", "1"]),
         "augkit --workers 2": lambda: timed([*aug, fresh("w2"), *opts, "--workers", "2"]),
         "quick start (samples, 2 copies)": lambda: timed([*AUGKIT, "augment", "samples", fresh("q"), "--copies", "2"]),
@@ -103,8 +108,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--copies", type=int, default=5)
-    ap.add_argument("--size", type=int, nargs=2, default=(500, 375), metavar=("W", "H"),
-                    help="photo size (default 500x375, as in issue 8's measurements; try 1024 768, 4032 3024)")
+    ap.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(500, 375),
+        metavar=("W", "H"),
+        help="photo size (default 500x375, as in issue 8's measurements; try 1024 768, 4032 3024)",
+    )
     ap.add_argument("--recipe", default="default")
     ap.add_argument("--repeat", type=int, default=5, help="rounds; each contender's median is reported")
     args = ap.parse_args()
@@ -131,18 +142,24 @@ def main() -> None:
 def report(args, med: dict[str, float], inner: float, load0: tuple[float, float, float]) -> None:
     n = args.count * args.copies
     plain = n / med["plain (fsync)"]
-    print(f"{args.count} JPEGs {args.size[0]}x{args.size[1]} x {args.copies} copies = {n} outputs, recipe "
-          f"{args.recipe}, {os.cpu_count()} cpus, median of {args.repeat}; whole processes timed")
-    print(f"load average before: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; after: "
-          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    print(
+        f"{args.count} JPEGs {args.size[0]}x{args.size[1]} x {args.copies} copies = {n} outputs, recipe "
+        f"{args.recipe}, {os.cpu_count()} cpus, median of {args.repeat}; whole processes timed"
+    )
+    print(
+        f"load average before: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; after: "
+        + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    )
     targets = {"augkit --workers 1": 0.9, "augkit --workers 2": 1.7}
     for name, took in med.items():
         if name.startswith("quick start"):
             continue
         rate = n / took
         tgt = f"  (target >= {targets[name]}x)" if name in targets else ""
-        print(f"  {name:<26} {took:6.2f} s  {rate:7.1f} img/s  = {rate / plain:4.2f}x plain, "
-              f"{rate / inner:4.2f}x plain's loop alone{tgt}")
+        print(
+            f"  {name:<26} {took:6.2f} s  {rate:7.1f} img/s  = {rate / plain:4.2f}x plain, "
+            f"{rate / inner:4.2f}x plain's loop alone{tgt}"
+        )
     print(f"  plain's loop alone (imports excluded): {inner:.1f} img/s")
     q = med["quick start (samples, 2 copies)"]
     print(f"  quick start: {q:.2f} s (target < 3 s)")

@@ -10,6 +10,7 @@ The outputs of (a) and (b) are compared byte for byte.
 Run: .venv/bin/python benchmarks/bench_ray.py [--count 300] [--copies 1]   (needs the ray extra)
 A benchmark, never a test.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,17 +27,20 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from photos import make_photos  # noqa: E402
 
-from augkit.augment import AugmentOptions, make_plan, run_plan  # noqa: E402
-from augkit.executors import get_executor  # noqa: E402
-from augkit.recipe import load_recipe  # noqa: E402
+from augkit.offline.executors.local import get_executor  # noqa: E402
+from augkit.offline.run import AugmentOptions, make_plan, run_plan  # noqa: E402
+from augkit.recipe.api import load_recipe  # noqa: E402
 
 
 def timed_run(src: Path, dst: Path, recipe, copies: int, engine: str) -> dict:
     plan = make_plan(src, dst, recipe, AugmentOptions(copies=copies, workers=2, engine=engine))
     first: list[float] = []
     t0 = time.perf_counter()
-    r = run_plan(plan, executor=get_executor(engine, workers=2),
-                 on_progress=lambda res: first or first.append(time.perf_counter()))
+    r = run_plan(
+        plan,
+        executor=get_executor(engine, workers=2),
+        on_progress=lambda res: first or first.append(time.perf_counter()),
+    )
     t1 = time.perf_counter()
     assert r.exit_code == 0 and r.written == len(plan.items), r
     n = r.written
@@ -45,8 +49,12 @@ def timed_run(src: Path, dst: Path, recipe, copies: int, engine: str) -> dict:
 
 def same_outputs(a: Path, b: Path) -> bool:
     def files(root: Path) -> dict[str, bytes]:
-        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
-                if p.is_file() and p.name != "augkit-run.yaml"}
+        return {
+            p.relative_to(root).as_posix(): p.read_bytes()
+            for p in root.rglob("*")
+            if p.is_file() and p.name != "augkit-run.yaml"
+        }
+
     return files(a) == files(b)
 
 
@@ -76,22 +84,39 @@ def main() -> None:
             shutdown_s = time.perf_counter() - t0
         identical = same_outputs(tmp / "local", tmp / "ray")
         ray_total = init_s + rayr["wall_s"]
-        fig = {"count": args.count, "copies": args.copies, "cpus": os.cpu_count(), "ray": ray.__version__,
-               "local": local, "ray_run": rayr, "ray_init_s": init_s, "ray_shutdown_s": shutdown_s,
-               "ray_startup_s": init_s + rayr["first_result_s"], "ray_total_s": ray_total,
-               "ratio_ray_over_local_wall": ray_total / local["wall_s"],
-               "ratio_ray_over_local_without_init": rayr["wall_s"] / local["wall_s"],
-               "byte_identical": identical}
-        print(f"images: {args.count} JPEGs 500x375 x {args.copies} copies, recipe {args.recipe}, "
-              f"{os.cpu_count()} CPUs, ray {ray.__version__}")
-        print(f"local, 2 workers:  {local['wall_s']:6.1f} s  ({local['rate']:.1f} img/s; pool start-up included, "
-              f"first result after {local['first_result_s']:.1f} s)")
-        print(f"ray, 2 CPUs:       {ray_total:6.1f} s  = ray.init {init_s:.1f} s + run {rayr['wall_s']:.1f} s, "
-              f"of which {rayr['first_result_s']:.1f} s until the first batch came back "
-              f"(then shutdown {shutdown_s:.1f} s, not counted)")
+        fig = {
+            "count": args.count,
+            "copies": args.copies,
+            "cpus": os.cpu_count(),
+            "ray": ray.__version__,
+            "local": local,
+            "ray_run": rayr,
+            "ray_init_s": init_s,
+            "ray_shutdown_s": shutdown_s,
+            "ray_startup_s": init_s + rayr["first_result_s"],
+            "ray_total_s": ray_total,
+            "ratio_ray_over_local_wall": ray_total / local["wall_s"],
+            "ratio_ray_over_local_without_init": rayr["wall_s"] / local["wall_s"],
+            "byte_identical": identical,
+        }
+        print(
+            f"images: {args.count} JPEGs 500x375 x {args.copies} copies, recipe {args.recipe}, "
+            f"{os.cpu_count()} CPUs, ray {ray.__version__}"
+        )
+        print(
+            f"local, 2 workers:  {local['wall_s']:6.1f} s  ({local['rate']:.1f} img/s; pool start-up included, "
+            f"first result after {local['first_result_s']:.1f} s)"
+        )
+        print(
+            f"ray, 2 CPUs:       {ray_total:6.1f} s  = ray.init {init_s:.1f} s + run {rayr['wall_s']:.1f} s, "
+            f"of which {rayr['first_result_s']:.1f} s until the first batch came back "
+            f"(then shutdown {shutdown_s:.1f} s, not counted)"
+        )
         print(f"ray start-up (ray.init + first batch): {fig['ray_startup_s']:.1f} s")
-        print(f"ray / local wall time: {fig['ratio_ray_over_local_wall']:.2f}x "
-              f"({fig['ratio_ray_over_local_without_init']:.2f}x without ray.init)")
+        print(
+            f"ray / local wall time: {fig['ratio_ray_over_local_wall']:.2f}x "
+            f"({fig['ratio_ray_over_local_without_init']:.2f}x without ray.init)"
+        )
         print(f"outputs byte-identical: {identical}")
         if args.json:
             args.json.write_text(json.dumps(fig, indent=2) + "\n")

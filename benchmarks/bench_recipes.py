@@ -17,6 +17,7 @@ upscaled to 32 px), 20 of each class for training and the other 80 of each held 
 Run: .venv/bin/python benchmarks/bench_recipes.py [--data digits|faces]
      [--recipes none,digits,digits-trivial,digits-mixup] [--seeds 0,1] [--epochs 20] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,14 +55,29 @@ def faces_split(root: Path, per_class: int = 20, size: int = 32) -> Path:
 
 
 def run_one(data: Path, out: Path, recipe: str, seed: int, args) -> dict:
-    from augkit.evaluate import evaluate
-    from augkit.train import train
-    from augkit.train_config import TrainConfig
+    from augkit.infer.evaluate import evaluate
+    from augkit.training.config import TrainConfig
+    from augkit.training.loop import train
 
     t0 = time.perf_counter()
-    train(TrainConfig(data=data / "train", out=out, recipe=recipe, weights="none", epochs=args.epochs,
-                      batch_size=32, lr=2e-3, image_size=32, val_split=0, seed=seed, device="cpu", workers=0,
-                      threads=THREADS, progress=False))
+    train(
+        TrainConfig(
+            data=data / "train",
+            out=out,
+            recipe=recipe,
+            weights="none",
+            epochs=args.epochs,
+            batch_size=32,
+            lr=2e-3,
+            image_size=32,
+            val_split=0,
+            seed=seed,
+            device="cpu",
+            workers=0,
+            threads=THREADS,
+            progress=False,
+        )
+    )
     row = {"recipe": recipe, "seed": seed, "seconds": round(time.perf_counter() - t0, 1)}
     for tta in TTAS:
         acc = evaluate(out / "last.pt", data / "test", tta=tta, device="cpu", workers=0)["accuracy"]
@@ -89,8 +105,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    import augkit.evaluate  # noqa: F401  (imported up front: the code measured is the code at the start)
-    import augkit.train  # noqa: F401
+    import augkit.infer.evaluate  # noqa: F401  (imported up front: the code measured is the code at the start)
+    import augkit.training.loop  # noqa: F401
 
     recipes = args.recipes.split(",")
     results: dict = {"load_before": os.getloadavg(), "runs": []}
@@ -101,8 +117,11 @@ def main() -> None:
                 row = run_one(data, Path(tmp) / f"run_{recipe}_{seed}", recipe, seed, args)
                 row["load"] = os.getloadavg()[0]
                 results["runs"].append(row)
-                print(f"  {recipe:15s} seed {seed}: plain {row['plain']:.1%}, TTA shift {row['tta_shift']:.1%}, "
-                      f"TTA flip {row['tta_flip']:.1%} ({row['seconds']:.0f} s)", flush=True)
+                print(
+                    f"  {recipe:15s} seed {seed}: plain {row['plain']:.1%}, TTA shift {row['tta_shift']:.1%}, "
+                    f"TTA flip {row['tta_flip']:.1%} ({row['seconds']:.0f} s)",
+                    flush=True,
+                )
                 if args.json:
                     args.json.write_text(json.dumps(results, indent=2))
     results["load_after"] = os.getloadavg()

@@ -20,6 +20,7 @@ Run: .venv/bin/python benchmarks/bench_transfer.py [--sizes 5,10,30,100] [--seed
      [--modes head,finetune,none,scratch] [--epochs 20] [--backbone-lr-mult 0.1] [--json out.json]
 (~25 minutes on this project's shared 2-core box; seeds run outermost, results are saved after each run.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,7 @@ def load() -> tuple:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    imgs = [cv2.resize((im * (255 / 16)).astype(np.uint8), (32, 32), interpolation=cv2.INTER_LINEAR)
-            for im in d.images]
+    imgs = [cv2.resize((im * (255 / 16)).astype(np.uint8), (32, 32), interpolation=cv2.INTER_LINEAR) for im in d.images]
     return imgs, d.target
 
 
@@ -68,18 +68,34 @@ def by_class(target, digits) -> dict[int, list[int]]:
 
 
 def train(data: Path, out: Path, *, weights: str, freeze: str, epochs: int, seed: int, lr: float) -> float:
-    from augkit.train import train as run_train
-    from augkit.train_config import TrainConfig
+    from augkit.training.config import TrainConfig
+    from augkit.training.loop import train as run_train
 
     t0 = time.perf_counter()
-    run_train(TrainConfig(data=data, out=out, recipe="digits", weights=weights, freeze=freeze, epochs=epochs,
-                          batch_size=32, lr=lr, image_size=32, val_split=0, seed=seed, device="cpu", workers=0,
-                          threads=THREADS, progress=False))
+    run_train(
+        TrainConfig(
+            data=data,
+            out=out,
+            recipe="digits",
+            weights=weights,
+            freeze=freeze,
+            epochs=epochs,
+            batch_size=32,
+            lr=lr,
+            image_size=32,
+            val_split=0,
+            seed=seed,
+            device="cpu",
+            workers=0,
+            threads=THREADS,
+            progress=False,
+        )
+    )
     return time.perf_counter() - t0
 
 
 def test_accuracy(run: Path, test: Path) -> float:
-    from augkit.evaluate import evaluate
+    from augkit.infer.evaluate import evaluate
 
     return evaluate(run / "last.pt", test, tta="identity", device="cpu", workers=0)["accuracy"]["plain"]
 
@@ -92,16 +108,21 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--pretrain-epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--backbone-lr-mult", type=float, help="override augkit.freeze.BACKBONE_LR_MULT (0.1): the "
-                   "pretrained backbone's share of the learning rate once it trains")
+    p.add_argument(
+        "--backbone-lr-mult",
+        type=float,
+        help="override augkit.training.freeze.BACKBONE_LR_MULT (0.1): the "
+        "pretrained backbone's share of the learning rate once it trains",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     if args.backbone_lr_mult is not None:
-        import augkit.freeze
+        import augkit.training.freeze
 
-        augkit.freeze.BACKBONE_LR_MULT = args.backbone_lr_mult  # read by choose_freeze at each run's start
-    import augkit.evaluate  # noqa: F401  (imported up front: the code measured is the code at the start)
-    import augkit.train  # noqa: F401
+        augkit.training.freeze.BACKBONE_LR_MULT = args.backbone_lr_mult  # read by choose_freeze at each run's start
+    import augkit.infer.evaluate  # noqa: F401  (imported up front: the code measured is the code at the start)
+    import augkit.training.loop  # noqa: F401
+
     imgs, target = load()
     src, dst = by_class(target, range(5)), by_class(target, range(5, 10))
     results: dict = {"load_before": os.getloadavg(), "runs": [], "backbone_lr_mult": args.backbone_lr_mult}
@@ -110,23 +131,42 @@ def main() -> None:
         pre = write(work / "pretrain", [(i, k) for k, idx in src.items() for i in idx], imgs)
         test = write(work / "test", [(i, k) for k, idx in dst.items() for i in idx[-TEST_PER_CLASS:]], imgs)
         if set(args.modes.split(",")) != {"scratch"}:  # scratch alone needs no pretrained backbone
-            secs = train(pre, work / "pre_run", weights="none", freeze="none", epochs=args.pretrain_epochs, seed=0,
-                         lr=2e-3)
+            secs = train(
+                pre, work / "pre_run", weights="none", freeze="none", epochs=args.pretrain_epochs, seed=0, lr=2e-3
+            )
             results["pretrain"] = {"images": sum(len(v) for v in src.values()), "seconds": round(secs, 1)}
             print(f"pretrained on digits 0-4 in {secs:.0f} s", flush=True)
         for seed in map(int, args.seeds.split(",")):  # seed outermost: a cut-short run still has whole seeds
             for n in map(int, args.sizes.split(",")):
-                pick = [(i, k) for k, idx in dst.items()
-                        for i in random.Random(f"{seed}-{k}").sample(idx[:POOL_PER_CLASS], n)]
+                pick = [
+                    (i, k)
+                    for k, idx in dst.items()
+                    for i in random.Random(f"{seed}-{k}").sample(idx[:POOL_PER_CLASS], n)
+                ]
                 data = write(work / f"n{n}_s{seed}", pick, imgs)
                 for mode in args.modes.split(","):
                     run = work / f"run_n{n}_s{seed}_{mode}"
                     weights = "none" if mode == "scratch" else str(work / "pre_run")
-                    secs = train(data, run, weights=weights, freeze="none" if mode == "scratch" else mode,
-                                 epochs=args.epochs, seed=seed, lr=args.lr)
+                    secs = train(
+                        data,
+                        run,
+                        weights=weights,
+                        freeze="none" if mode == "scratch" else mode,
+                        epochs=args.epochs,
+                        seed=seed,
+                        lr=args.lr,
+                    )
                     acc = test_accuracy(run, test)
-                    results["runs"].append({"per_class": n, "seed": seed, "mode": mode, "test_acc": round(acc, 4),
-                                            "seconds": round(secs, 1), "load": os.getloadavg()[0]})
+                    results["runs"].append(
+                        {
+                            "per_class": n,
+                            "seed": seed,
+                            "mode": mode,
+                            "test_acc": round(acc, 4),
+                            "seconds": round(secs, 1),
+                            "load": os.getloadavg()[0],
+                        }
+                    )
                     print(f"  N={n:3d}/class seed {seed} {mode:8s} test acc {acc:.1%} ({secs:.0f} s)", flush=True)
                     if args.json:
                         args.json.write_text(json.dumps(results, indent=2))

@@ -15,7 +15,7 @@ For each preset it times, on the same images with the same batch size:
 
 ``--workers-sweep 0,1,2`` instead times ``predict --tta flip`` end to end with each number of
 decoding workers (alternating, best of ``--repeats``), on photos whose short side is
-``--photo-side`` pixels: the measurement behind :func:`augkit.inference.default_workers`.
+``--photo-side`` pixels: the measurement behind :func:`augkit.infer.engine.default_workers`.
 
 The V plain runs and the TTA run alternate, best of ``--repeats`` each, so that other load on
 the machine affects both alike.
@@ -24,6 +24,7 @@ Images are random crops of scikit-image's public-domain photos, written as JPEGs
 temporary folder. The model is a randomly initialised resnet18 (speed does not depend on
 the weights). Results go to stdout and ``bench_out/bench_tta.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,15 +42,15 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import augkit.inference as inference_mod  # noqa: E402
-from augkit.checkpoint import ModelMeta, load_model, save_checkpoint  # noqa: E402
-from augkit.images import DECODE_POLICY  # noqa: E402
-from augkit.models import build_model  # noqa: E402
-from augkit.inference import DecodedImages, default_workers, to_model_input  # noqa: E402
-from augkit.predict import predict  # noqa: E402
-from augkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY  # noqa: E402
-from augkit.tta import TTAWrapper  # noqa: E402
-from augkit.views import preset_views  # noqa: E402
+import augkit.infer.engine as inference_mod  # noqa: E402
+from augkit.infer.engine import DecodedImages, default_workers, to_model_input  # noqa: E402
+from augkit.infer.predict import predict  # noqa: E402
+from augkit.infer.tta import TTAWrapper  # noqa: E402
+from augkit.io.images import DECODE_POLICY  # noqa: E402
+from augkit.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY  # noqa: E402
+from augkit.models.archs import build_model  # noqa: E402
+from augkit.models.checkpoint import ModelMeta, load_model, save_checkpoint  # noqa: E402
+from augkit.recipe.views import preset_views  # noqa: E402
 
 PRESETS = ("flip", "flip+shift", "ten-crop", "d4")
 
@@ -65,8 +66,11 @@ def make_images(root: Path, n: int, side: int = 256) -> list[Path]:
         h, w = img.shape[:2]
         s = int(rng.integers(min(h, w) // 2, min(h, w)))
         y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-        crop = cv2.resize(img[y:y + s, x:x + s], (side * 4 // 3, side),
-                          interpolation=cv2.INTER_AREA if side <= s else cv2.INTER_CUBIC)
+        crop = cv2.resize(
+            img[y : y + s, x : x + s],
+            (side * 4 // 3, side),
+            interpolation=cv2.INTER_AREA if side <= s else cv2.INTER_CUBIC,
+        )
         p = root / f"img{i:04d}.jpg"
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
         assert ok
@@ -78,9 +82,16 @@ def make_images(root: Path, n: int, side: int = 256) -> list[Path]:
 def make_run(root: Path, size: int) -> Path:
     torch.manual_seed(0)
     classes = [f"c{i}" for i in range(10)]
-    meta = ModelMeta(arch="resnet18", classes=classes, class_to_idx={c: i for i, c in enumerate(classes)},
-                     image_size=size, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
-                     decode_policy=DECODE_POLICY, resize_policy=RESIZE_POLICY)
+    meta = ModelMeta(
+        arch="resnet18",
+        classes=classes,
+        class_to_idx={c: i for i, c in enumerate(classes)},
+        image_size=size,
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        decode_policy=DECODE_POLICY,
+        resize_policy=RESIZE_POLICY,
+    )
     save_checkpoint(root / "best.pt", build_model("resnet18", len(classes)), meta)
     return root
 
@@ -89,6 +100,7 @@ def times(fn, n: int):
     def go():
         for _ in range(n):
             fn()
+
     return go
 
 
@@ -135,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 with torch.inference_mode():
                     for b in batches:
                         fn(b)
+
             return go
 
         plain_model = forward(lambda b: torch.softmax(model(b), -1))
@@ -145,13 +158,16 @@ def main(argv: list[str] | None = None) -> int:
             views = preset_views(name)
             v = len(views)
             # V plain passes back to back against one TTA pass: equal lengths see equal interference
-            plain_e2e, e2e = alternate_best(times(plain_predict, v),
-                                            lambda: predict(run, [tmp / "img"], tta=name, **common),
-                                            repeats=args.repeats)
+            plain_e2e, e2e = alternate_best(
+                times(plain_predict, v), lambda: predict(run, [tmp / "img"], tta=name, **common), repeats=args.repeats
+            )
             # as predict runs it on the CPU (pieces of batch_size images), and as one forward pass
             plain_fwd, fwd, fwd1 = alternate_best(
-                times(plain_model, v), forward(TTAWrapper(model, views, max_batch=args.batch_size)),
-                forward(TTAWrapper(model, views)), repeats=args.repeats)
+                times(plain_model, v),
+                forward(TTAWrapper(model, views, max_batch=args.batch_size)),
+                forward(TTAWrapper(model, views)),
+                repeats=args.repeats,
+            )
             plain_e2e, plain_fwd = plain_e2e / v, plain_fwd / v
             calls: list[str] = []
             real = inference_mod.read_image
@@ -165,28 +181,52 @@ def main(argv: list[str] | None = None) -> int:
                 predict(run, [tmp / "img"], tta=name, device="cpu", batch_size=args.batch_size, workers=0)
             finally:
                 inference_mod.read_image = real
-            rows.append({"preset": name, "views": v, "plain_predict_s": round(plain_e2e, 3),
-                         "plain_model_s": round(plain_fwd, 3), "predict_s": round(e2e, 3),
-                         "predict_ratio_to_v_plain": round(e2e / (v * plain_e2e), 3),
-                         "model_s": round(fwd, 3), "model_ratio_to_v_plain": round(fwd / (v * plain_fwd), 3),
-                         "model_one_forward_s": round(fwd1, 3),
-                         "model_one_forward_ratio": round(fwd1 / (v * plain_fwd), 3),
-                         "decodes": len(calls), "decodes_per_image": len(calls) / len(paths)})
+            rows.append(
+                {
+                    "preset": name,
+                    "views": v,
+                    "plain_predict_s": round(plain_e2e, 3),
+                    "plain_model_s": round(plain_fwd, 3),
+                    "predict_s": round(e2e, 3),
+                    "predict_ratio_to_v_plain": round(e2e / (v * plain_e2e), 3),
+                    "model_s": round(fwd, 3),
+                    "model_ratio_to_v_plain": round(fwd / (v * plain_fwd), 3),
+                    "model_one_forward_s": round(fwd1, 3),
+                    "model_one_forward_ratio": round(fwd1 / (v * plain_fwd), 3),
+                    "decodes": len(calls),
+                    "decodes_per_image": len(calls) / len(paths),
+                }
+            )
 
-    result = {"images": args.images, "size": args.size, "batch_size": args.batch_size, "workers": args.workers,
-              "repeats": args.repeats, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "presets": rows}
-    print(f"{args.images} images, resnet18 at {args.size}px, batch {args.batch_size}, workers {args.workers}, "
-          f"CPU x{os.cpu_count()} ({torch.get_num_threads()} torch threads), best of {args.repeats}")
+    result = {
+        "images": args.images,
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "presets": rows,
+    }
+    print(
+        f"{args.images} images, resnet18 at {args.size}px, batch {args.batch_size}, workers {args.workers}, "
+        f"CPU x{os.cpu_count()} ({torch.get_num_threads()} torch threads), best of {args.repeats}"
+    )
     print(f"{'':<15}{'--- predict, end to end ---':^35}{'--- model only: pieces of batch | one forward ---':^50}")
-    print(f"{'preset':<12}{'V':>3}{'V x plain':>11}{'TTA':>9}{'ratio':>8}{'V x plain':>11}{'TTA':>9}{'ratio':>8}"
-          f"{'TTA':>9}{'ratio':>8}{'decodes/img':>13}")
+    print(
+        f"{'preset':<12}{'V':>3}{'V x plain':>11}{'TTA':>9}{'ratio':>8}{'V x plain':>11}{'TTA':>9}{'ratio':>8}"
+        f"{'TTA':>9}{'ratio':>8}{'decodes/img':>13}"
+    )
     for r in rows:
         v = r["views"]
-        print(f"{r['preset']:<12}{v:>3}{v * r['plain_predict_s']:>11.3f}{r['predict_s']:>9.3f}"
-              f"{r['predict_ratio_to_v_plain']:>8.3f}{v * r['plain_model_s']:>11.3f}{r['model_s']:>9.3f}"
-              f"{r['model_ratio_to_v_plain']:>8.3f}{r['model_one_forward_s']:>9.3f}"
-              f"{r['model_one_forward_ratio']:>8.3f}{r['decodes_per_image']:>13.2f}")
+        print(
+            f"{r['preset']:<12}{v:>3}{v * r['plain_predict_s']:>11.3f}{r['predict_s']:>9.3f}"
+            f"{r['predict_ratio_to_v_plain']:>8.3f}{v * r['plain_model_s']:>11.3f}{r['model_s']:>9.3f}"
+            f"{r['model_ratio_to_v_plain']:>8.3f}{r['model_one_forward_s']:>9.3f}"
+            f"{r['model_one_forward_ratio']:>8.3f}{r['decodes_per_image']:>13.2f}"
+        )
     ok = all(r["predict_ratio_to_v_plain"] <= 1.1 and r["decodes_per_image"] == 1 for r in rows)
     print("target (predict <= 1.1 x V x plain, one decode per image):", "met" if ok else "NOT met")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -202,19 +242,35 @@ def sweep_workers(args) -> int:
         (tmp / "img").mkdir()
         make_images(tmp / "img", args.images, args.photo_side)
         run = make_run(tmp, args.size)
-        runs = [lambda w=w: predict(run, [tmp / "img"], tta="flip", device="cpu", batch_size=args.batch_size,
-                                    workers=w) for w in counts]
+        runs = [
+            lambda w=w: predict(run, [tmp / "img"], tta="flip", device="cpu", batch_size=args.batch_size, workers=w)
+            for w in counts
+        ]
         runs[0]()  # warm-up
         best = alternate_best(*runs, repeats=args.repeats)
-    rows = [{"workers": w, "seconds": round(t, 3), "img_per_s": round(args.images / t, 1)}
-            for w, t in zip(counts, best)]
-    print(f"predict --tta flip, {args.images} photos (short side {args.photo_side}) at {args.size}px, "
-          f"{os.cpu_count()} CPUs, default workers here: {default_workers('cpu')}")
+    rows = [
+        {"workers": w, "seconds": round(t, 3), "img_per_s": round(args.images / t, 1)} for w, t in zip(counts, best)
+    ]
+    print(
+        f"predict --tta flip, {args.images} photos (short side {args.photo_side}) at {args.size}px, "
+        f"{os.cpu_count()} CPUs, default workers here: {default_workers('cpu')}"
+    )
     for r in rows:
         print(f"  workers {r['workers']}: {r['seconds']:.3f} s, {r['img_per_s']} img/s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"workers_sweep": rows, "images": args.images, "size": args.size,
-                                    "photo_side": args.photo_side, "cpus": os.cpu_count()}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "workers_sweep": rows,
+                "images": args.images,
+                "size": args.size,
+                "photo_side": args.photo_side,
+                "cpus": os.cpu_count(),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return 0
 
 

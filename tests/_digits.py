@@ -1,5 +1,6 @@
 """scikit-learn's handwritten digits (shipped with the package; 8x8, 16 grey levels), upscaled and
 written as an image folder: real images for the Dataset and training tests."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,7 @@ def digit_images(digit: int, count: int, size: int = 32, start: int = 0) -> list
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    picked = d.images[d.target == digit][start:start + count]
+    picked = d.images[d.target == digit][start : start + count]
     out = []
     for img in picked:
         g = cv2.resize((img * (255 / 16)).astype(np.uint8), (size, size), interpolation=cv2.INTER_LINEAR)

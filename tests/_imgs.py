@@ -1,4 +1,5 @@
 """Small real images for tests (scikit-image's public-domain photos), written in class folders."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,7 @@ def photo(name: str = "chelsea", size: tuple[int, int] = (64, 48), offset: int =
     if img.ndim == 2:
         img = np.stack([img] * 3, -1)
     h, w = img.shape[:2]
-    crop = img[offset % (h // 4): h - (offset * 7) % (h // 4), (offset * 13) % (w // 4): w]
+    crop = img[offset % (h // 4) : h - (offset * 7) % (h // 4), (offset * 13) % (w // 4) : w]
     return cv2.resize(np.ascontiguousarray(crop[:, :, :3]), size, interpolation=cv2.INTER_AREA)
 
 

@@ -1,9 +1,11 @@
 """One small local Ray for the tests that need one: 2 CPUs, no dashboard, no ``~/.ray/auth_token``."""
+
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 

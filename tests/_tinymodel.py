@@ -1,5 +1,6 @@
 """A tiny, accurate digits classifier for the inference tests: a resnet18 with random (seeded)
 convolutions whose head is fitted by logistic regression on their features (about a second)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,11 +9,11 @@ import cv2
 import numpy as np
 import torch
 
-from augkit.checkpoint import ModelMeta, save_checkpoint
-from augkit.images import DECODE_POLICY
-from augkit.inference import to_model_input
-from augkit.models import build_model
-from augkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
+from augkit.infer.engine import to_model_input
+from augkit.io.images import DECODE_POLICY
+from augkit.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
+from augkit.models.archs import build_model
+from augkit.models.checkpoint import ModelMeta, save_checkpoint
 
 CLASSES = ["zero", "one", "two"]  # the model's order; not alphabetical, so folder order would be wrong
 SIZE = 32
@@ -47,9 +48,16 @@ def make_run(run: Path, images: np.ndarray, target: np.ndarray, decode_policy: s
 
     torch.manual_seed(0)
     model = build_model("resnet18", len(CLASSES)).eval()
-    meta = ModelMeta(arch="resnet18", classes=CLASSES, class_to_idx={c: i for i, c in enumerate(CLASSES)},
-                     image_size=SIZE, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
-                     decode_policy=decode_policy, resize_policy=RESIZE_POLICY)
+    meta = ModelMeta(
+        arch="resnet18",
+        classes=CLASSES,
+        class_to_idx={c: i for i, c in enumerate(CLASSES)},
+        image_size=SIZE,
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        decode_policy=decode_policy,
+        resize_policy=RESIZE_POLICY,
+    )
     x = to_model_input(torch.from_numpy(np.stack([digit_rgb(d) for d in images])), meta, torch.device("cpu"))
     head, model.fc = model.fc, torch.nn.Identity()
     with torch.no_grad():

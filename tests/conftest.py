@@ -1,4 +1,5 @@
 """Shared fixtures. Keep this file small: fixtures used by one test file belong in that file."""
+
 import os
 
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # before anything imports albumentations

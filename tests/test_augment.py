@@ -1,4 +1,5 @@
 """augkit augment: layout, manifest, determinism across workers, resume after kill, bad inputs, safety."""
+
 from __future__ import annotations
 
 import errno
@@ -12,15 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _imgs import class_folder, photo, write
 from typer.testing import CliRunner
 
-from augkit import augment as augmod
-from augkit import augment_task as taskmod
-from augkit.augment import AugmentOptions, make_plan, run_plan
 from augkit.cli import app
-from augkit.images import read_image
-from augkit.recipe import load_recipe
-from _imgs import class_folder, photo, write
+from augkit.io.images import read_image
+from augkit.offline import task as taskmod
+from augkit.offline.run import AugmentOptions, make_plan, run_plan
+from augkit.recipe.api import load_recipe
 
 runner = CliRunner()
 
@@ -52,13 +52,26 @@ def test_layout_names_and_manifest(src, tmp_path):
     r = run(src, dst, copies=2, workers=1)
     assert r.exit_code == 0 and r.written == 18
     assert sorted(images(dst)) == sorted(
-        f"{c}/{c}{i}__aug{k}{'.jpg' if i % 2 == 0 else '.png'}" for c in ("cat", "coffee", "rocket")
-        for i in range(3) for k in range(2))
+        f"{c}/{c}{i}__aug{k}{'.jpg' if i % 2 == 0 else '.png'}"
+        for c in ("cat", "coffee", "rocket")
+        for i in range(3)
+        for k in range(2)
+    )
     m = rows(dst / "manifest.jsonl")
     assert len(m) == 18 and {r["output"] for r in m} == set(images(dst))
     row = m[0]
-    for key in ("source", "output", "class", "copy", "seed", "sample_seed", "transforms", "recipe_hash", "augkit",
-                "albumentations"):
+    for key in (
+        "source",
+        "output",
+        "class",
+        "copy",
+        "seed",
+        "sample_seed",
+        "transforms",
+        "recipe_hash",
+        "augkit",
+        "albumentations",
+    ):
         assert key in row
     assert row["class"] == "cat" and row["source"] == "cat/cat0.jpg"
     assert any(t["params"] for r in m for t in r["transforms"])  # sampled parameters are recorded
@@ -135,8 +148,13 @@ def test_bad_inputs_are_reported_and_counts_add_up(src, tmp_path):
     dst = tmp_path / "dst"
     r = run(src, dst, copies=1, workers=2, max_pixels=50_000)
     reasons = {e["path"]: e["reason"] for e in rows(dst / "errors.jsonl")}
-    assert reasons == {"cat/empty.jpg": "not an image", "cat/text.jpg": "not an image",
-                       "cat/noise.jpg": "not an image", "cat/cut.jpg": "truncated", "cat/big.png": "too large"}
+    assert reasons == {
+        "cat/empty.jpg": "not an image",
+        "cat/text.jpg": "not an image",
+        "cat/noise.jpg": "not an image",
+        "cat/cut.jpg": "truncated",
+        "cat/big.png": "too large",
+    }
     assert r.written == 9 and r.exit_code == 3
     assert r.written + len(reasons) == len({i.src for i in r.plan.items})  # every input processed or reported
     assert not any(n.startswith(("empty", "text", "noise", "cut", "big")) for n in os.listdir(dst / "cat"))
@@ -179,8 +197,20 @@ def test_disk_full_fails_cleanly_and_resumes(src, tmp_path, monkeypatch):
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     src = class_folder(tmp_path / "src", per_class=12, size=(160, 120))
     ref, dst = tmp_path / "ref", tmp_path / "dst"
-    cmd = [sys.executable, "-m", "augkit", "augment", str(src), str(dst), "--copies", "4", "--workers", "2",
-           "--seed", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "augkit",
+        "augment",
+        str(src),
+        str(dst),
+        "--copies",
+        "4",
+        "--workers",
+        "2",
+        "--seed",
+        "3",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and len(list(dst.rglob("*__aug*"))) < 20:
@@ -218,8 +248,10 @@ def test_cli_dry_run_writes_nothing(src, tmp_path):
 
 
 def test_cli_end_to_end_with_summary(src, tmp_path):
-    res = runner.invoke(app, ["augment", str(src), str(tmp_path / "o"), "--copies", "1", "--workers", "2",
-                              "--format", "png", "--originals"])
+    res = runner.invoke(
+        app,
+        ["augment", str(src), str(tmp_path / "o"), "--copies", "1", "--workers", "2", "--format", "png", "--originals"],
+    )
     assert res.exit_code == 0, res.output
     assert "written" in res.output and "manifest" in res.output
     assert len(list((tmp_path / "o").rglob("*__aug0.png"))) == 9
@@ -227,8 +259,13 @@ def test_cli_end_to_end_with_summary(src, tmp_path):
 
 
 def test_cli_options_validated(src, tmp_path):
-    for args in (["--copies", "0"], ["--copies", "2", "--per-class", "5"], ["--format", "gif"], ["--quality", "0"],
-                 ["--recipe", "defualt"]):
+    for args in (
+        ["--copies", "0"],
+        ["--copies", "2", "--per-class", "5"],
+        ["--format", "gif"],
+        ["--quality", "0"],
+        ["--recipe", "defualt"],
+    ):
         res = runner.invoke(app, ["augment", str(src), str(tmp_path / "o"), *args])
         assert res.exit_code == 2, (args, res.output)
     res = runner.invoke(app, ["augment", str(src), str(tmp_path / "o"), "--recipe", "defualt"])
@@ -260,7 +297,10 @@ def test_max_side_shrinks_never_enlarges_and_is_recorded(tmp_path):
     for name in ("big.jpg", "tall.png", "small.png"):  # originals stay byte for byte
         assert (dst / "cat" / name).read_bytes() == (src / "cat" / name).read_bytes()
     m = {row["output"]: row for row in rows(dst / "manifest.jsonl")}
-    assert m["cat/big__aug0.jpg"]["max_side"] == 100 and (m["cat/big__aug0.jpg"]["width"], m["cat/big__aug0.jpg"]["height"]) == (100, 75)
+    assert m["cat/big__aug0.jpg"]["max_side"] == 100 and (
+        m["cat/big__aug0.jpg"]["width"],
+        m["cat/big__aug0.jpg"]["height"],
+    ) == (100, 75)
     assert "max_side: 100" in (dst / "augkit-run.yaml").read_text()
     assert run(src, dst, copies=1, workers=1, max_side=100, originals=True).already_done == 6
     r = run(src, dst, copies=1, workers=1, originals=True)  # another size: outputs are checked, not trusted
@@ -276,8 +316,11 @@ def test_unchanged_copies_are_counted_and_require_change_redraws_them(tmp_path):
     recipe.write_text("train:\n  - flip: {direction: horizontal, p: 0.5}\n")
     kw = dict(recipe=str(recipe), copies=4, format="png", workers=1, seed=3)
     plain = run(src, tmp_path / "plain", **kw)
-    same = {r["output"] for r in rows(tmp_path / "plain/manifest.jsonl")
-            if np.array_equal(read_image(tmp_path / "plain" / r["output"]), read_image(src / r["source"]))}
+    same = {
+        r["output"]
+        for r in rows(tmp_path / "plain/manifest.jsonl")
+        if np.array_equal(read_image(tmp_path / "plain" / r["output"]), read_image(src / r["source"]))
+    }
     assert plain.unchanged == len(same) > 0
     assert {r["output"] for r in rows(tmp_path / "plain/manifest.jsonl") if r["unchanged"]} == same
     redrawn = run(src, tmp_path / "redrawn", require_change=True, **kw)
@@ -288,8 +331,10 @@ def test_unchanged_copies_are_counted_and_require_change_redraws_them(tmp_path):
     assert {k for k in a if a[k] != b[k]} == same  # copies that changed at the first draw are untouched
     again = run(src, tmp_path / "again", require_change=True, **kw)
     assert images(tmp_path / "again") == b and again.unchanged == 0  # redraws are reproducible
-    res = runner.invoke(app, ["augment", str(src), str(tmp_path / "cli"), "-r", str(recipe), "-n", "4", "-f", "png",
-                              "-s", "3", "-w", "1"])
+    res = runner.invoke(
+        app,
+        ["augment", str(src), str(tmp_path / "cli"), "-r", str(recipe), "-n", "4", "-f", "png", "-s", "3", "-w", "1"],
+    )
     assert res.exit_code == 0 and f"unchanged copies │ {len(same)} (identical" in res.output
 
 

@@ -1,6 +1,7 @@
 """augkit augment under faults and hostile inputs (issue 9): per-file errors instead of crashes,
 one-line failures instead of tracebacks, a locked DST, append-only records, no reading of its own
 outputs, special files that never block."""
+
 from __future__ import annotations
 
 import errno
@@ -13,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from _imgs import class_folder, photo, write
 from typer.testing import CliRunner
 
-from augkit import outdir
-from augkit.augment import AugmentOptions, make_plan, run_plan
 from augkit.cli import app
 from augkit.errors import UsageError
-from augkit.executors import LocalExecutor
-from augkit.recipe import load_recipe
-from _imgs import class_folder, photo, write
+from augkit.offline import dst as outdir
+from augkit.offline.executors.local import LocalExecutor
+from augkit.offline.run import AugmentOptions, make_plan, run_plan
+from augkit.recipe.api import load_recipe
 
 runner = CliRunner()
 
@@ -40,8 +41,9 @@ def src(tmp_path):
     return class_folder(tmp_path / "src", per_class=3)
 
 
-@pytest.mark.parametrize("executor", [LocalExecutor(workers=1), LocalExecutor(workers=2, adaptive=False)],
-                         ids=["in-process", "pool"])
+@pytest.mark.parametrize(
+    "executor", [LocalExecutor(workers=1), LocalExecutor(workers=2, adaptive=False)], ids=["in-process", "pool"]
+)
 def test_an_output_that_cannot_be_encoded_is_a_per_file_error(src, tmp_path, executor):
     tall = np.ascontiguousarray(np.repeat(photo(size=(200, 170)), 100, axis=0))  # 200x17000: webp max is 16383
     write(src / "cat" / "tall.png", tall)
@@ -86,7 +88,9 @@ def test_disk_full_while_recording_progress_stops_cleanly_and_keeps_records(src,
     def full(self, row):
         calls["n"] += 1
         if calls["n"] > 5:
-            raise outdir.io_error("cannot record progress in", self.path, OSError(errno.ENOSPC, "No space left on device"))
+            raise outdir.io_error(
+                "cannot record progress in", self.path, OSError(errno.ENOSPC, "No space left on device")
+            )
         real(self, row)
 
     monkeypatch.setattr(outdir.Journal, "append", full)
@@ -159,8 +163,13 @@ def test_links_into_dst_are_never_read(src, tmp_path):
     for _ in range(2):
         r = run(src, dst, copies=1, workers=1)
         assert r.exit_code == 0 and r.written == 0 and r.already_done == 9
-        assert sorted(r.plan.links_into_dst) == ["coffee/deep/cat0__aug0.jpg", "coffee/deep/cat1__aug0.png",
-                                                 "coffee/deep/cat2__aug0.jpg", "mirror", "rocket/evil.jpg"]
+        assert sorted(r.plan.links_into_dst) == [
+            "coffee/deep/cat0__aug0.jpg",
+            "coffee/deep/cat1__aug0.png",
+            "coffee/deep/cat2__aug0.jpg",
+            "mirror",
+            "rocket/evil.jpg",
+        ]
     assert not list(dst.rglob("*__aug0__aug0*")) and not (dst / "mirror").exists()
     ignored = [e for e in rows(dst / "errors.jsonl") if e["kind"] == "ignored input"]
     assert {e["reason"] for e in ignored} == {"leads into DST"} and len(ignored) == 5

@@ -1,19 +1,19 @@
 """Batch-level augmentation (mixup, cutmix): soft targets match the sampled lambda, the pixels match
 the targets, one seed decides every batch (at any worker count), and the recipe section is strict."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from _digits import digit_images
 from typer.testing import CliRunner
 
 from augkit import cli
-from augkit.batchaug import BatchAugment, MixupCollate, one_hot_smooth, soft_target_cross_entropy
-from augkit.batchspec import BatchSpec
 from augkit.errors import RecipeError
-from augkit.recipe import parse_recipe
-
-from _digits import digit_images
+from augkit.recipe.api import parse_recipe
+from augkit.recipe.batchspec import BatchSpec
+from augkit.training.mixing import BatchAugment, MixupCollate, one_hot_smooth, soft_target_cross_entropy
 
 K = 10
 
@@ -116,8 +116,14 @@ class _Digits(torch.utils.data.Dataset):
 
 def _batches(collate: MixupCollate, ds, workers: int, epoch: int) -> list:
     collate.set_epoch(epoch)
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, shuffle=False, num_workers=workers, collate_fn=collate,
-                                         multiprocessing_context="fork" if workers else None)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=2,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        multiprocessing_context="fork" if workers else None,
+    )
     return list(loader)
 
 
@@ -125,7 +131,7 @@ def test_collate_and_iterate_do_not_depend_on_worker_count(batch):
     x, t = batch
     ds = _Digits(x, t)
     ba = aug(mixup=0.3, cutmix=1.0, seed=3)
-    ref = [ba(x[i:i + 2], t[i:i + 2], epoch=1, step=i // 2) for i in range(0, len(t), 2)]
+    ref = [ba(x[i : i + 2], t[i : i + 2], epoch=1, step=i // 2) for i in range(0, len(t), 2)]
     for workers in (0, 2):
         got = _batches(MixupCollate(ba), ds, workers, epoch=1)
         assert len(got) == len(ref)
@@ -147,6 +153,7 @@ def test_runs_on_the_images_device(batch):
 
 # ====================================================================== the recipe section
 
+
 def test_batch_section_resolves_and_changes_the_hash():
     plain = parse_recipe("train:\n  - flip: {}\n")
     r = parse_recipe("train:\n  - flip: {}\nbatch:\n  mixup: {}\n  cutmix: {alpha: 0.5}\n")
@@ -157,16 +164,19 @@ def test_batch_section_resolves_and_changes_the_hash():
     assert again.batch == r.batch and again.hash == r.hash
 
 
-@pytest.mark.parametrize("body,line,match", [
-    ("  mixup: {alpha: 0}\n", 4, r"batch.mixup: alpha: 0.0 must be greater than 0"),
-    ("  mixup: {alpha: -1}\n", 4, r"alpha: -1 is out of range"),
-    ("  mixup: {alpah: 1}\n", 4, r"unknown key 'alpah' in mixup; did you mean 'alpha'"),
-    ("  mixup: {}\n  p: 1.5\n", 5, r"batch: p: 1.5 is out of range"),
-    ("  mixup: {}\n  p: no\n", 5, r"batch: p: False is not a number"),
-    ("  mixop: {}\n", 4, r"unknown key 'mixop' in batch; did you mean 'mixup'"),
-    ("  cutmix: {}\n  switch_prob: 0.3\n", 5, r"switch_prob needs both mixup and cutmix"),
-    ("  p: 0.5\n", 1, r"batch needs mixup, cutmix or both"),
-])
+@pytest.mark.parametrize(
+    "body,line,match",
+    [
+        ("  mixup: {alpha: 0}\n", 4, r"batch.mixup: alpha: 0.0 must be greater than 0"),
+        ("  mixup: {alpha: -1}\n", 4, r"alpha: -1 is out of range"),
+        ("  mixup: {alpah: 1}\n", 4, r"unknown key 'alpah' in mixup; did you mean 'alpha'"),
+        ("  mixup: {}\n  p: 1.5\n", 5, r"batch: p: 1.5 is out of range"),
+        ("  mixup: {}\n  p: no\n", 5, r"batch: p: False is not a number"),
+        ("  mixop: {}\n", 4, r"unknown key 'mixop' in batch; did you mean 'mixup'"),
+        ("  cutmix: {}\n  switch_prob: 0.3\n", 5, r"switch_prob needs both mixup and cutmix"),
+        ("  p: 0.5\n", 1, r"batch needs mixup, cutmix or both"),
+    ],
+)
 def test_bad_batch_sections_name_line_and_key(body, line, match):
     with pytest.raises(RecipeError, match=match) as exc:
         parse_recipe("train:\n  - flip: {}\nbatch:\n" + body if line != 1 else "batch:\n" + body + "train: [flip]\n")

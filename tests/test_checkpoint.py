@@ -1,6 +1,7 @@
 """Checkpoints a user edited, truncated or replaced: every one refused before use with a message
 naming the file and what is wrong, exit 2, in predict, evaluate and ``train --weights`` (issue 9,
 case 8), and an absurd image size refused before it allocates anything (case 6)."""
+
 from __future__ import annotations
 
 import io
@@ -13,15 +14,16 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pytest
 import torch
+from _digits import digits_folder
 from typer.testing import CliRunner
 
-from _digits import digits_folder
-from augkit.checkpoint import MAX_IMAGE_SIZE, ModelMeta, load_checkpoint, load_model, save_checkpoint
 from augkit.cli import app
 from augkit.errors import UsageError
-from augkit.images import DECODE_POLICY
-from augkit.models import build_model, weights_file_state_dict
-from augkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
+from augkit.io.images import DECODE_POLICY
+from augkit.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
+from augkit.models.archs import build_model
+from augkit.models.checkpoint import MAX_IMAGE_SIZE, ModelMeta, load_checkpoint, load_model, save_checkpoint
+from augkit.models.weights import weights_file_state_dict
 
 CLASSES = ["d0", "d1", "d2"]
 runner = CliRunner()
@@ -32,9 +34,16 @@ def payload(tmp_path_factory) -> dict:
     """A valid checkpoint's contents (resnet18, 3 classes, 32 px), loaded back as saved."""
     path = tmp_path_factory.mktemp("ok") / "best.pt"
     torch.manual_seed(0)
-    meta = ModelMeta(arch="resnet18", classes=CLASSES, class_to_idx={c: i for i, c in enumerate(CLASSES)},
-                     image_size=32, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
-                     decode_policy=DECODE_POLICY, resize_policy=RESIZE_POLICY)
+    meta = ModelMeta(
+        arch="resnet18",
+        classes=CLASSES,
+        class_to_idx={c: i for i, c in enumerate(CLASSES)},
+        image_size=32,
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        decode_policy=DECODE_POLICY,
+        resize_policy=RESIZE_POLICY,
+    )
     save_checkpoint(path, build_model("resnet18", 3), meta)
     return torch.load(path, weights_only=True)
 
@@ -80,19 +89,30 @@ CASES = [
     ("std all zero", lambda p: edited(p, std=[0.0, 0.0, 0.0]), "std .*must be > 0"),
     ("mean of 2 values", lambda p: edited(p, mean=[0.5, 0.5]), "mean .*list of 3 numbers"),
     ("std with NaN", lambda p: edited(p, std=[0.2, float("nan"), 0.2]), "3 finite numbers"),
-    ("a class removed", lambda p: edited(p, classes=CLASSES[:2], class_to_idx={"d0": 0, "d1": 1}),
-     "class list has 2 names but the model's head has 3 outputs"),
+    (
+        "a class removed",
+        lambda p: edited(p, classes=CLASSES[:2], class_to_idx={"d0": 0, "d1": 1}),
+        "class list has 2 names but the model's head has 3 outputs",
+    ),
     ("a class duplicated", lambda p: edited(p, classes=["d0", "d1", "d1"]), "names 'd1' more than once"),
     ("a class not a string", lambda p: edited(p, classes=["d0", 1, "d2"]), "non-empty strings, found 1"),
-    ("class_to_idx edited", lambda p: edited(p, class_to_idx={"d0": 2, "d1": 1, "d2": 0}),
-     "class_to_idx does not match"),
+    (
+        "class_to_idx edited",
+        lambda p: edited(p, class_to_idx={"d0": 2, "d1": 1, "d2": 0}),
+        "class_to_idx does not match",
+    ),
     ("classes not a list", lambda p: edited(p, classes="d0,d1,d2"), "classes 'd0,d1,d2': must be a list"),
     ("decode policy not a string", lambda p: edited(p, decode_policy=None), "decode_policy None: must be a string"),
-    ("a weight missing", lambda p: {**p, "state_dict": {k: v for k, v in p["state_dict"].items()
-                                                        if k != "layer1.0.conv1.weight"}},
-     "weights do not fit a resnet18 with 3 classes"),
-    ("a weight not a tensor", lambda p: {**p, "state_dict": {**p["state_dict"], "fc.bias": [0, 0, 0]}},
-     "entry 'fc.bias' is a list"),
+    (
+        "a weight missing",
+        lambda p: {**p, "state_dict": {k: v for k, v in p["state_dict"].items() if k != "layer1.0.conv1.weight"}},
+        "weights do not fit a resnet18 with 3 classes",
+    ),
+    (
+        "a weight not a tensor",
+        lambda p: {**p, "state_dict": {**p["state_dict"], "fc.bias": [0, 0, 0]}},
+        "entry 'fc.bias' is a list",
+    ),
 ]
 
 
@@ -123,8 +143,12 @@ def test_damaged_files_are_refused(payload, tmp_path, data, damage):
     buf = io.BytesIO()
     torch.save(payload, buf)
     raw = buf.getvalue()
-    content = {"truncated": raw[: len(raw) // 2], "zip-like junk": _zip_junk(), "empty": b"",
-               "text": b"not a checkpoint\n"}[damage]
+    content = {
+        "truncated": raw[: len(raw) // 2],
+        "zip-like junk": _zip_junk(),
+        "empty": b"",
+        "text": b"not a checkpoint\n",
+    }[damage]
     path = tmp_path / "best.pt"
     path.write_bytes(content)
     with pytest.raises(UsageError, match="refused to load: not a safe checkpoint .* or a damaged file"):
@@ -135,9 +159,11 @@ def test_damaged_files_are_refused(payload, tmp_path, data, damage):
 
 def test_train_weights_refuses_damaged_checkpoints(payload, tmp_path):
     """``train --weights FILE`` reads through models.weights_file_state_dict: the same checks."""
-    for make, message in ((lambda p: {k: v for k, v in p.items() if k != "state_dict"}, "no 'state_dict' entry"),
-                          (lambda p: edited(p, classes=["d0", "d0", "d2"]), "more than once"),
-                          (lambda p: {"fc.weight": torch.zeros(3, 512), "bad": "text"}, "entry 'bad' is a str")):
+    for make, message in (
+        (lambda p: {k: v for k, v in p.items() if k != "state_dict"}, "no 'state_dict' entry"),
+        (lambda p: edited(p, classes=["d0", "d0", "d2"]), "more than once"),
+        (lambda p: {"fc.weight": torch.zeros(3, 512), "bad": "text"}, "entry 'bad' is a str"),
+    ):
         path = write(tmp_path / "w.pt", make(payload))
         with pytest.raises(UsageError, match=message):
             weights_file_state_dict(path)
@@ -149,10 +175,27 @@ def test_train_weights_refuses_damaged_checkpoints(payload, tmp_path):
 
 
 def test_train_weights_cli_exit_2(payload, tmp_path, data):
-    pytest.importorskip("augkit.train")
+    pytest.importorskip("augkit.training.loop")
     path = write(tmp_path / "w.pt", edited(payload, std=[0, 0, 0]))
-    res = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--weights", str(path),
-                              "--epochs", "1", "--image-size", "32", "--device", "cpu", "--workers", "0"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            str(data),
+            "-o",
+            str(tmp_path / "run"),
+            "--weights",
+            str(path),
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
+    )
     assert res.exit_code == 2 and "must be > 0" in res.stderr, res.output
 
 

@@ -4,6 +4,7 @@ command loading that agrees with each command, and Ctrl-C during start-up (exit 
 Start-up is checked in fresh subprocesses through ``sys.modules`` (what got imported), never by
 wall-clock time.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,7 @@ def run_cli_and_list_modules(*args: str, cwd: Path | None = None) -> tuple[int, 
         "except SystemExit as e:\n    rc = e.code or 0\nelse:\n    rc = 0\n"
         f"print(json.dumps([rc, sorted(m for m in {HEAVY!r} if m in sys.modules)]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=cwd,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=120)
     assert proc.returncode == 0, proc.stderr
     *lines, last = proc.stdout.strip().splitlines()
     rc, heavy = json.loads(last)
@@ -58,8 +58,12 @@ def test_version_prints_the_version():
 def test_recipes_commands_import_no_torch(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("train:\n  - flip: {p: 0.5}\n  - albumentations: {transform: GaussianBlur, blur_limit: [3, 5]}\n")
-    for args in (("recipes", "list"), ("recipes", "show", "default"), ("recipes", "check", str(good)),
-                 ("recipes", "ops")):
+    for args in (
+        ("recipes", "list"),
+        ("recipes", "show", "default"),
+        ("recipes", "check", str(good)),
+        ("recipes", "ops"),
+    ):
         rc, out, heavy = run_cli_and_list_modules(*args)
         assert rc == 0, (args, out)
         assert heavy == set(), f"augkit {' '.join(args)} imported {heavy}"
@@ -117,8 +121,13 @@ def test_sigint_during_start_up_exits_130_without_traceback():
     numpy and albumentations are still to come). If a loaded machine lets the child finish first, try again."""
     interrupted = 0
     for _ in range(3):
-        proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "augkit", "recipes", "list"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+        proc = subprocess.Popen(
+            [sys.executable, "-X", "importtime", "-m", "augkit", "recipes", "list"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
         assert proc.stderr is not None
         for line in proc.stderr:
             if "augkit.commands._lazy" in line:
@@ -151,21 +160,32 @@ def test_recipes_check_checks_every_file_then_exits_2(tmp_path):
     assert ok.exit_code == 0
 
 
-@pytest.mark.parametrize("text", [
-    "train:\n  - flip:\n      direction:\n" + "".join(
-        f"        {c}: &{c} [{', '.join([f'*{p}'] * 9) if p.strip() else ', '.join(['lol'] * 9)}]\n"
-        for p, c in zip(" abcdefgh", "abcdefghi")),
-    "train:\n  - albumentations: {transform: Resize, height: 100000, width: 100000}\n",
-    "train:\n  - shift: {x: " + "9" * 5000 + "}\n",
-    "train:\n  - shift: {x: 1.0e+400}\n",
-    "train: " + "[" * 500 + "]" * 500 + "\n",
-], ids=["alias-bomb", "huge-resize", "5000-digits", "1e400", "nested-500"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "train:\n  - flip:\n      direction:\n"
+        + "".join(
+            f"        {c}: &{c} [{', '.join([f'*{p}'] * 9) if p.strip() else ', '.join(['lol'] * 9)}]\n"
+            for p, c in zip(" abcdefgh", "abcdefghi")
+        ),
+        "train:\n  - albumentations: {transform: Resize, height: 100000, width: 100000}\n",
+        "train:\n  - shift: {x: " + "9" * 5000 + "}\n",
+        "train:\n  - shift: {x: 1.0e+400}\n",
+        "train: " + "[" * 500 + "]" * 500 + "\n",
+    ],
+    ids=["alias-bomb", "huge-resize", "5000-digits", "1e400", "nested-500"],
+)
 def test_hostile_recipes_exit_2_with_one_short_line(tmp_path, text):
     """Issue 9 cases 5-7 through the real command: exit 2, one short message, no traceback."""
     f = tmp_path / "r.yaml"
     f.write_text(text)
-    proc = subprocess.run([sys.executable, "-m", "augkit", "recipes", "check", str(f)], capture_output=True,
-                          text=True, env=ENV, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "augkit", "recipes", "check", str(f)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and len(proc.stderr) < 600
@@ -179,8 +199,13 @@ def test_recipe_files_that_are_not_regular_or_too_large_are_refused_unread(tmp_p
     zero.symlink_to("/dev/zero")
     big = tmp_path / "big.yaml"
     big.write_text("#" * 2_000_000)
-    proc = subprocess.run([sys.executable, "-m", "augkit", "recipes", "check", str(fifo), str(zero), str(big)],
-                          capture_output=True, text=True, env=ENV, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "augkit", "recipes", "check", str(fifo), str(zero), str(big)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert f"{fifo}: cannot read recipe (not a regular file: a FIFO)" in proc.stderr
     assert f"{zero}: cannot read recipe (not a regular file: a character device)" in proc.stderr

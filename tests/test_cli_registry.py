@@ -1,12 +1,13 @@
 """Tests driven by the registries: every command of ``augkit`` (each entry of ``augkit.cli.COMMANDS``
 and each sub-command of a group such as ``recipes``) answers ``--help`` and has a minimal happy path
-in :data:`HAPPY`, and every engine of ``augkit.executors.ENGINES`` runs a tiny plan with the same
+in :data:`HAPPY`, and every engine of ``augkit.offline.executors.local.ENGINES`` runs a tiny plan with the same
 bytes as the in-process reference.
 
 A command added later without an entry in :data:`HAPPY` fails ``test_happy_path`` (as albumentations'
 ``check_all_augs_exists`` does for transforms). One tiny training run (digits, 32 px, 1 epoch,
 random weights) made through ``augkit train`` is shared by the module for predict, evaluate and export.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,15 +24,16 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from _digits import digits_folder
+from _ray import local_ray
 from typer.testing import CliRunner
 
 from augkit import cli
-from augkit.augment import MANIFEST, AugmentOptions, make_plan, run_plan
 from augkit.commands._lazy import load_command
-from augkit.executors import ENGINES, LocalExecutor, get_executor
-from augkit.recipe import list_builtin, load_recipe
-from _digits import digits_folder
-from _ray import local_ray
+from augkit.offline.dst import MANIFEST
+from augkit.offline.executors.local import ENGINES, LocalExecutor, get_executor
+from augkit.offline.run import AugmentOptions, make_plan, run_plan
+from augkit.recipe.api import list_builtin, load_recipe
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning")  # Ray Data's own context
 runner = CliRunner()
@@ -87,8 +89,26 @@ def data(tmp_path_factory) -> Path:
 def shared(data, tmp_path_factory) -> tuple[Path, Path, str]:
     """(data, run, train output): one ``augkit train`` run on the data."""
     run = tmp_path_factory.mktemp("registry") / "run"
-    res = invoke("train", data, "-o", run, "--weights", "none", "--epochs", "1", "--image-size", "32",
-                 "--batch-size", "8", "--device", "cpu", "--recipe", "digits", "--workers", "0")
+    res = invoke(
+        "train",
+        data,
+        "-o",
+        run,
+        "--weights",
+        "none",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--recipe",
+        "digits",
+        "--workers",
+        "0",
+    )
     return data, run, res.output
 
 
@@ -193,7 +213,9 @@ def _export(env: Env) -> None:
     out = env.tmp / "m.onnx"
     invoke("export", env.run, "-o", out, "--tta", "flip")
     images = np.stack([cv2.imread(str(p))[:, :, ::-1] for p in sorted(env.data.rglob("*_00.png"))])
-    probs = ort.InferenceSession(str(out)).run(["probs"], {"images": np.ascontiguousarray(images.transpose(0, 3, 1, 2))})
+    probs = ort.InferenceSession(str(out)).run(
+        ["probs"], {"images": np.ascontiguousarray(images.transpose(0, 3, 1, 2))}
+    )
     assert probs[0].shape == (3, len(CLASSES)) and np.allclose(probs[0].sum(1), 1, atol=1e-4)
 
 
@@ -203,6 +225,7 @@ def _models(env: Env) -> None:
 
 
 # ============================================================================= the tests
+
 
 @pytest.mark.parametrize("path", command_paths())
 def test_help(path):
@@ -239,12 +262,16 @@ def _tiny_plan(src: Path, dst: Path, engine: str = "local"):
 
 
 def _outputs(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "augkit-run.yaml"}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "augkit-run.yaml"
+    }
 
 
-@pytest.mark.parametrize("engine", [pytest.param(e, marks=ENGINE_NEEDS[e].mark) if e in ENGINE_NEEDS else e
-                                    for e in ENGINES])
+@pytest.mark.parametrize(
+    "engine", [pytest.param(e, marks=ENGINE_NEEDS[e].mark) if e in ENGINE_NEEDS else e for e in ENGINES]
+)
 def test_every_engine_runs_a_tiny_plan(engine, tiny_plan_ref, tmp_path):
     needs = ENGINE_NEEDS.get(engine)
     src, ref = tiny_plan_ref

@@ -1,4 +1,5 @@
 """AugmentedImageFolder: a drop-in for torchvision's ImageFolder, with per-sample seeded augmentation."""
+
 from __future__ import annotations
 
 import os
@@ -9,17 +10,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _digits import digit_images, digits_folder, write_png
+from _imgs import class_folder, photo, write
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
-from augkit.cache import ImageCache
-from augkit.dataset import AugmentedImageFolder
 from augkit.errors import ImageError, UsageError
-from augkit.images import opencv_threads, read_image
-from augkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, eval_image
+from augkit.io.images import opencv_threads, read_image
+from augkit.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, eval_image
 from augkit.seeding import derive_seed
-from _digits import digit_images, digits_folder, write_png
-from _imgs import class_folder, photo, write
+from augkit.training.cache import ImageCache
+from augkit.training.dataset import AugmentedImageFolder
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,17 @@ def nested(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("nested")
     digits_folder(root, digits=(2, 0), per_class=3)
     imgs = digit_images(1, 6)
-    for rel, img in zip(["one b/x.png", "one b/sub/a.png", "one b/sub 2/b.jpg", "one b/sub/deeper/c.png",
-                         "one b/a.png", "one b/sub-x/d.png"], imgs):
+    for rel, img in zip(
+        [
+            "one b/x.png",
+            "one b/sub/a.png",
+            "one b/sub 2/b.jpg",
+            "one b/sub/deeper/c.png",
+            "one b/a.png",
+            "one b/sub-x/d.png",
+        ],
+        imgs,
+    ):
         write_png(root / rel, img)
     return root
 
@@ -157,6 +167,7 @@ def test_subset_keeps_keys_and_can_drop_the_recipe(nested):
 
 # ------------------------------------------------------------------ bad data: reported at scan time
 
+
 @pytest.fixture
 def bad_folder(tmp_path) -> Path:
     root = digits_folder(tmp_path / "bad", digits=(0, 1), per_class=3)
@@ -173,8 +184,12 @@ def bad_folder(tmp_path) -> Path:
 def test_unreadable_files_are_reported_at_scan_not_mid_epoch(bad_folder):
     ds = AugmentedImageFolder(bad_folder, "digits", image_size=24)
     reasons = {Path(e.path).name: e.reason for e in ds.errors}
-    assert reasons == {"truncated.jpg": "truncated", "random.jpg": "not an image", "empty.png": "not an image",
-                       "text.png": "not an image"}
+    assert reasons == {
+        "truncated.jpg": "truncated",
+        "random.jpg": "not an image",
+        "empty.png": "not an image",
+        "text.png": "not an image",
+    }
     assert all(isinstance(e, ImageError) and str(bad_folder) in str(e) for e in ds.errors)
     assert ds.classes == ImageFolder(bad_folder).classes
     assert len(ds) == 7  # 3 + 3 good ones and the PNG named .jpg
@@ -184,8 +199,7 @@ def test_unreadable_files_are_reported_at_scan_not_mid_epoch(bad_folder):
 
 def test_full_check_and_no_check(bad_folder):
     full = AugmentedImageFolder(bad_folder, check="full")
-    assert sorted(Path(e.path).name for e in full.errors) == ["empty.png", "random.jpg", "text.png",
-                                                              "truncated.jpg"]
+    assert sorted(Path(e.path).name for e in full.errors) == ["empty.png", "random.jpg", "text.png", "truncated.jpg"]
     trusting = AugmentedImageFolder(bad_folder, check="none")
     assert len(trusting) == 11 and trusting.errors == []
     bad = next(i for i, (p, _) in enumerate(trusting.samples) if p.endswith("truncated.jpg"))
@@ -233,6 +247,7 @@ def test_bad_options_are_usage_errors(nested):
 
 # ------------------------------------------------------------------ hostile files: found at construction, no hang
 
+
 def test_fifo_and_dev_zero_link_are_reported_at_construction(tmp_path):
     root = digits_folder(tmp_path / "d", digits=(0, 1), per_class=2)
     os.mkfifo(root / "d0" / "fifo.jpg")  # opening it for reading would block forever
@@ -256,6 +271,7 @@ def test_extreme_aspect_ratio_is_found_at_construction_not_mid_epoch(tmp_path):
 
 
 # ------------------------------------------------------------------ decoding at the size needed, and the cache
+
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
@@ -308,7 +324,7 @@ def test_cache_decodes_a_changed_file_again_and_keeps_the_others(photos, tmp_pat
 
 
 def test_cache_that_does_not_fit_is_refused_before_building(photos, tmp_path, monkeypatch):
-    import augkit.cache as cache_mod
+    import augkit.training.cache as cache_mod
 
     monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1000))
     with pytest.raises(UsageError, match="needs about .* but the disk has"):
@@ -317,7 +333,7 @@ def test_cache_that_does_not_fit_is_refused_before_building(photos, tmp_path, mo
 
 
 def test_small_datasets_are_decoded_once_per_process(nested, monkeypatch):
-    import augkit.dataset as dataset_mod
+    import augkit.training.dataset as dataset_mod
 
     calls = []
     real = dataset_mod.read_image

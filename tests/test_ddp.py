@@ -4,6 +4,7 @@ checkpoint), read disjoint shards covering the training set, and only rank 0 wri
 
 The launching tests are marked ``ddp`` (``pytest -m "not ddp"`` skips them); each takes ~10-15 s.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,23 +17,32 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from augkit.checkpoint import load_checkpoint
-from augkit.distributed import DistContext, ShardSampler, torchrun_command, train_cli_args, under_torchrun
-from augkit.train import TrainConfig
 from _digits import digits_folder
+
+from augkit.models.checkpoint import load_checkpoint
+from augkit.training.config import TrainConfig
+from augkit.training.distributed import DistContext, ShardSampler, torchrun_command, train_cli_args, under_torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = {"best.pt", "last.pt", "metrics.csv", "settings.yaml", "curves.png", "errors.jsonl"}
-TINY = dict(weights="none", epochs=1, batch_size=4, image_size=16, recipe="digits", workers=0, device="cpu",
-            val_split=0.25, seed=3)
+TINY = dict(
+    weights="none",
+    epochs=1,
+    batch_size=4,
+    image_size=16,
+    recipe="digits",
+    workers=0,
+    device="cpu",
+    val_split=0.25,
+    seed=3,
+)
 
-# Run by torchrun in each process: trains through augkit.train.train() (reporting as the CLI does), and records (test-only,
+# Run by torchrun in each process: trains through augkit.training.loop.train() (reporting as the CLI does), and records (test-only,
 # by wrapping train_one_epoch) the parameters each rank ends with and the sample indices it read.
-DRIVER = textwrap.dedent('''
+DRIVER = textwrap.dedent("""
     import json, os, sys
     import torch
-    import augkit.train as T
+    import augkit.training.loop as T
     from augkit.commands.train import train as train_and_report  # train() with the CLI's display
 
     out_dir = sys.argv[3]
@@ -51,7 +61,7 @@ DRIVER = textwrap.dedent('''
     T.train_one_epoch = recording
     cfg = T.TrainConfig(data=sys.argv[1], out=sys.argv[2], **json.loads(sys.argv[4]))
     train_and_report(cfg)
-''')
+""")
 
 
 def _env() -> dict:
@@ -78,8 +88,19 @@ def test_torchrun_two_ranks_equal_parameters(digits, tmp_path):
     driver.write_text(DRIVER)
     run, rec = tmp_path / "run", tmp_path / "rec"
     rec.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(driver),
-           str(digits), str(run), str(rec), json.dumps(TINY)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(driver),
+        str(digits),
+        str(run),
+        str(rec),
+        json.dumps(TINY),
+    ]
     p = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
 
@@ -107,6 +128,7 @@ def test_torchrun_two_ranks_equal_parameters(digits, tmp_path):
     assert [r["epoch"] for r in rows] == ["1"]
     assert p.stderr.count("augkit train:") == 1 and p.stderr.count("data: 18 train / 6 val") == 1
     import yaml
+
     settings = yaml.safe_load((run / "settings.yaml").read_text())
     assert settings["resolved"]["distributed"] == {"world_size": 2, "backend": "gloo"}
 
@@ -115,9 +137,33 @@ def test_torchrun_two_ranks_equal_parameters(digits, tmp_path):
 def test_cli_nproc_2(digits, tmp_path):
     _needs_gloo()
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "augkit", "train", str(digits), "-o", str(run), "--nproc", "2", "--weights", "none",
-            "--epochs", "1", "--batch-size", "4", "--image-size", "16", "--recipe", "digits", "--workers", "0",
-            "--device", "cpu", "--val-split", "0.25"]
+    args = [
+        sys.executable,
+        "-m",
+        "augkit",
+        "train",
+        str(digits),
+        "-o",
+        str(run),
+        "--nproc",
+        "2",
+        "--weights",
+        "none",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "16",
+        "--recipe",
+        "digits",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--val-split",
+        "0.25",
+    ]
     p = subprocess.run(args, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert {f.name for f in run.iterdir()} == RUN_FILES

@@ -1,6 +1,7 @@
 """The local executor: small plans stay in-process, larger ones hand over to a pool with the same
 outputs, worker failures (exceptions that do not unpickle, a dying worker) never hang the parent,
 and neither the parent's augment path nor the pool's fork server imports torch."""
+
 from __future__ import annotations
 
 import os
@@ -11,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from augkit.augment import AugmentOptions, make_plan, run_plan
-from augkit.executors import LocalExecutor
-from augkit.recipe import load_recipe
 from _imgs import class_folder
+
+from augkit.offline.executors.local import LocalExecutor
+from augkit.offline.run import AugmentOptions, make_plan, run_plan
+from augkit.recipe.api import load_recipe
 
 
 class Unpicklable(Exception):
@@ -66,8 +67,11 @@ class SlowParentExecutor(LocalExecutor):
 
 
 def outputs(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.suffix in (".jpg", ".png")}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix in (".jpg", ".png")
+    }
 
 
 def run_with(src, dst, executor, **kw):
@@ -143,7 +147,7 @@ def test_augment_imports_no_torch_in_parent_or_workers(src, tmp_path):
         import sys
         sys.path.insert(0, {str(tmp_path)!r})
         from augkit.augment import augment
-        r = augment({str(src)!r}, {str(tmp_path / 'out')!r}, "default", copies=1, workers=1)
+        r = augment({str(src)!r}, {str(tmp_path / "out")!r}, "default", copies=1, workers=1)
         assert r.written == 12 and r.exit_code == 0, r
         assert "torch" not in sys.modules, "the parent imported torch"
         from augkit.executors import LocalExecutor
@@ -173,7 +177,7 @@ def test_big_plans_warm_the_fork_server_up_front_small_ones_do_not():
     assert proc.returncode == 0, proc.stderr
 
 
-SLOW = '''
+SLOW = """
 import os, sys, time
 sys.path.insert(0, {tests!r})
 from augkit.executors import LocalExecutor
@@ -193,7 +197,7 @@ class Slow:
 if __name__ == "__main__":
     for res in LocalExecutor(workers=2, adaptive=False).run(Slow(), list(range(200))):
         print(res["pid"], flush=True)
-'''
+"""
 
 
 def _alive(pid: int) -> bool:
@@ -235,7 +239,7 @@ def test_a_pool_whose_workers_cannot_start_leaves_the_work_to_this_process():
 def test_worker_results_carry_a_typed_status(src, tmp_path):
     import json
 
-    from augkit.item_result import Status
+    from augkit.offline.executors.result import Status
 
     seen: list = []
     plan = make_plan(src, tmp_path / "d", load_recipe("default"), AugmentOptions(seed=5))
@@ -247,7 +251,7 @@ def test_worker_results_carry_a_typed_status(src, tmp_path):
 
 
 def test_chunks_keep_the_copies_of_a_source_together_up_to_twice_the_size():
-    from augkit.local_pool import make_chunks
+    from augkit.offline.executors.pool import make_chunks
 
     items = [(s, k) for s in "abcdef" for k in range(5)]  # 6 sources x 5 copies
     chunks = make_chunks(items, 8, key=lambda it: it[0])
@@ -255,5 +259,5 @@ def test_chunks_keep_the_copies_of_a_source_together_up_to_twice_the_size():
     assert all(len({s for s, _ in c}) == 2 for c in chunks)  # no source split between two chunks
     long = [("a", k) for k in range(40)]  # one source, 40 copies: split, or one worker would do it all
     assert [len(c) for c in make_chunks(long, 8, key=lambda it: it[0])] == [16, 16, 8]
-    assert make_chunks(items, 8) == [items[i:i + 8] for i in range(0, 30, 8)]  # no key: plain slices
+    assert make_chunks(items, 8) == [items[i : i + 8] for i in range(0, 30, 8)]  # no key: plain slices
     assert make_chunks(items, 1, key=lambda it: it[0]) == [[it] for it in items]

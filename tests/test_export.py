@@ -5,12 +5,12 @@ messages (a view the export lacks, a bad opset, a missing extra, a file that is 
 
 Two exports of a tiny digits ResNet-18 (32 px) are shared by the module (a few seconds each).
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,12 +22,13 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from _tinymodel import CLASSES, digit_rgb, digits3, make_run, write_png  # noqa: E402
+
 from augkit.cli import app  # noqa: E402
 from augkit.errors import UsageError  # noqa: E402
-from augkit.evaluate import evaluate  # noqa: E402
-from augkit.export import export_onnx  # noqa: E402
-from augkit.inference import DecodedImages, collect_inputs, load_for_inference, resolve_tta, run_tta  # noqa: E402
-from augkit.predict import predict  # noqa: E402
+from augkit.infer.engine import DecodedImages, collect_inputs, load_for_inference, resolve_tta, run_tta  # noqa: E402
+from augkit.infer.evaluate import evaluate  # noqa: E402
+from augkit.infer.export import export_onnx  # noqa: E402
+from augkit.infer.predict import predict  # noqa: E402
 
 runner = CliRunner()
 TOL = 1e-4
@@ -91,8 +92,10 @@ def test_predict_cli_on_the_onnx_gives_the_runs_labels(setup, tmp_path):
     for src, out in ((root / "run", tmp_path / "run.csv"), (exports["flip+shift"], tmp_path / "onnx.csv")):
         res = cli("predict", src, root / "data", "-o", out, "--workers", 0, "--device", "cpu")
         assert res.exit_code == 0, res.output
-    rows = [list(csv.DictReader(open(p, newline="", encoding="utf-8"))) for p in (tmp_path / "run.csv",
-                                                                                  tmp_path / "onnx.csv")]
+    rows = [
+        list(csv.DictReader(open(p, newline="", encoding="utf-8")))
+        for p in (tmp_path / "run.csv", tmp_path / "onnx.csv")
+    ]
     assert [r["label"] for r in rows[1]] == [r["label"] for r in rows[0]] and len(rows[0]) == 12
 
 
@@ -136,10 +139,13 @@ def test_an_existing_file_is_never_overwritten(setup):
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temp files left behind
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--opset", "17"], "--opset 17: must be >= 18"),
-    (["--tta", "flipp"], "did you mean 'flip'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--opset", "17"], "--opset 17: must be >= 18"),
+        (["--tta", "flipp"], "did you mean 'flip'"),
+    ],
+)
 def test_bad_options_exit_2(setup, tmp_path, args, message):
     root, _ = setup
     res = cli("export", root / "run", "-o", tmp_path / "m.onnx", *args)

@@ -1,5 +1,6 @@
 """Hostile inputs at the file level (issue 9, cases 1-4 and 11): no hang, no runaway read or
 allocation, errors that survive a process boundary, temp names that always fit."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,19 +15,28 @@ import socket
 import cv2
 import numpy as np
 import pytest
+from _imgs import photo, write
 from PIL import Image
 
 import augkit.errors as errors
 from augkit.errors import ImageError
-from augkit.images import (MAX_ASPECT, atomic_write_bytes, check_image_bytes, check_image_file, encode_image,
-                           is_temp_name, max_bytes_for, read_bytes, read_image, write_image)
-from augkit.preprocess import eval_image, resize_short
-from _imgs import photo, write
+from augkit.io.fileio import atomic_write_bytes, is_temp_name, read_bytes
+from augkit.io.images import (
+    MAX_ASPECT,
+    check_image_bytes,
+    check_image_file,
+    encode_image,
+    max_bytes_for,
+    read_image,
+    write_image,
+)
+from augkit.io.preprocess import eval_image, resize_short
 
 
 @contextlib.contextmanager
 def deadline(seconds: int = 5):
     """Fail (instead of hanging the suite) when the body blocks, e.g. opening a FIFO."""
+
     def expire(signum, frame):
         raise TimeoutError(f"blocked for {seconds} s")
 
@@ -62,8 +72,13 @@ def special_files(tmp_path) -> dict[str, str]:
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(sock))
     server.close()  # the socket file stays
-    return {"fifo": str(fifo), "link": str(tmp_path / "link_to_fifo.jpg"), "zero": str(tmp_path / "zero.jpg"),
-            "socket": str(sock), "device": "/dev/null"}
+    return {
+        "fifo": str(fifo),
+        "link": str(tmp_path / "link_to_fifo.jpg"),
+        "zero": str(tmp_path / "zero.jpg"),
+        "socket": str(sock),
+        "device": "/dev/null",
+    }
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs and sockets")
@@ -166,8 +181,11 @@ def error_samples() -> dict[type, Exception]:
 
 
 def test_every_error_class_survives_pickle():
-    classes = {c for _, c in inspect.getmembers(errors, inspect.isclass)
-               if issubclass(c, Exception) and c.__module__ == errors.__name__}
+    classes = {
+        c
+        for _, c in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(c, Exception) and c.__module__ == errors.__name__
+    }
     samples = error_samples()
     assert classes == set(samples)  # a new error class needs a sample here
     for cls, exc in samples.items():
@@ -177,8 +195,9 @@ def test_every_error_class_survives_pickle():
     assert (back.path, back.reason, back.detail) == ("a/x.jpg", "truncated", "JPEG has no end-of-image marker")
 
 
-@pytest.mark.parametrize("name", ["a" * 246 + ".jpg", "é" * 123 + ".jpg", "😺" * 61 + "xy.jpg"],
-                         ids=["ascii", "2-byte", "4-byte"])
+@pytest.mark.parametrize(
+    "name", ["a" * 246 + ".jpg", "é" * 123 + ".jpg", "😺" * 61 + "xy.jpg"], ids=["ascii", "2-byte", "4-byte"]
+)
 def test_temp_names_fit_255_bytes(tmp_path, monkeypatch, name):
     assert len(os.fsencode(name)) >= 250
     temps = []

@@ -1,18 +1,20 @@
 """The decode policy and folder scanning: every bad input of reliability.md rows 1-11."""
+
 from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from _imgs import class_folder, photo, write
 from PIL import Image
 
 from augkit.errors import ImageError
-from augkit.images import atomic_write_bytes, check_image_bytes, decode_image, read_image, scan_folder, write_image
-from _imgs import class_folder, photo, write
+from augkit.io.fileio import atomic_write_bytes
+from augkit.io.images import check_image_bytes, decode_image, read_image, write_image
+from augkit.io.scan import scan_folder
 
 
 def jpeg_bytes(img: np.ndarray, quality: int = 90) -> bytes:
@@ -185,6 +187,7 @@ def test_scan_survives_symlink_loop_and_flat_folder(tmp_path):
 
 
 # ---------------------------------------------------------------- where a JPEG ends (issue 9, case 15)
+
 
 def fake_video() -> bytes:
     """What a phone appends after a motion photo's JPEG: an MP4 (here its box header and noise,

@@ -1,6 +1,7 @@
 """The inference engine on hostile inputs and under the decode policy and thread rule
 (issues 8 and 9): special files, /dev/zero, absurd shapes, paths spelled several ways, v1 and
 v2 checkpoints, intra-op threads, and command modules that import no torch."""
+
 from __future__ import annotations
 
 import csv
@@ -16,18 +17,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _tinymodel import SIZE, digit_rgb, make_run, write_png
 from typer.testing import CliRunner
 
-import augkit.inference as inference_mod
-from _tinymodel import SIZE, digit_rgb, make_run, write_png
-from augkit.checkpoint import load_model
+import augkit.infer.engine as inference_mod
 from augkit.cli import app
 from augkit.devices import compute_threads
-from augkit.errors import UsageError
-from augkit.images import read_image
-from augkit.inference import LEGACY_DECODE_POLICIES, collect_inputs, default_workers, to_model_input
-from augkit.predict import predict
-from augkit.preprocess import eval_image
+from augkit.infer.engine import collect_inputs, default_workers, to_model_input
+from augkit.infer.predict import predict
+from augkit.io.images import LEGACY_DECODE_POLICIES, read_image
+from augkit.io.preprocess import eval_image
+from augkit.models.checkpoint import load_model
 
 runner = CliRunner()
 HANG_LIMIT_S = 60  # a FIFO read blocks forever; the alarm turns a regression into a failure
@@ -77,6 +77,7 @@ def errors_of(out: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------- special files (issue 9, cases 1, 2, 4)
 
+
 def test_fifo_in_folder_argument_and_list_is_reported_not_read(run_dir, good, tmp_path, no_hang):
     os.mkfifo(good.parent / "pipe.jpg")  # inside the input folder
     os.mkfifo(tmp_path / "arg.jpg")  # named on the command line
@@ -85,8 +86,11 @@ def test_fifo_in_folder_argument_and_list_is_reported_not_read(run_dir, good, tm
     out = tmp_path / "p.csv"
     res = predict_cli(run_dir, good.parent, tmp_path / "arg.jpg", tmp_path / "list.txt", out=out)
     assert res.exit_code == 3, res.output
-    assert errors_of(out) == {"pipe.jpg": "not a regular file", "arg.jpg": "not a regular file",
-                              "listed.jpg": "not a regular file"}
+    assert errors_of(out) == {
+        "pipe.jpg": "not a regular file",
+        "arg.jpg": "not a regular file",
+        "listed.jpg": "not a regular file",
+    }
     assert "predicted 1 of 4 images" in res.stderr
 
 
@@ -132,6 +136,7 @@ def test_an_extreme_aspect_ratio_is_reported_from_its_header(run_dir, good, tmp_
 
 # ---------------------------------------------------------------- one input per file (issue 9, case 16)
 
+
 def test_a_file_spelled_three_ways_is_predicted_once_in_the_first_spelling(run_dir, good, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spellings = ["in/good.png", str(tmp_path / "in" / "good.png"), "in/../in/good.png", "./in//good.png"]
@@ -147,6 +152,7 @@ def test_two_links_to_one_file_stay_two_inputs(good, tmp_path):
 
 
 # ---------------------------------------------------------------- decode policy (issue 8)
+
 
 @pytest.fixture
 def big_jpeg(tmp_path, digits) -> Path:
@@ -203,6 +209,7 @@ def test_unknown_decode_policy_is_a_clear_error(digits, tmp_path, good):
 
 # ---------------------------------------------------------------- threads and workers (issue 8)
 
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_intra_op_threads_are_cores_minus_workers_and_restored(run_dir, good, workers, monkeypatch):
     seen: list[int] = []
@@ -230,9 +237,16 @@ def test_cli_default_workers_follow_the_rule(run_dir, good, tmp_path, monkeypatc
 
 
 def test_command_modules_import_no_torch():
-    code = ("import sys, augkit.commands.predict, augkit.commands.evaluate; "
-            "heavy = [m for m in ('torch', 'torchvision', 'ray', 'albumentations') if m in sys.modules]; "
-            "print(heavy); sys.exit(1 if heavy else 0)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    code = (
+        "import sys, augkit.commands.predict, augkit.commands.evaluate; "
+        "heavy = [m for m in ('torch', 'torchvision', 'ray', 'albumentations') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
+    )
     assert res.returncode == 0, res.stdout + res.stderr

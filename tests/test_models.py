@@ -7,6 +7,7 @@ Cheap by design: the families are checked with 2 tiny images and one optimizer s
 its required 224 px, with the backbone frozen so backward stops at the head); the end-to-end runs
 use 3 digit classes at 32 px, one epoch, random weights.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,25 +17,31 @@ from pathlib import Path
 
 import pytest
 import torch
+from _digits import digits_folder
 from typer.testing import CliRunner
 
-from _digits import digits_folder
-from augkit import archs
-from augkit.archs import build_model, check_arch, family_of, head_name, torchvision_archs
-from augkit.checkpoint import ModelMeta, load_model, save_checkpoint
 from augkit.cli import app
 from augkit.errors import UsageError
-from augkit.freeze import set_phase, split_params, train_mode
-from augkit.images import DECODE_POLICY
-from augkit.models import load_backbone_weights
-from augkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
+from augkit.io.images import DECODE_POLICY
+from augkit.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
+from augkit.models import archs
+from augkit.models.archs import build_model, check_arch, family_of, head_name, torchvision_archs
+from augkit.models.checkpoint import ModelMeta, load_model, save_checkpoint
+from augkit.models.weights import load_backbone_weights
+from augkit.training.freeze import set_phase, split_params, train_mode
 
 runner = CliRunner()
 TIMM_MODEL = "timm/mobilenetv3_small_050"
 #: (arch, input side, head module name): one model per family the issue names.
-FAMILIES = [("resnet18", 32, "fc"), ("convnext_tiny", 32, "classifier.2"), ("efficientnet_b0", 32, "classifier.1"),
-            ("mobilenet_v3_small", 32, "classifier.3"), ("regnet_y_400mf", 32, "fc"),
-            ("vit_b_16", 224, "heads.head"), (TIMM_MODEL, 32, "classifier")]
+FAMILIES = [
+    ("resnet18", 32, "fc"),
+    ("convnext_tiny", 32, "classifier.2"),
+    ("efficientnet_b0", 32, "classifier.1"),
+    ("mobilenet_v3_small", 32, "classifier.3"),
+    ("regnet_y_400mf", 32, "fc"),
+    ("vit_b_16", 224, "heads.head"),
+    (TIMM_MODEL, 32, "classifier"),
+]
 
 
 def _needs(arch: str) -> None:
@@ -98,9 +105,16 @@ def test_backbone_weights_load_around_any_head():
 
 def _meta(arch: str, size: int = 32) -> ModelMeta:
     classes = ["a", "b", "c"]
-    return ModelMeta(arch=arch, classes=classes, class_to_idx={c: i for i, c in enumerate(classes)}, image_size=size,
-                     mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), decode_policy=DECODE_POLICY,
-                     resize_policy=RESIZE_POLICY)
+    return ModelMeta(
+        arch=arch,
+        classes=classes,
+        class_to_idx={c: i for i, c in enumerate(classes)},
+        image_size=size,
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        decode_policy=DECODE_POLICY,
+        resize_policy=RESIZE_POLICY,
+    )
 
 
 @pytest.mark.parametrize("arch", ["efficientnet_b0", "squeezenet1_1", TIMM_MODEL])
@@ -126,16 +140,33 @@ def test_a_timm_checkpoint_without_timm_says_what_to_install(tmp_path, monkeypat
         check_arch(TIMM_MODEL)
 
 
-@pytest.mark.parametrize("arch,size,message", [
-    ("resnet19", 32, r"unknown arch 'resnet19'; did you mean 'resnet18'"),
-    ("convnext_tiy", 32, r"did you mean 'convnext_tiny'"),
-    ("vit_b_16", 64, r"vit_b_16 cannot take 64 px images .*needs exactly 224 px; use --image-size 224"),
-    ("maxvit_t", 96, r"maxvit_t cannot take 96 px images .*ImageNet size is 224 px"),
-])
+@pytest.mark.parametrize(
+    "arch,size,message",
+    [
+        ("resnet19", 32, r"unknown arch 'resnet19'; did you mean 'resnet18'"),
+        ("convnext_tiy", 32, r"did you mean 'convnext_tiny'"),
+        ("vit_b_16", 64, r"vit_b_16 cannot take 64 px images .*needs exactly 224 px; use --image-size 224"),
+        ("maxvit_t", 96, r"maxvit_t cannot take 96 px images .*ImageNet size is 224 px"),
+    ],
+)
 def test_train_refuses_an_unknown_arch_or_a_size_it_cannot_take(arch, size, message, tmp_path):
     data = digits_folder(tmp_path / "data", per_class=2)
-    res = cli("train", data, "-o", tmp_path / "run", "--arch", arch, "--image-size", size, "--weights", "none",
-              "--epochs", "1", "--device", "cpu")
+    res = cli(
+        "train",
+        data,
+        "-o",
+        tmp_path / "run",
+        "--arch",
+        arch,
+        "--image-size",
+        size,
+        "--weights",
+        "none",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+    )
     assert res.exit_code == 2, res.output
     assert re.search(message, " ".join(res.output.split())), res.output
     assert not (tmp_path / "run" / "best.pt").exists()
@@ -169,8 +200,28 @@ def test_train_predict_evaluate_export_end_to_end(arch, size, tmp_path):
     _needs(arch)
     data = digits_folder(tmp_path / "data", per_class=4 if size <= 64 else 2)
     run = tmp_path / "run"
-    res = cli("train", data, "-o", run, "--arch", arch, "--weights", "none", "--epochs", "1", "--image-size", size,
-              "--recipe", "none", "--batch-size", 6, "--workers", 0, "--device", "cpu")
+    res = cli(
+        "train",
+        data,
+        "-o",
+        run,
+        "--arch",
+        arch,
+        "--weights",
+        "none",
+        "--epochs",
+        "1",
+        "--image-size",
+        size,
+        "--recipe",
+        "none",
+        "--batch-size",
+        6,
+        "--workers",
+        0,
+        "--device",
+        "cpu",
+    )
     assert res.exit_code == 0, res.output
     res = cli("predict", run, data, "-o", tmp_path / "run.csv", "--tta", "flip", "--workers", 0, "--device", "cpu")
     assert res.exit_code == 0, res.output
@@ -189,9 +240,11 @@ def test_importing_augkit_imports_neither_timm_nor_onnx():
     """The extras load only when used: timm for a timm/ arch, onnxruntime for an .onnx or an export."""
     import subprocess
 
-    code = ("import sys, augkit, augkit.archs, augkit.models, augkit.inference, augkit.predict, augkit.export, "
-            "augkit.commands.models, augkit.commands.export; "
-            "print(sorted(m for m in ('timm', 'onnx', 'onnxruntime', 'onnxscript') if m in sys.modules))")
+    code = (
+        "import sys, augkit, augkit.models.archs, augkit.models.weights, augkit.infer.engine, augkit.infer.predict, augkit.infer.export, "
+        "augkit.commands.models, augkit.commands.export; "
+        "print(sorted(m for m in ('timm', 'onnx', 'onnxruntime', 'onnxscript') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
@@ -203,12 +256,11 @@ def test_imagenet_weights_path_loads_every_weight_but_the_head(arch, monkeypatch
     augkit builds without: dropped)."""
     import torchvision
 
-    from augkit.models import imagenet_state_dict
+    from augkit.models.weights import imagenet_state_dict
 
     kwargs = {"aux_logits": True, "init_weights": True} if arch == "googlenet" else {}
     reference = torchvision.models.get_model(arch, weights=None, **kwargs).state_dict()
-    monkeypatch.setattr(torchvision.models.get_model_weights(arch), "get_state_dict",
-                        lambda self, *a, **k: reference)
+    monkeypatch.setattr(torchvision.models.get_model_weights(arch), "get_state_dict", lambda self, *a, **k: reference)
     state = imagenet_state_dict(arch)
     assert not any(k.startswith(("aux1.", "aux2.")) for k in state)
     model = build_model(arch, 3)

@@ -1,6 +1,7 @@
-"""What augkit does to its own processes only (augkit.own_process): the allocator keeps freed image
+"""What augkit does to its own processes only (augkit.process_setup): the allocator keeps freed image
 buffers (checked by page faults, not time), and albumentations loads without huggingface_hub in
 the CLI, while a library user's process keeps albumentations as it is."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,10 @@ def _faults(mode: str) -> int:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"),
-                    reason="glibc's allocator only")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"),
+    reason="glibc's allocator only",
+)
 def test_own_processes_reuse_freed_image_buffers():
     plain, own = _faults("plain"), _faults("own")
     # 100 x 2 arrays of 0.56 MB: ~27,000 page faults when each is mapped fresh
@@ -44,20 +47,31 @@ def test_own_processes_reuse_freed_image_buffers():
 
 
 def _hub_state(code: str) -> list:
-    proc = subprocess.run([sys.executable, "-c", code + "\nimport json, sys\n"
-                           "from albumentations.core import hub_mixin\n"
-                           "print(json.dumps(['huggingface_hub' in sys.modules, hub_mixin.is_huggingface_hub_available]))"],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code + "\nimport json, sys\n"
+            "from albumentations.core import hub_mixin\n"
+            "print(json.dumps(['huggingface_hub' in sys.modules, hub_mixin.is_huggingface_hub_available]))",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_the_cli_loads_albumentations_without_the_hub_a_library_user_keeps_it():
     pytest.importorskip("huggingface_hub")
-    cli = ("import sys\nsys.argv = ['augkit', 'recipes', 'show', 'default']\nfrom augkit.cli import main\n"
-           "try:\n    main()\nexcept SystemExit:\n    pass\n")
+    cli = (
+        "import sys\nsys.argv = ['augkit', 'recipes', 'show', 'default']\nfrom augkit.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+    )
     assert _hub_state(cli) == [False, False]
-    library = "from augkit.recipe import load_recipe\nload_recipe('default').build()\n"
+    library = "from augkit.recipe.api import load_recipe\nload_recipe('default').build()\n"
     assert _hub_state(library) == [True, True]
     # and a later import in the CLI's process still works (only albumentations' import skipped it)
     assert _hub_state(cli + "import huggingface_hub\n")[0] is True

@@ -1,6 +1,7 @@
 """Policies (trivial_augment, rand_augment): torchvision's op tables and pixels, draws only from the
 listed ops and magnitudes (read from manifest records), one seed decides the pixels, previews of
 the extremes, export, listing and strict parameters."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,8 @@ from typer.testing import CliRunner
 
 from augkit import cli
 from augkit.errors import RecipeError
-from augkit.policy_ops import OP_NAMES, apply_op, augmentation_space
-from augkit.preview import preview
-from augkit.recipe import export_albumentations, load_recipe, parse_recipe, seed_random_state, step_extremes
+from augkit.recipe.api import export_albumentations, load_recipe, parse_recipe, seed_random_state, step_extremes
+from augkit.recipe.policies.functional import OP_NAMES, apply_op, augmentation_space
 
 POLICY = "train:\n  - trivial_augment: {border: constant}\n  - rand_augment: {n: 2, m: 9, border: constant}\n"
 NO_MAGNITUDE = ("Identity", "AutoContrast", "Equalize")
@@ -41,8 +41,13 @@ def test_op_tables_are_torchvisions(policy):
             assert np.allclose(mine[name][0], values.numpy(), atol=1e-4), name
 
 
-MAGS = {"Posterize": [8, 5, 2], "Solarize": [255.0, 128.0, 0.0], "TranslateX": [-13.0, 32.0],
-        "TranslateY": [-13.0, 7.0], "Rotate": [-30.0, 45.0, 135.0]}
+MAGS = {
+    "Posterize": [8, 5, 2],
+    "Solarize": [255.0, 128.0, 0.0],
+    "TranslateX": [-13.0, 32.0],
+    "TranslateY": [-13.0, 7.0],
+    "Rotate": [-30.0, 45.0, 135.0],
+}
 
 
 @pytest.mark.parametrize("name", OP_NAMES)
@@ -63,7 +68,7 @@ def _check_record(policy: str, rec: dict, bin_: int | None, photo) -> None:
     if values is None:
         assert m == 0.0
         return
-    allowed = values if bin_ is None else values[bin_:bin_ + 1]
+    allowed = values if bin_ is None else values[bin_ : bin_ + 1]
     allowed = np.concatenate([allowed, -allowed]) if signed else allowed
     assert np.isclose(allowed, m, atol=1e-5).any(), f"{policy} {rec['op']} magnitude {m} not in its table"
 
@@ -120,10 +125,13 @@ def test_extremes_list_every_op_at_its_ends(photo, tmp_path):
         (rec,) = applied[0]["params"]["ops"]
         assert label.split()[1] == rec["op"], label
     src = tmp_path / "cat.png"
-    from augkit.images import write_image
+    from augkit.io.images import write_image
+
     write_image(photo, src)
-    res = CliRunner().invoke(cli.app, ["preview", str(src), "--recipe", "trivial", "--extremes", "--cell", "48",
-                                       "-o", str(tmp_path / "p.png")])
+    res = CliRunner().invoke(
+        cli.app,
+        ["preview", str(src), "--recipe", "trivial", "--extremes", "--cell", "48", "-o", str(tmp_path / "p.png")],
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "p.png").stat().st_size > 1000
 
@@ -138,14 +146,14 @@ def test_export_reproduces_policies_and_says_what_to_import(photo, tmp_path):
     recipe = parse_recipe(POLICY)
     path = export_albumentations(recipe, tmp_path / "p.json")
     meta = json.loads(path.read_text())["__augkit__"]
-    assert meta["import_first"] == ["augkit.policy_transform"]
+    assert meta["import_first"] == ["augkit.recipe.policies.transform"]
     loaded = A.load(str(path))
     aug = recipe.build()
     for seed in range(6):
         seed_random_state(loaded, seed)
         assert np.array_equal(loaded(image=photo)["image"], aug(photo, seed)[0])
     res = CliRunner().invoke(cli.app, ["recipes", "export", "digits-trivial", "-o", str(tmp_path / "d.yaml")])
-    assert res.exit_code == 0 and "import augkit.policy_transform before" in " ".join(res.output.split())
+    assert res.exit_code == 0 and "import augkit.recipe.policies.transform before" in " ".join(res.output.split())
 
 
 def test_recipes_ops_lists_policies_with_their_ops():
@@ -169,7 +177,7 @@ def test_builtin_policy_recipes():
 def test_offline_augment_with_a_policy_is_reproducible_and_recorded(tmp_path):
     from _imgs import class_folder
 
-    from augkit.augment import AugmentOptions, make_plan, run_plan
+    from augkit.offline.run import AugmentOptions, make_plan, run_plan
 
     src = class_folder(tmp_path / "src", per_class=2)
     outs = []
@@ -177,10 +185,16 @@ def test_offline_augment_with_a_policy_is_reproducible_and_recorded(tmp_path):
         dst = tmp_path / f"w{workers}"
         r = run_plan(make_plan(src, dst, load_recipe("trivial"), AugmentOptions(copies=2, seed=5, workers=workers)))
         assert r.exit_code == 0
-        outs.append({p.relative_to(dst).as_posix(): p.read_bytes() for p in sorted(dst.rglob("*"))
-                     if p.is_file() and p.suffix in (".jpg", ".png")})
+        outs.append(
+            {
+                p.relative_to(dst).as_posix(): p.read_bytes()
+                for p in sorted(dst.rglob("*"))
+                if p.is_file() and p.suffix in (".jpg", ".png")
+            }
+        )
         rows = [json.loads(ln) for ln in (dst / "manifest.jsonl").read_text().splitlines()]
-        drawn = [op for row in rows for t in row["transforms"] if t["op"] == "trivial_augment"
-                 for op in t["params"]["ops"]]
+        drawn = [
+            op for row in rows for t in row["transforms"] if t["op"] == "trivial_augment" for op in t["params"]["ops"]
+        ]
         assert len(drawn) == len(rows) and all(d["op"] in OP_NAMES for d in drawn)
     assert outs[0] == outs[1] and len(outs[0]) >= 12

@@ -3,6 +3,7 @@
 The model is a resnet18 with random (seeded) convolutions whose head is fitted by logistic
 regression on their features: a real, accurate classifier built in about a second.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,20 +17,20 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _tinymodel import CLASSES, SIZE, digit_rgb, make_run, write_png
 from typer.testing import CliRunner
 
-import augkit.inference as inference_mod
-import augkit.outfiles as outfiles_mod
-from augkit.checkpoint import ModelMeta, save_checkpoint
+import augkit.infer.engine as inference_mod
+import augkit.infer.files as outfiles_mod
 from augkit.cli import app
 from augkit.errors import UsageError
-from augkit.evaluate import evaluate
-from augkit.images import read_image
-from augkit.models import build_model
-from augkit.inference import to_model_input
-from augkit.predict import predict
-from augkit.preprocess import eval_image
-from _tinymodel import CLASSES, SIZE, digit_rgb, make_run, write_png
+from augkit.infer.engine import to_model_input
+from augkit.infer.evaluate import evaluate
+from augkit.infer.predict import predict
+from augkit.io.images import read_image
+from augkit.io.preprocess import eval_image
+from augkit.models.archs import build_model
+from augkit.models.checkpoint import ModelMeta, save_checkpoint
 
 PER_CLASS = 6
 runner = CliRunner()
@@ -67,9 +68,10 @@ def read_csv(path: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- predict
 
+
 def test_plain_predict_equals_the_model_on_hand_decoded_images(run_dir, data_dir):
     preds = predict(run_dir, [data_dir], tta=None, top_k=3, device="cpu", workers=0)
-    from augkit.checkpoint import load_model
+    from augkit.models.checkpoint import load_model
 
     model, meta = load_model(run_dir)
     paths = [r["path"] for r in preds.rows]
@@ -105,14 +107,37 @@ def test_workers_do_not_change_predictions(run_dir, data_dir):
 def test_predictions_csv_rescored_equals_evaluate(run_dir, data_dir, tmp_path):
     for tta in ("flip+shift", None):
         out, rep = tmp_path / f"{tta}.csv", tmp_path / f"{tta}.json"
-        res = cli("predict", run_dir, data_dir, *(["--tta", tta] if tta else []), "-o", out, "--workers", "0",
-                  "--device", "cpu", "--top-k", "2")
+        res = cli(
+            "predict",
+            run_dir,
+            data_dir,
+            *(["--tta", tta] if tta else []),
+            "-o",
+            out,
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--top-k",
+            "2",
+        )
         assert res.exit_code == 0, res.output
         rows = read_csv(out)
         assert list(rows[0]) == ["path", "label", "prob", "label_2", "prob_2"]
         right = sum(Path(r["path"]).parent.name == r["label"] for r in rows)
-        res = cli("evaluate", run_dir, data_dir, "--tta", tta or "identity", "--report", rep, "--workers", "0",
-                  "--device", "cpu")
+        res = cli(
+            "evaluate",
+            run_dir,
+            data_dir,
+            "--tta",
+            tta or "identity",
+            "--report",
+            rep,
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        )
         assert res.exit_code == 0, res.output
         report = json.loads(rep.read_text())
         assert report["counts"]["evaluated"] == len(rows) == 3 * PER_CLASS
@@ -123,8 +148,21 @@ def test_predictions_csv_rescored_equals_evaluate(run_dir, data_dir, tmp_path):
 
 
 def test_jsonl_to_stdout(run_dir, data_dir):
-    res = cli("predict", run_dir, data_dir / "one", "--format", "jsonl", "--top-k", "3", "--tta", "tta-flip",
-              "--workers", "0", "--device", "cpu")
+    res = cli(
+        "predict",
+        run_dir,
+        data_dir / "one",
+        "--format",
+        "jsonl",
+        "--top-k",
+        "3",
+        "--tta",
+        "tta-flip",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in res.stdout.splitlines()]
     assert len(lines) == PER_CLASS
@@ -150,18 +188,38 @@ def test_bad_images_are_reported_not_fatal(run_dir, data_dir, tmp_path):
     assert res.exit_code == 3, res.output
     rows = read_csv(out)
     errors = {Path(e["path"]).name: e["reason"] for e in read_csv(tmp_path / "preds.errors.csv")}
-    assert errors == {"truncated.jpg": "truncated", "text.jpg": "not an image", "empty.png": "not an image",
-                      "gone.png": "not found"}
+    assert errors == {
+        "truncated.jpg": "truncated",
+        "text.jpg": "not an image",
+        "empty.png": "not an image",
+        "gone.png": "not found",
+    }
     assert sorted(Path(r["path"]).name for r in rows) == ["ok.png", "png-named.jpg"]  # list's ok.png: a duplicate
     assert "predicted 2 of 6 images" in res.stderr and "truncated" in res.stderr
 
 
 # ---------------------------------------------------------------- evaluate
 
+
 def test_evaluate_report_and_confusion(run_dir, data_dir, tmp_path):
     rep, png = tmp_path / "r.json", tmp_path / "cm.png"
-    res = cli("evaluate", run_dir, data_dir, "--tta", "flip+shift", "--report", rep, "--confusion", png,
-              "--workers", "0", "--device", "cpu", "--top-k", "2")
+    res = cli(
+        "evaluate",
+        run_dir,
+        data_dir,
+        "--tta",
+        "flip+shift",
+        "--report",
+        rep,
+        "--confusion",
+        png,
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--top-k",
+        "2",
+    )
     assert res.exit_code == 0, res.output
     r = json.loads(rep.read_text())
     assert r["classes"]["model"] == CLASSES and not r["classes"]["subset"]
@@ -208,8 +266,23 @@ def test_recipe_file_views_and_merge_override(run_dir, data_dir, tmp_path):
     recipe = tmp_path / "mine.yaml"
     recipe.write_text("name: mine\ntta:\n  views: [hflip, {crop: {position: tl, size: 0.9}}]\n  merge: max\n")
     rep = tmp_path / "r.json"
-    res = cli("evaluate", run_dir, data_dir, "--tta", recipe, "--merge", "tsharpen", "--beta", "0.5",
-              "--report", rep, "--device", "cpu", "--workers", "0")
+    res = cli(
+        "evaluate",
+        run_dir,
+        data_dir,
+        "--tta",
+        recipe,
+        "--merge",
+        "tsharpen",
+        "--beta",
+        "0.5",
+        "--report",
+        rep,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    )
     assert res.exit_code == 0, res.output
     r = json.loads(rep.read_text())
     assert r["tta"]["views"] == ["hflip", "crop(tl,0.9)"] and r["tta"]["merge"] == "tsharpen"
@@ -217,17 +290,20 @@ def test_recipe_file_views_and_merge_override(run_dir, data_dir, tmp_path):
     assert [v["in_merge"] for v in r["views"]] == [True, True, False]  # the plain view, scored only
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--tta", "flip+shfit"], "did you mean 'shift'"),
-    (["--tta", "TRAIN_ONLY"], "no tta section"),
-    (["--tta", "nosuch.yaml"], "not found"),
-    (["--top-k", "4"], "3 classes"),
-    (["--batch-size", "0"], "batch-size"),
-    (["--merge", "median"], "median"),
-    (["--beta", "2"], "beta"),
-    (["--device", "cuda:7"], "cuda"),
-    (["--format", "xml"], "xml"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tta", "flip+shfit"], "did you mean 'shift'"),
+        (["--tta", "TRAIN_ONLY"], "no tta section"),
+        (["--tta", "nosuch.yaml"], "not found"),
+        (["--top-k", "4"], "3 classes"),
+        (["--batch-size", "0"], "batch-size"),
+        (["--merge", "median"], "median"),
+        (["--beta", "2"], "beta"),
+        (["--device", "cuda:7"], "cuda"),
+        (["--format", "xml"], "xml"),
+    ],
+)
 def test_bad_options_exit_2(run_dir, data_dir, tmp_path, args, message):
     if "cuda" in message and torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
@@ -251,16 +327,35 @@ def test_existing_output_is_never_overwritten(run_dir, data_dir, tmp_path):
 
 
 def test_end_to_end_through_augkit_train(data_dir, tmp_path):
-    pytest.importorskip("augkit.train")
+    pytest.importorskip("augkit.training.loop")
     run = tmp_path / "run"
-    res = cli("train", data_dir, "-o", run, "--weights", "none", "--epochs", "1", "--image-size", SIZE,
-              "--recipe", "none", "--batch-size", "8", "--workers", "0", "--device", "cpu")
+    res = cli(
+        "train",
+        data_dir,
+        "-o",
+        run,
+        "--weights",
+        "none",
+        "--epochs",
+        "1",
+        "--image-size",
+        SIZE,
+        "--recipe",
+        "none",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert res.exit_code == 0, res.output
     out, rep = tmp_path / "p.csv", tmp_path / "r.json"
     res = cli("predict", run, data_dir, "--tta", "tta-flip-shift", "-o", out, "--workers", "0", "--device", "cpu")
     assert res.exit_code == 0, res.output
-    res = cli("evaluate", run, data_dir, "--tta", "tta-flip-shift", "--report", rep, "--workers", "0",
-              "--device", "cpu")
+    res = cli(
+        "evaluate", run, data_dir, "--tta", "tta-flip-shift", "--report", rep, "--workers", "0", "--device", "cpu"
+    )
     assert res.exit_code == 0, res.output
     rows = read_csv(out)
     report = json.loads(rep.read_text())
@@ -280,7 +375,7 @@ def test_a_failed_write_exits_1_and_leaves_no_file(run_dir, data_dir, tmp_path, 
 
 
 def test_a_model_with_another_decode_policy_is_refused(tmp_path, digits):
-    from augkit.checkpoint import load_checkpoint
+    from augkit.models.checkpoint import load_checkpoint
 
     run = make_run(tmp_path, digits[0][:30], digits[1][:30])
     ckpt = load_checkpoint(run / "best.pt")
@@ -294,10 +389,11 @@ def test_a_model_with_another_decode_policy_is_refused(tmp_path, digits):
 
 # ---------------------------------------------------------------- evaluate you can act on (issue 12)
 
+
 def test_precision_recall_f1_match_scikit_learn():
     from sklearn.metrics import precision_recall_fscore_support
 
-    from augkit.evaluate import macro, precision_recall_f1
+    from augkit.infer.evaluate import macro, precision_recall_f1
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 4, 60)
@@ -326,11 +422,26 @@ def mislabelled(tmp_path_factory, digits):
 def test_evaluate_reports_prf_gallery_and_a_readable_confusion(run_dir, mislabelled, tmp_path):
     from sklearn.metrics import precision_recall_fscore_support
 
-    from augkit.gallery import FRAME
+    from augkit.infer.gallery import FRAME
 
     rep, cm, gal = tmp_path / "r.json", tmp_path / "cm.png", tmp_path / "mistakes.png"
-    res = cli("evaluate", run_dir, mislabelled, "--tta", "flip", "--report", rep, "--confusion", cm, "--gallery", gal,
-              "--workers", "0", "--device", "cpu")
+    res = cli(
+        "evaluate",
+        run_dir,
+        mislabelled,
+        "--tta",
+        "flip",
+        "--report",
+        rep,
+        "--confusion",
+        cm,
+        "--gallery",
+        gal,
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert res.exit_code == 0, res.output
     r = json.loads(rep.read_text())
     m = np.array(r["confusion"]["matrix"])  # rows true, columns TTA prediction: the pairs behind P/R/F1
@@ -358,7 +469,7 @@ def test_evaluate_reports_prf_gallery_and_a_readable_confusion(run_dir, mislabel
 
 
 def test_plain_evaluation_is_titled_plain(run_dir, data_dir):
-    from augkit.evaluate import draw_confusion
+    from augkit.infer.evaluate import draw_confusion
 
     r = evaluate(run_dir, data_dir, tta="identity", device="cpu", workers=0, top_k=2)
     assert r["confusion"]["predictions"] == "plain predictions, no TTA" and r["accuracy"]["top_k"] == 2

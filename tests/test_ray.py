@@ -4,6 +4,7 @@ and a clear message without the extra. One local Ray cluster (2 CPUs) is shared 
 Tests that need Ray are marked ``ray`` (``pytest -m "not ray"`` skips them) and skip when Ray
 is not installed; the others check what happens without Ray and always run.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -13,14 +14,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from _ray import local_ray
 from typer.testing import CliRunner
 
-from augkit.augment import JOURNAL, MANIFEST, AugmentOptions, make_plan, run_plan
 from augkit.cli import app
 from augkit.errors import UsageError
-from augkit.executors import get_executor
-from augkit.recipe import load_recipe
-from _ray import local_ray
+from augkit.offline.dst import JOURNAL, MANIFEST
+from augkit.offline.executors.local import get_executor
+from augkit.offline.run import AugmentOptions, make_plan, run_plan
+from augkit.recipe.api import load_recipe
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning")  # Ray Data's own context
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -29,8 +31,11 @@ runner = CliRunner()
 
 def outputs(root: Path) -> dict[str, bytes]:
     """Every file augkit wrote except augkit-run.yaml (it names DST and the engine)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "augkit-run.yaml"}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "augkit-run.yaml"
+    }
 
 
 def plan_for(dst: Path, **kw):
@@ -115,7 +120,7 @@ def test_cli_engine_ray(ray_cluster, tmp_path, monkeypatch):
 
 @pytest.mark.ray
 def test_unreachable_address_is_a_usage_error(ray_cluster, tmp_path, monkeypatch):
-    from augkit.executors_ray import RayExecutor
+    from augkit.offline.executors.ray import RayExecutor
 
     monkeypatch.setattr(ray_cluster, "is_initialized", lambda: False)
     monkeypatch.setattr(ray_cluster, "init", lambda **kw: (_ for _ in ()).throw(ConnectionError("no cluster")))
@@ -124,6 +129,7 @@ def test_unreachable_address_is_a_usage_error(ray_cluster, tmp_path, monkeypatch
 
 
 # --- without Ray: these always run ---------------------------------------------------------------------------
+
 
 def test_missing_extra_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" now raises ImportError
@@ -137,50 +143,54 @@ def test_missing_extra_says_how_to_install(tmp_path, monkeypatch):
 
 def test_engine_and_address_options_are_checked(tmp_path):
     dst = tmp_path / "o"
-    for args, msg in ((["--engine", "spark"], "allowed: local, ray"),
-                      (["--address", "auto"], "--address needs --engine ray"),
-                      (["--engine", "local", "--address", "ray://head:10001"], "--address needs --engine ray")):
+    for args, msg in (
+        (["--engine", "spark"], "allowed: local, ray"),
+        (["--address", "auto"], "--address needs --engine ray"),
+        (["--engine", "local", "--address", "ray://head:10001"], "--address needs --engine ray"),
+    ):
         res = runner.invoke(app, ["augment", str(SAMPLES), str(dst), *args])
         assert res.exit_code == 2 and msg in res.output, (args, res.output)
     assert not dst.exists()
 
 
 def test_import_augkit_does_not_import_ray():
-    code = "import sys, augkit, augkit.cli, augkit.executors; assert 'ray' not in sys.modules, 'ray imported'"
+    code = "import sys, augkit, augkit.cli, augkit.offline.executors.local; assert 'ray' not in sys.modules, 'ray imported'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
 
 def test_executors_know_only_tasks_and_items():
-    """Issue 10: no executor module imports the augment machinery (it hands them a task and its items)."""
+    """No executor module imports the augment machinery (it hands them a task and its items)."""
     import ast
 
     import augkit
 
     pkg = Path(augkit.__file__).parent
-    for name in ("executors.py", "executors_ray.py", "local_pool.py"):
+    for name in ("offline/executors/local.py", "offline/executors/ray.py", "offline/executors/pool.py"):
         tree = ast.parse((pkg / name).read_text(encoding="utf-8"))
         mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        assert not {m for m in mods if m.split(".")[-1] in ("augment", "augment_task")}, (name, mods)
+        assert not {m for m in mods if m in ("augkit.offline.run", "augkit.offline.task")}, (name, mods)
 
 
 def test_ray_engines_share_one_session_helper():
-    """Issue 10: augment and predict reach Ray through augkit.ray_session, and no private name of another
+    """augment and predict reach Ray through augkit.ray_session, and no private name of another
     augkit module (RayExecutor._init/_pool before)."""
     import ast
 
     import augkit
 
     pkg = Path(augkit.__file__).parent
-    for name in ("executors_ray.py", "predict_ray.py"):
+    for name in ("offline/executors/ray.py", "infer/predict_ray.py"):
         tree = ast.parse((pkg / name).read_text(encoding="utf-8"))
-        froms = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
-        assert "ray_session" in {n.module for n in froms}, name
+        froms = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        assert "augkit.ray_session" in {n.module for n in froms}, name
         private = [f"{n.module}.{a.name}" for n in froms for a in n.names if a.name.startswith("_")]
-        private += [f"{n.attr}" for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in ("_init", "_pool")]
+        private += [
+            f"{n.attr}" for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in ("_init", "_pool")
+        ]
         assert not private, (name, private)
-        assert "executors_ray" not in {n.module for n in froms}, name
+        assert "augkit.offline.executors.ray" not in {n.module for n in froms}, name
 
 
 class _FakeRay:
@@ -236,7 +246,10 @@ def test_pool_options_are_checked_before_any_work():
     from augkit.ray_session import check_pool_options
 
     check_pool_options(batch_size=1, num_cpus=None, workers=None)
-    for kw, msg in (({"batch_size": 0}, "batch_size must be >= 1"), ({"num_cpus": 0.0}, "num_cpus must be > 0"),
-                    ({"workers": 0}, "Ray workers must be >= 1")):
+    for kw, msg in (
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"num_cpus": 0.0}, "num_cpus must be > 0"),
+        ({"workers": 0}, "Ray workers must be >= 1"),
+    ):
         with pytest.raises(UsageError, match=msg):
             check_pool_options(**{"batch_size": 8, "num_cpus": None, "workers": None, **kw})

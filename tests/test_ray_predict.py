@@ -2,6 +2,7 @@
 allclose), errors included, through the API and the CLI. One local Ray cluster (2 CPUs) is shared
 by the module; tests that need Ray are marked ``ray`` and skip when it is not installed.
 """
+
 from __future__ import annotations
 
 import csv
@@ -12,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from augkit.checkpoint import ModelMeta, save_checkpoint
-from augkit.cli import app
-from augkit.images import DECODE_POLICY
-from augkit.models import build_model
-from augkit.predict import predict
-from augkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
 from _digits import digits_folder
 from _ray import local_ray
+from typer.testing import CliRunner
+
+from augkit.cli import app
+from augkit.infer.predict import predict
+from augkit.io.images import DECODE_POLICY
+from augkit.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
+from augkit.models.archs import build_model
+from augkit.models.checkpoint import ModelMeta, save_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning")
 runner = CliRunner()
@@ -41,9 +42,16 @@ def model_run(tmp_path_factory) -> Path:
     run.mkdir()
     torch.manual_seed(0)
     model = build_model("resnet18", len(CLASSES))
-    meta = ModelMeta(arch="resnet18", classes=CLASSES, class_to_idx={c: i for i, c in enumerate(CLASSES)},
-                     image_size=32, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), decode_policy=DECODE_POLICY,
-                     resize_policy=RESIZE_POLICY)
+    meta = ModelMeta(
+        arch="resnet18",
+        classes=CLASSES,
+        class_to_idx={c: i for i, c in enumerate(CLASSES)},
+        image_size=32,
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        decode_policy=DECODE_POLICY,
+        resize_policy=RESIZE_POLICY,
+    )
     save_checkpoint(run / "best.pt", model, meta, epoch=1)
     return run
 
@@ -59,19 +67,32 @@ def _same(local, remote):
     assert [r["path"] for r in remote.rows] == [r["path"] for r in local.rows]
     assert [r["label"] for r in remote.rows] == [r["label"] for r in local.rows]
     assert [[lab for lab, _ in r["top"]] for r in remote.rows] == [[lab for lab, _ in r["top"]] for r in local.rows]
-    np.testing.assert_allclose([[p for _, p in r["top"]] for r in remote.rows],
-                               [[p for _, p in r["top"]] for r in local.rows], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        [[p for _, p in r["top"]] for r in remote.rows],
+        [[p for _, p in r["top"]] for r in local.rows],
+        rtol=1e-5,
+        atol=1e-6,
+    )
     assert remote.errors == local.errors and remote.counts == local.counts
 
 
 @pytest.mark.ray
 def test_ray_predictions_equal_local(ray_cluster, model_run, images):
-    from augkit.predict_ray import predict_ray
+    from augkit.infer.predict_ray import predict_ray
 
     local = predict(model_run, [images], tta="flip+shift", top_k=3, batch_size=4, device="cpu")
     seen = []
-    remote = predict_ray(model_run, [images], tta="flip+shift", top_k=3, batch_size=4, device="cpu", workers=2,
-                         on_start=seen.append, progress=seen.append)
+    remote = predict_ray(
+        model_run,
+        [images],
+        tta="flip+shift",
+        top_k=3,
+        batch_size=4,
+        device="cpu",
+        workers=2,
+        on_start=seen.append,
+        progress=seen.append,
+    )
     assert len(local.rows) == 18 and [e["reason"] for e in local.errors] == ["truncated"]
     _same(local, remote)
     assert seen[0] == 19 and sum(seen[1:]) == 19  # on_start, then progress over every input
@@ -84,8 +105,26 @@ def test_cli_engine_ray_same_csv_rows(ray_cluster, model_run, images, tmp_path, 
     out = {}
     for engine in ("local", "ray"):
         o = tmp_path / f"{engine}.csv"
-        res = runner.invoke(app, ["predict", str(model_run), "in", "--tta", "flip", "-k", "2", "-b", "8", "--device",
-                                  "cpu", "--engine", engine, "-o", str(o)])
+        res = runner.invoke(
+            app,
+            [
+                "predict",
+                str(model_run),
+                "in",
+                "--tta",
+                "flip",
+                "-k",
+                "2",
+                "-b",
+                "8",
+                "--device",
+                "cpu",
+                "--engine",
+                engine,
+                "-o",
+                str(o),
+            ],
+        )
         assert res.exit_code == 3, res.output  # one input skipped
         out[engine] = list(csv.reader(io.StringIO(o.read_text())))
         assert (tmp_path / f"{engine}.errors.csv").read_text().count("broken.jpg") == 1
@@ -93,8 +132,9 @@ def test_cli_engine_ray_same_csv_rows(ray_cluster, model_run, images, tmp_path, 
     assert ray_rows[0] == loc[0] == ["path", "label", "prob", "label_2", "prob_2"]
     assert [(r[0], r[1], r[3]) for r in ray_rows[1:]] == [(r[0], r[1], r[3]) for r in loc[1:]]
     assert all(r[0].startswith("in") for r in loc[1:])
-    np.testing.assert_allclose([[float(r[2]), float(r[4])] for r in ray_rows[1:]],
-                               [[float(r[2]), float(r[4])] for r in loc[1:]], atol=2e-6)
+    np.testing.assert_allclose(
+        [[float(r[2]), float(r[4])] for r in ray_rows[1:]], [[float(r[2]), float(r[4])] for r in loc[1:]], atol=2e-6
+    )
 
 
 def test_address_needs_engine_ray(model_run, images):

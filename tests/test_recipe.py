@@ -2,6 +2,7 @@
 
 Every test compares real pixels or real error messages, so each one can fail.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,11 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from augkit import ops
 from augkit.errors import RecipeError
-from augkit.passthrough import MAX_SIDE
-from augkit.recipe import (
-    ALBU_OP,
+from augkit.recipe import ops
+from augkit.recipe.api import (
     COMPOSITE_OPS,
     Recipe,
     export_albumentations,
@@ -28,6 +27,8 @@ from augkit.recipe import (
     seed_random_state,
     step_extremes,
 )
+from augkit.recipe.ops import ALBU_OP
+from augkit.recipe.passthrough import MAX_SIDE
 
 
 def one_step(op: str, body: dict) -> str:
@@ -47,6 +48,7 @@ def run(recipe: Recipe, image: np.ndarray, seed: int) -> np.ndarray:
 
 
 # ====================================================================== the registry drives these
+
 
 def missing_examples() -> list[str]:
     return [name for name in ops.list_ops() if not ops.OPS[name].example]
@@ -121,37 +123,81 @@ ERRORS = [
     ("duplicate-param", "train:\n  - rotate:\n      degrees: 5\n      degrees: 6\n", r"duplicate key 'degrees'", 4),
     ("p-no", "train:\n  - flip:\n      direction: horizontal\n      p: no\n", r"p: False is not a number", 4),
     ("unknown-op", "train:\n  - flip: {}\n  - fllip: {}\n", r"unknown op 'fllip'; did you mean 'flip'", 3),
-    ("albu-typo", "train:\n  - albumentations: {transform: GausianBlur}\n",
-     r"unknown albumentations transform 'GausianBlur'; did you mean 'GaussianBlur'", 2),
-    ("albu-as-op", "train:\n  - CLAHE: {}\n",
-     r"CLAHE is an albumentations transform: write  - albumentations: \{transform: CLAHE", 2),
-    ("param-typo", "train:\n  - rotate:\n      p: 0.5\n      degres: 10\n",
-     r"unknown parameter 'degres' for op 'rotate'; did you mean 'degrees'", 4),
+    (
+        "albu-typo",
+        "train:\n  - albumentations: {transform: GausianBlur}\n",
+        r"unknown albumentations transform 'GausianBlur'; did you mean 'GaussianBlur'",
+        2,
+    ),
+    (
+        "albu-as-op",
+        "train:\n  - CLAHE: {}\n",
+        r"CLAHE is an albumentations transform: write  - albumentations: \{transform: CLAHE",
+        2,
+    ),
+    (
+        "param-typo",
+        "train:\n  - rotate:\n      p: 0.5\n      degres: 10\n",
+        r"unknown parameter 'degres' for op 'rotate'; did you mean 'degrees'",
+        4,
+    ),
     ("p-out-of-range", "train:\n  - flip: {p: 1.5}\n", r"p: 1.5 is out of range.*allowed: a number in \[0, 1\]", 2),
     ("shift-out-of-range", "train:\n  - shift:\n      x: 3\n", r"x: 3 \(= \[-3.0, 3.0\]\) is out of range", 3),
     ("low-above-high", "train:\n  - rotate:\n      degrees: [30, -20]\n", r"low is greater than high", 3),
-    ("weights-count", "train:\n  - one_of:\n      weights: [1]\n      steps: [flip, rotate]\n",
-     r"weights \[1\] must be 2 numbers >= 0", 2),
-    ("weights-negative", "train:\n  - one_of:\n      weights: [1, -1]\n      steps: [flip, rotate]\n",
-     r"weights \[1, -1\] must be 2 numbers >= 0", 2),
-    ("weights-zero", "train:\n  - one_of:\n      weights: [0, 0]\n      steps: [flip, rotate]\n",
-     r"positive sum", 2),
-    ("some-of-n", "train:\n  - flip: {}\n  - some_of:\n      n: 3\n      steps: [flip, rotate]\n",
-     r"some_of: n: 3 is out of range.*an integer in \[1, 2\]", 3),
+    (
+        "weights-count",
+        "train:\n  - one_of:\n      weights: [1]\n      steps: [flip, rotate]\n",
+        r"weights \[1\] must be 2 numbers >= 0",
+        2,
+    ),
+    (
+        "weights-negative",
+        "train:\n  - one_of:\n      weights: [1, -1]\n      steps: [flip, rotate]\n",
+        r"weights \[1, -1\] must be 2 numbers >= 0",
+        2,
+    ),
+    ("weights-zero", "train:\n  - one_of:\n      weights: [0, 0]\n      steps: [flip, rotate]\n", r"positive sum", 2),
+    (
+        "some-of-n",
+        "train:\n  - flip: {}\n  - some_of:\n      n: 3\n      steps: [flip, rotate]\n",
+        r"some_of: n: 3 is out of range.*an integer in \[1, 2\]",
+        3,
+    ),
     ("top-level-key", "name: x\ntrian:\n  - flip: {}\n", r"unknown top-level key 'trian'; did you mean 'train'", 2),
     ("tta-preset-and-views", "tta:\n  preset: flip\n  views: [hflip]\n", r"exactly one of preset or views", 1),
     ("tta-unknown-preset", "tta:\n  preset: flipp\n", r"unknown TTA preset 'flipp'; did you mean 'flip'", 1),
-    ("tta-unknown-view", "tta:\n  views:\n    - identity\n    - hfilp\n", r"unknown view 'hfilp'; did you mean 'hflip'", 4),
-    ("albu-invalid-value", "train:\n  - albumentations: {transform: GaussNoise, std_range: [2, 3]}\n",
-     r"GaussNoise: .*std_range.*must be >= 0 and <= 1", 2),
-    ("albu-unknown-arg", "train:\n  - albumentations: {transform: GaussianBlur, blur_limt: [3, 5]}\n",
-     r"'blur_limt' are not valid for transform GaussianBlur", 2),
+    (
+        "tta-unknown-view",
+        "tta:\n  views:\n    - identity\n    - hfilp\n",
+        r"unknown view 'hfilp'; did you mean 'hflip'",
+        4,
+    ),
+    (
+        "albu-invalid-value",
+        "train:\n  - albumentations: {transform: GaussNoise, std_range: [2, 3]}\n",
+        r"GaussNoise: .*std_range.*must be >= 0 and <= 1",
+        2,
+    ),
+    (
+        "albu-unknown-arg",
+        "train:\n  - albumentations: {transform: GaussianBlur, blur_limt: [3, 5]}\n",
+        r"'blur_limt' are not valid for transform GaussianBlur",
+        2,
+    ),
     # albumentations only *warns* here and runs with (3, 5) instead
-    ("albu-warned-fix", "train:\n  - albumentations: {transform: Blur, blur_limit: [2, 4]}\n",
-     r"Blur: blur_limit: Invalid kernel size range \(2, 4\)", 2),
+    (
+        "albu-warned-fix",
+        "train:\n  - albumentations: {transform: Blur, blur_limit: [2, 4]}\n",
+        r"Blur: blur_limit: Invalid kernel size range \(2, 4\)",
+        2,
+    ),
     # albumentations says nothing here and silently sorts the range to (-0.2, 0.3)
-    ("albu-silent-fix", "train:\n  - albumentations: {transform: RandomBrightnessContrast, brightness_limit: [0.3, -0.2]}\n",
-     r"brightness_limit: albumentations would silently change \[0.3, -0.2\] to \[-0.2, 0.3\]", 2),
+    (
+        "albu-silent-fix",
+        "train:\n  - albumentations: {transform: RandomBrightnessContrast, brightness_limit: [0.3, -0.2]}\n",
+        r"brightness_limit: albumentations would silently change \[0.3, -0.2\] to \[-0.2, 0.3\]",
+        2,
+    ),
 ]
 
 
@@ -181,6 +227,7 @@ def test_albumentations_transforms_without_strict_still_work(name, photo):
 
 
 # ====================================================================== built-in recipes
+
 
 @pytest.mark.parametrize("name", list_builtin())
 def test_builtin_recipe_loads(name, photo):
@@ -306,6 +353,7 @@ def test_export_reproduces_pixels(name, suffix, photo, tmp_path):
 
 # ====================================================================== extremes
 
+
 def test_rotate_extremes_are_exact(photo):
     step = parse_recipe("train:\n  - rotate: {degrees: [-20, 30], p: 0.3}\n").train[0]
     (low_label, low), (high_label, high) = step_extremes(step)
@@ -330,7 +378,9 @@ def test_every_leaf_has_extremes(name, photo):
         ex = step_extremes(leaf)
         assert ex and all(s.p == 1.0 for _, s in ex)
         spec = ops.OPS.get(leaf.op)
-        ranged = spec and [k for k, p in spec.params.items() if p.kind == "range" and leaf.params[k][0] != leaf.params[k][1]]
+        ranged = spec and [
+            k for k, p in spec.params.items() if p.kind == "range" and leaf.params[k][0] != leaf.params[k][1]
+        ]
         if not ranged:
             continue
         assert [label.split(":")[0] for label, _ in ex] == [f"{leaf.op} low", f"{leaf.op} high"]
@@ -350,8 +400,12 @@ def test_every_leaf_has_extremes(name, photo):
 
 def test_border_modes_are_opencv_constants():
     """ops spells OpenCV's border constants as numbers (so the op table loads without cv2)."""
-    assert ops.BORDER_MODES == {"reflect": cv2.BORDER_REFLECT_101, "replicate": cv2.BORDER_REPLICATE,
-                                "constant": cv2.BORDER_CONSTANT, "wrap": cv2.BORDER_WRAP}
+    assert ops.BORDER_MODES == {
+        "reflect": cv2.BORDER_REFLECT_101,
+        "replicate": cv2.BORDER_REPLICATE,
+        "constant": cv2.BORDER_CONSTANT,
+        "wrap": cv2.BORDER_WRAP,
+    }
 
 
 def test_recipes_build_without_torch_and_albumentations_pytorch_still_imports():
@@ -361,7 +415,7 @@ def test_recipes_build_without_torch_and_albumentations_pytorch_still_imports():
 
     code = (
         "import sys, numpy as np\n"
-        "from augkit.recipe import load_recipe\n"
+        "from augkit.recipe.api import load_recipe\n"
         "aug = load_recipe('heavy').build()\n"
         "out, _ = aug(np.zeros((32, 32, 3), np.uint8), 1)\n"
         "assert out.shape == (32, 32, 3)\n"
@@ -371,15 +425,22 @@ def test_recipes_build_without_torch_and_albumentations_pytorch_still_imports():
         "assert albumentations.pytorch.ToTensorV2 is ToTensorV2\n"
         "assert ToTensorV2(p=1.0)(image=out)['image'].shape == (3, 32, 32)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 # ====================================================================== hostile recipes (issue 9)
 
-LAUGHS = "".join(f"        {c}: &{c} [{', '.join([f'*{p}'] * 9) if p.strip() else ', '.join(['lol'] * 9)}]\n"
-                 for p, c in zip(" abcdefgh", "abcdefghi"))
+LAUGHS = "".join(
+    f"        {c}: &{c} [{', '.join([f'*{p}'] * 9) if p.strip() else ', '.join(['lol'] * 9)}]\n"
+    for p, c in zip(" abcdefgh", "abcdefghi")
+)
 
 
 def test_billion_laughs_is_refused_fast_with_the_line():
@@ -425,9 +486,15 @@ def nested_one_of(depth: int) -> str:
     return "\n".join(lines + ["  " * (2 * depth + 3) + "- flip"]) + "\n"
 
 
-@pytest.mark.parametrize("text", [nested_one_of(100), "train:\n  - flip: {direction: " + "[" * 2000 + "]" * 2000 + "}\n",
-                                  "train:\n  - albumentations: {transform: Blur, blur_limit: " + "[" * 150 + "]" * 150
-                                  + "}\n"], ids=["composites", "flow-lists", "albumentations-value"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        nested_one_of(100),
+        "train:\n  - flip: {direction: " + "[" * 2000 + "]" * 2000 + "}\n",
+        "train:\n  - albumentations: {transform: Blur, blur_limit: " + "[" * 150 + "]" * 150 + "}\n",
+    ],
+    ids=["composites", "flow-lists", "albumentations-value"],
+)
 def test_deep_nesting_is_a_recipe_error(text):
     with pytest.raises(RecipeError, match=r"nested more than 40 levels deep") as info:
         parse_recipe(text, "deep.yaml")
@@ -439,9 +506,17 @@ def test_moderate_composite_nesting_still_works(photo):
     assert run(r, photo, 0).shape == photo.shape
 
 
-@pytest.mark.parametrize("value,reason", [("9" * 5000, "too large"), ("-" + "1" * 30, "too large"),
-                                          ("1.0e+400", "not a finite number"), (".inf", "not a finite number"),
-                                          (".nan", "not a finite number"), ("99999999999999999999", "too large")])
+@pytest.mark.parametrize(
+    "value,reason",
+    [
+        ("9" * 5000, "too large"),
+        ("-" + "1" * 30, "too large"),
+        ("1.0e+400", "not a finite number"),
+        (".inf", "not a finite number"),
+        (".nan", "not a finite number"),
+        ("99999999999999999999", "too large"),
+    ],
+)
 def test_numbers_yaml_cannot_hold_name_line_step_and_key(value, reason):
     with pytest.raises(RecipeError, match=rf"x: .*\({reason}\) is not a number") as info:
         parse_recipe(f"train:\n  - flip: {{}}\n  - shift:\n      x: {value}\n", "n.yaml")
@@ -452,18 +527,24 @@ def test_numbers_yaml_cannot_hold_name_line_step_and_key(value, reason):
     assert (info.value.line, info.value.where) == (4, "train[0] albumentations")
 
 
-@pytest.mark.parametrize("transform,key,args", [
-    ("Resize", "height", "height: 100000, width: 100000"),
-    ("Resize", "width", "height: 32, width: 20000"),
-    ("LongestMaxSize", "max_size", "max_size: 100000"),
-    ("PadIfNeeded", "min_height", "min_height: 50000, min_width: 32"),
-    ("RandomResizedCrop", "size", "size: [100000, 100000]"),
-    ("CenterCrop", "height", "height: 70000, width: 32"),
-    ("GaussianBlur", "blur_limit", "blur_limit: [3, 99999]"),
-])
+@pytest.mark.parametrize(
+    "transform,key,args",
+    [
+        ("Resize", "height", "height: 100000, width: 100000"),
+        ("Resize", "width", "height: 32, width: 20000"),
+        ("LongestMaxSize", "max_size", "max_size: 100000"),
+        ("PadIfNeeded", "min_height", "min_height: 50000, min_width: 32"),
+        ("RandomResizedCrop", "size", "size: [100000, 100000]"),
+        ("CenterCrop", "height", "height: 70000, width: 32"),
+        ("GaussianBlur", "blur_limit", "blur_limit: [3, 99999]"),
+    ],
+)
 def test_absurd_sizes_in_albumentations_steps_are_refused(transform, key, args):
-    with pytest.raises(RecipeError, match=rf"{transform}: {key}: \d+ is larger than augkit's bound on sizes "
-                                          rf"\({MAX_SIDE} px\)") as info:
+    with pytest.raises(
+        RecipeError,
+        match=rf"{transform}: {key}: \d+ is larger than augkit's bound on sizes "
+        rf"\({MAX_SIDE} px\)",
+    ) as info:
         parse_recipe(f"train:\n  - flip: {{}}\n  - albumentations: {{transform: {transform}, {args}}}\n", "s.yaml")
     assert (info.value.line, info.value.where) == (3, "train[1] albumentations")
 
@@ -489,6 +570,7 @@ def test_color_parameters_left_out_mean_no_change(photo):
 
 
 # ====================================================================== composites through the registry
+
 
 def test_every_registry_entry_has_an_example_and_a_listing():
     """Composites and the pass-through are registry entries like the ops (examples, docs, listing)."""
@@ -529,13 +611,23 @@ def test_a_new_composite_is_one_registration(monkeypatch, photo):
     def parse_twice(body, ctx):
         return {}, ctx.parse_steps(body["steps"], f"{ctx.where}.steps", ctx.source, ctx.line)
 
-    @ops.register_op("twice", params={}, doc="apply the steps, then again", composite=True, whole_step=True,
-                     parse=parse_twice, listing="steps", example={"steps": ["flip"]})
+    @ops.register_op(
+        "twice",
+        params={},
+        doc="apply the steps, then again",
+        composite=True,
+        whole_step=True,
+        parse=parse_twice,
+        listing="steps",
+        example={"steps": ["flip"]},
+    )
     def _twice(step, kids):
         return A.Sequential(kids + [type(k)(p=k.p) for k in kids], p=step.p)
 
     recipe = parse_recipe("train:\n  - twice: {steps: [{flip: {p: 1}}]}\n")
-    assert recipe.resolved()["train"] == [{"twice": {"p": 1.0, "steps": [{"flip": {"direction": "horizontal", "p": 1.0}}]}}]
+    assert recipe.resolved()["train"] == [
+        {"twice": {"p": 1.0, "steps": [{"flip": {"direction": "horizontal", "p": 1.0}}]}}
+    ]
     assert np.array_equal(run(recipe, photo, 0), photo)  # flipped twice
     assert [lbl for lbl, _ in step_extremes(recipe.train[0])] == ["flip horizontal"]
     assert "twice" in ops.step_names()

@@ -1,4 +1,5 @@
 """Decode policy v2: JPEGs decoded at the size that is needed (libjpeg DCT scaling), issue 8."""
+
 from __future__ import annotations
 
 import io
@@ -6,12 +7,12 @@ import io
 import cv2
 import numpy as np
 import pytest
+from _imgs import photo
 from PIL import Image
 
 from augkit.errors import ImageError, UsageError
-from augkit.images import DECODE_POLICY, decode_image, decode_policy_reduces, read_image
-from augkit.jpeg import reduction
-from _imgs import photo
+from augkit.io.images import DECODE_POLICY, decode_image, decode_policy_reduces, read_image
+from augkit.io.jpeg import reduction
 
 
 def camera_jpeg(size=(2000, 1500), orientation: int | None = None, name: str = "astronaut") -> bytes:

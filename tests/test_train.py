@@ -1,4 +1,5 @@
 """augkit train: tiny real runs (digits, 32 px, resnet18) through the CLI, and its parts."""
+
 from __future__ import annotations
 
 import csv
@@ -11,25 +12,39 @@ import pytest
 import torch
 import torchvision
 import yaml
+from _digits import digits_folder
 from typer.testing import CliRunner
 
-import augkit.train as trainmod
-from augkit.checkpoint import load_checkpoint, load_model
+import augkit.training.loop as trainmod
 from augkit.cli import app
-from augkit.errors import UsageError
-from augkit.freeze import FreezePlan, choose_freeze, set_phase
-from augkit.images import DECODE_POLICY, read_image
-from augkit.models import build_model
 from augkit.devices import usable_cores
-from augkit.distributed import relaunch_args
-from augkit.precision import choose_precision
-from augkit.train import TrainCallbacks, TrainConfig, epoch_lrs, stratified_split, train, train_one_epoch
-from augkit.train_config import default_workers
-from _digits import digits_folder
+from augkit.errors import UsageError
+from augkit.io.images import DECODE_POLICY, read_image
+from augkit.models.archs import build_model
+from augkit.models.checkpoint import load_checkpoint, load_model
+from augkit.training.config import TrainCallbacks, TrainConfig, default_workers
+from augkit.training.distributed import relaunch_args
+from augkit.training.freeze import FreezePlan, choose_freeze, set_phase
+from augkit.training.loop import epoch_lrs, stratified_split, train, train_one_epoch
+from augkit.training.precision import choose_precision
 
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "settings.yaml", "curves.png", "errors.jsonl")
-FAST = ["--epochs", "2", "--batch-size", "8", "--image-size", "16", "--recipe", "digits", "--workers", "0",
-        "--seed", "1", "--device", "cpu"]
+FAST = [
+    "--epochs",
+    "2",
+    "--batch-size",
+    "8",
+    "--image-size",
+    "16",
+    "--recipe",
+    "digits",
+    "--workers",
+    "0",
+    "--seed",
+    "1",
+    "--device",
+    "cpu",
+]
 runner = CliRunner()
 
 
@@ -94,6 +109,7 @@ def interrupt_at_epoch(monkeypatch, epoch: int):
 
 # ------------------------------------------------------------------ end to end
 
+
 def test_cli_run_writes_every_run_file(run_a, data):
     run, result = run_a
     assert result.exit_code == 0, result.output
@@ -136,13 +152,29 @@ def test_the_optimizer_is_fused_where_the_device_has_it_else_per_tensor(run_a, m
     monkeypatch.setattr(torch.optim, "AdamW", no_fused_kernel)
     model = build_model("resnet18", 3)
     opt = trainmod.make_optimizer(model, TrainConfig(data=".", out="x"))
-    assert trainmod.optimizer_kernel(opt) == "per-tensor" and [g["name"] for g in opt.param_groups] == ["backbone", "head"]
+    assert trainmod.optimizer_kernel(opt) == "per-tensor" and [g["name"] for g in opt.param_groups] == [
+        "backbone",
+        "head",
+    ]
 
 
 def test_same_seed_gives_the_same_metrics(run_a, data, tmp_path):
     run, _ = run_a
-    again = train(TrainConfig(data=data, out=tmp_path / "again", weights="none", epochs=2, batch_size=8,
-                              image_size=16, recipe="digits", workers=0, seed=1, device="cpu", progress=False))
+    again = train(
+        TrainConfig(
+            data=data,
+            out=tmp_path / "again",
+            weights="none",
+            epochs=2,
+            batch_size=8,
+            image_size=16,
+            recipe="digits",
+            workers=0,
+            seed=1,
+            device="cpu",
+            progress=False,
+        )
+    )
     assert metrics(tmp_path / "again") == metrics(run)
     assert same_weights(tmp_path / "again" / "last.pt", run / "last.pt")
     assert again.epochs == 2 and again.best_epoch in (1, 2)
@@ -173,6 +205,7 @@ def test_resume_continues_and_ends_like_an_uninterrupted_run(run_a, data, tmp_pa
 
 
 # ------------------------------------------------------------------ freezing
+
 
 def test_freeze_head_trains_only_the_head(data, weights_file, tmp_path):
     out = tmp_path / "head"
@@ -228,22 +261,25 @@ def test_freeze_none_trains_everything_including_batchnorm_statistics():
         assert not torch.equal(before[k], after[k]), k
 
 
-@pytest.mark.parametrize("freeze,n,classes,pretrained,mode", [
-    ("auto", 40, 4, True, "finetune"),  # few images: head then all beat head only (benchmarks/bench_transfer.py)
-    ("auto", 499, 2, True, "finetune"),
-    ("auto", 2000, 200, True, "finetune"),
-    ("auto", 600, 6, True, "finetune"),
-    ("finetune", 40, 4, False, "finetune"),
-    ("auto", 50, 5, False, "none"),  # nothing pretrained to keep
-    ("head", 50_000, 10, True, "head"),
-    ("none", 40, 4, True, "none"),
-])
+@pytest.mark.parametrize(
+    "freeze,n,classes,pretrained,mode",
+    [
+        ("auto", 40, 4, True, "finetune"),  # few images: head then all beat head only (benchmarks/bench_transfer.py)
+        ("auto", 499, 2, True, "finetune"),
+        ("auto", 2000, 200, True, "finetune"),
+        ("auto", 600, 6, True, "finetune"),
+        ("finetune", 40, 4, False, "finetune"),
+        ("auto", 50, 5, False, "none"),  # nothing pretrained to keep
+        ("head", 50_000, 10, True, "head"),
+        ("none", 40, 4, True, "none"),
+    ],
+)
 def test_freeze_policy(freeze, n, classes, pretrained, mode):
     assert choose_freeze(freeze, n, classes, 10, pretrained).mode == mode
 
 
 def test_auto_says_the_evidence_behind_it():
-    from augkit.freeze import EVIDENCE
+    from augkit.training.freeze import EVIDENCE
 
     plan = choose_freeze("auto", 50, 5, 20, True)
     assert plan.mode == "finetune" and plan.warmup_epochs == 4 and "bench_transfer" in plan.reason
@@ -261,6 +297,7 @@ def test_finetune_schedule_warms_up_the_head_then_lowers_the_backbone_lr():
 
 
 # ------------------------------------------------------------------ weights and safety
+
 
 def test_malicious_pickle_is_refused_as_weights(data, tmp_path):
     marker = tmp_path / "pwned"
@@ -290,6 +327,7 @@ def test_imagenet_weights_offline_say_what_to_do(data, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ data layouts and bad data
+
 
 def test_train_and_val_folders(tmp_path):
     root = tmp_path / "tv"
@@ -339,8 +377,11 @@ def test_bad_files_are_reported_and_the_run_goes_on(bad_data, tmp_path):
     assert result.exit_code == 3, result.output  # finished, but some inputs were left out
     rows = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     assert {Path(r["path"]).name: r["reason"] for r in rows} == {
-        "cut.jpg": "truncated", "noise.jpg": "not an image", "zero.png": "not an image",
-        "readme.jpg": "not an image"}
+        "cut.jpg": "truncated",
+        "noise.jpg": "not an image",
+        "zero.png": "not an image",
+        "readme.jpg": "not an image",
+    }
     assert "4 file(s) left out" in result.output and "cut.jpg" in result.output
     for name in RUN_FILES:
         assert (out / name).is_file(), name
@@ -355,16 +396,19 @@ def test_a_class_with_only_unreadable_files_is_an_error(data, tmp_path):
     assert result.exit_code == 2 and "no usable training image: d5" in result.output and "a.jpg" in result.output
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--val-split", "1.5"], "--val-split must be in [0, 1)"),
-    (["--lr", "0"], "--lr must be > 0"),
-    (["--weights", "missing.pt"], "file or run folder not found"),
-    (["--arch", "resnet9"], "resnet9"),
-    (["--freeze", "some"], "some"),
-    (["--epochs", "0"], "--epochs"),
-    (["--image-size", "100000"], "--image-size must be 16 to 2048 pixels"),  # bounded before any allocation
-    (["--precision", "fp8"], "fp8"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--val-split", "1.5"], "--val-split must be in [0, 1)"),
+        (["--lr", "0"], "--lr must be > 0"),
+        (["--weights", "missing.pt"], "file or run folder not found"),
+        (["--arch", "resnet9"], "resnet9"),
+        (["--freeze", "some"], "some"),
+        (["--epochs", "0"], "--epochs"),
+        (["--image-size", "100000"], "--image-size must be 16 to 2048 pixels"),  # bounded before any allocation
+        (["--precision", "fp8"], "fp8"),
+    ],
+)
 def test_bad_options_exit_2(data, tmp_path, args, message):
     result = cli(data, "-o", tmp_path / "run", *args)
     assert result.exit_code == 2 and message in result.output
@@ -413,6 +457,7 @@ def test_stratified_split_is_seeded_disjoint_and_stratified():
 
 # ------------------------------------------------------------------ library, threads, precision, writes, cache
 
+
 class Recorder(TrainCallbacks):
     """Records what train() reports, and the torch threads in force while it trains."""
 
@@ -438,8 +483,7 @@ class Recorder(TrainCallbacks):
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
-    base = dict(weights="none", epochs=2, batch_size=8, image_size=16, recipe="digits", workers=0, seed=1,
-                device="cpu")
+    base = dict(weights="none", epochs=2, batch_size=8, image_size=16, recipe="digits", workers=0, seed=1, device="cpu")
     return TrainConfig(data=data, out=out, **{**base, **kw})
 
 
@@ -471,7 +515,7 @@ def test_default_workers_rule():
 
 
 def test_precision_auto_by_cpu_and_image_size(monkeypatch):
-    import augkit.precision as P
+    import augkit.training.precision as P
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
@@ -490,8 +534,10 @@ def test_bf16_training_still_learns(tmp_path):
     learns as well. (12 held-out digits were too few to compare: one image is 8 points, and the
     two precisions swapped places when the optimizer's kernel changed.)"""
     root = digits_folder(tmp_path / "d", digits=(0, 1, 7), per_class=40)
-    runs = {p: train(_cfg(root, tmp_path / p, precision=p, epochs=6, recipe="none", val_split=0.25, lr=2e-3,
-                          threads=1)) for p in ("fp32", "bf16")}
+    runs = {
+        p: train(_cfg(root, tmp_path / p, precision=p, epochs=6, recipe="none", val_split=0.25, lr=2e-3, threads=1))
+        for p in ("fp32", "bf16")
+    }
     settings = yaml.safe_load((tmp_path / "bf16" / "settings.yaml").read_text())["resolved"]
     assert settings["precision"]["name"] == "bf16" and settings["amp"] is True
     for p, r in runs.items():
@@ -511,7 +557,7 @@ def test_unwritable_run_folder_exits_1_with_one_line(data, tmp_path):
 
 
 def test_disk_full_while_saving_a_checkpoint_exits_1_naming_the_file(data, tmp_path, monkeypatch):
-    import augkit.run_files as rf
+    import augkit.training.run_files as rf
 
     def full(path, *a, **k):
         raise OSError(28, "No space left on device", str(path))
@@ -527,7 +573,7 @@ def test_checkpoints_are_written_while_the_next_epoch_trains_and_are_on_disk_at_
     import threading
     import time as _time
 
-    import augkit.run_files as rf
+    import augkit.training.run_files as rf
 
     events, real_write, real_epoch = [], rf.atomic_write_bytes, trainmod._run_epoch
 
@@ -553,10 +599,10 @@ def test_checkpoints_are_written_while_the_next_epoch_trains_and_are_on_disk_at_
 
 
 def test_checkpoints_on_a_budget_still_resume_exactly(data, tmp_path, monkeypatch):
-    import augkit.run_files as rf
+    import augkit.training.run_files as rf
 
     monkeypatch.setattr(rf, "FLUSH_FACTOR", 1e9)  # only the first and the last epoch are due
-    whole = train(_cfg(data, tmp_path / "whole", epochs=3))
+    train(_cfg(data, tmp_path / "whole", epochs=3))
     assert load_checkpoint(tmp_path / "whole" / "last.pt")["epoch"] == 3
     real = interrupt_at_epoch(monkeypatch, 2)  # Ctrl-C in epoch 3
     with pytest.raises(KeyboardInterrupt):
@@ -600,7 +646,7 @@ batch:
 
 def test_label_smoothing_reaches_the_loss(data):
     """The reported loss of a batch is torch's CrossEntropyLoss(label_smoothing=E) on that batch."""
-    from augkit.train import model_input
+    from augkit.training.loop import model_input
 
     torch.manual_seed(0)
     model = build_model("resnet18", 3)
@@ -618,8 +664,21 @@ def test_mixed_batches_train_the_same_at_any_worker_count(data, tmp_path):
     the same metrics with the images loaded in this process or by a worker."""
     recipe = tmp_path / "mix.yaml"
     recipe.write_text(MIX_RECIPE)
-    runs = [train(_cfg(data, tmp_path / f"w{w}", recipe=str(recipe), workers=w, epochs=1, label_smoothing=0.1,
-                       threads=1, progress=False)) for w in (0, 1)]
+    runs = [
+        train(
+            _cfg(
+                data,
+                tmp_path / f"w{w}",
+                recipe=str(recipe),
+                workers=w,
+                epochs=1,
+                label_smoothing=0.1,
+                threads=1,
+                progress=False,
+            )
+        )
+        for w in (0, 1)
+    ]
     assert runs[0].mixed and metrics(tmp_path / "w0") == metrics(tmp_path / "w1")
     loss = yaml.safe_load((tmp_path / "w0" / "settings.yaml").read_text())["resolved"]["loss"]
     assert loss["label_smoothing"] == 0.1 and "dominant" in loss["train_acc"] and "soft-target" in loss["train"]
@@ -633,8 +692,11 @@ def test_patience_stops_at_the_right_epoch_and_resumes(data, tmp_path, monkeypat
     runs epoch 5 (0.65) and stops there. Changing --label-smoothing refuses to resume."""
     accs = iter([0.5, 0.7, 0.6, 0.7, 0.65, 0.9, 0.9, 0.9])
     monkeypatch.setattr(trainmod, "validate", lambda *a, **k: {"loss": 1.0, "acc": next(accs), "images": 6})
-    monkeypatch.setattr(trainmod, "train_one_epoch",  # the loop is under test, not the training (fast)
-                        lambda *a, **k: {"loss": 1.0, "acc": 0.5, "images": 24, "seconds": 0.01})
+    monkeypatch.setattr(
+        trainmod,
+        "train_one_epoch",  # the loop is under test, not the training (fast)
+        lambda *a, **k: {"loss": 1.0, "acc": 0.5, "images": 24, "seconds": 0.01},
+    )
     out = tmp_path / "p"
     res = train(_cfg(data, out, epochs=8, patience=2, val_split=0.2, progress=False))
     assert res.epochs == 4 and res.best_epoch == 2
@@ -651,8 +713,9 @@ def test_patience_stops_at_the_right_epoch_and_resumes(data, tmp_path, monkeypat
     assert done.stopped == "completed"
 
 
-@pytest.mark.parametrize("opt,value,match", [("--label-smoothing", "1", "label-smoothing"),
-                                             ("--patience", "0", "patience")])
+@pytest.mark.parametrize(
+    "opt,value,match", [("--label-smoothing", "1", "label-smoothing"), ("--patience", "0", "patience")]
+)
 def test_bad_smoothing_or_patience_exit_2(data, tmp_path, opt, value, match):
     res = cli(data, "-o", tmp_path / "bad", *FAST, opt, value)
     assert res.exit_code == 2 and match in res.output

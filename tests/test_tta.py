@@ -1,4 +1,5 @@
 """TTA on tensors: every view kind, inverses, merges and the wrapper."""
+
 from __future__ import annotations
 
 import os
@@ -10,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from augkit import tta
-from augkit.evaluate import mcnemar_exact, select_views
-from augkit.views import MERGE_MODES, PRESETS, VIEW_KINDS, make_view, prim, preset_views
+from augkit.infer import tta
+from augkit.infer.evaluate import mcnemar_exact, select_views
+from augkit.recipe.views import MERGE_MODES, PRESETS, VIEW_KINDS, make_view, preset_views, prim
 
 ALL_PRESET_VIEWS = {v.name: v for p in PRESETS for v in preset_views(p)}
 KIND_EXAMPLES = {  # one view of every kind, non-default parameters where there are any
@@ -167,7 +168,7 @@ def test_merge_formulas():
     g = torch.tensor([(0.6 * 0.2) ** 0.5, (0.4 * 0.8) ** 0.5])
     assert torch.allclose(tta.merge_probs(p, "gmean"), (g / g.sum())[None])
     assert torch.allclose(tta.merge_probs(p, "max"), torch.tensor([[0.6, 0.8]]) / 1.4)
-    s = torch.tensor([0.6 ** 0.5 + 0.2 ** 0.5, 0.4 ** 0.5 + 0.8 ** 0.5])
+    s = torch.tensor([0.6**0.5 + 0.2**0.5, 0.4**0.5 + 0.8**0.5])
     assert torch.allclose(tta.merge_probs(p, "tsharpen"), (s / s.sum())[None])
     plain = torch.tensor([[1.0, 0.0]])
     assert torch.allclose(tta.merge_probs(p, "mean", 0.25, plain), torch.tensor([[0.55, 0.45]]))

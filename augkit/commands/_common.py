@@ -1,4 +1,5 @@
 """What every command shares: the stderr console and one place that turns errors into exit codes."""
+
 from __future__ import annotations
 
 import functools
@@ -8,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import EXIT_USAGE, AugkitError
+from augkit.errors import EXIT_USAGE, AugkitError
 
 #: Progress bars, tables and errors go to stderr, so stdout stays clean for data (CSV, YAML).
 err = Console(stderr=True, highlight=False)

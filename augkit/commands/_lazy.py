@@ -3,6 +3,7 @@
 ``augkit --help`` lists the commands from a table of one-line helps (see :data:`augkit.cli.COMMANDS`)
 instead of importing every command module; ``augkit NAME ...`` imports just ``augkit.commands.NAME``.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -12,7 +13,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from .. import __version__
+from augkit import __version__
 
 #: A command table: name -> (module in augkit.commands, attribute, one-line help).
 Table = dict[str, tuple[str, str, str]]
@@ -84,8 +85,11 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """augkit: recipes, offline augmentation, training and TTA."""
 
 
@@ -95,8 +99,7 @@ def make_app(table: Table) -> typer.Typer:
     app = typer.Typer(
         name="augkit",
         cls=group,
-        help="Image data augmentation and test-time augmentation: recipes, offline augmentation, "
-        "training and TTA.",
+        help="Image data augmentation and test-time augmentation: recipes, offline augmentation, training and TTA.",
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,

@@ -1,4 +1,5 @@
 """``augkit augment SRC DST``: write augmented copies of an image folder."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,14 +7,14 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from ..errors import UsageError
-from ..executors import ENGINES, WARM_ITEMS, get_executor
-from ..limits import AUGMENT_PRELOAD, DEFAULT_MAX_PIXELS, MAX_REDRAWS
-from ..scan import count_images
-from ._common import cli_errors, err, out
+from augkit.commands._common import cli_errors, err, out
+from augkit.errors import UsageError
+from augkit.io.scan import count_images
+from augkit.limits import AUGMENT_PRELOAD, DEFAULT_MAX_PIXELS, MAX_REDRAWS
+from augkit.offline.executors.local import ENGINES, WARM_ITEMS, get_executor
 
 if TYPE_CHECKING:
-    from ..augment import AugmentResult
+    from augkit.offline.run import AugmentResult
 
 # numpy, OpenCV, albumentations and rich's progress are imported inside the command, after a big
 # job has set its workers' imports going (see _warm_up).
@@ -25,20 +26,47 @@ def command(
     dst: Path = typer.Argument(..., help="Output folder (created; must not be inside SRC)."),
     recipe: str = typer.Option("default", "--recipe", "-r", help="Built-in recipe name or a recipe .yaml file."),
     copies: Optional[int] = typer.Option(None, "--copies", "-n", help="Augmented copies per image (default: 1)."),
-    per_class: Optional[int] = typer.Option(None, "--per-class", help="Top every class up to N images (originals included)."),
+    per_class: Optional[int] = typer.Option(
+        None, "--per-class", help="Top every class up to N images (originals included)."
+    ),
     seed: int = typer.Option(0, "--seed", "-s", help="One seed decides every random choice."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker processes for jobs large enough to repay starting them (default: CPU count; small jobs run in this process); with --engine ray, Ray actors (default: the cluster's CPUs)."),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        "-w",
+        help="Worker processes for jobs large enough to repay starting them (default: CPU count; small jobs run in this process); with --engine ray, Ray actors (default: the cluster's CPUs).",
+    ),
     originals: bool = typer.Option(False, "--originals/--no-originals", help="Also copy each original into DST."),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="Output format: jpg, png, webp, bmp (default: keep the source format)."),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", "-f", help="Output format: jpg, png, webp, bmp (default: keep the source format)."
+    ),
     quality: int = typer.Option(95, "--quality", "-q", help="JPEG/WebP quality 1-100."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that already exist."),
     strict: bool = typer.Option(False, "--strict", help="Abort on the first bad input (finished outputs are kept)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be written; write nothing."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Reject images with more pixels (read from the header)."),
-    max_side: Optional[int] = typer.Option(None, "--max-side", help="Shrink each image so its longer side is at most N px before the recipe (never enlarges; JPEGs are decoded at reduced size). Originals copied with --originals stay byte for byte."),
-    require_change: bool = typer.Option(False, "--require-change", help=f"Redraw a copy in which no step changed a pixel (an exact duplicate of its source), up to {MAX_REDRAWS} times, from seeds derived from its own; recorded in the manifest."),
-    engine: str = typer.Option("local", "--engine", help="Executor: local (this process, plus a process pool for larger jobs) or ray (Ray Data; needs augkit's ray extra)."),
-    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster, auto (the one `ray start` started on this node) or ray://HOST:10001 (default: RAY_ADDRESS, else a running cluster on this node, else a Ray started for this run)."),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, "--max-pixels", help="Reject images with more pixels (read from the header)."
+    ),
+    max_side: Optional[int] = typer.Option(
+        None,
+        "--max-side",
+        help="Shrink each image so its longer side is at most N px before the recipe (never enlarges; JPEGs are decoded at reduced size). Originals copied with --originals stay byte for byte.",
+    ),
+    require_change: bool = typer.Option(
+        False,
+        "--require-change",
+        help=f"Redraw a copy in which no step changed a pixel (an exact duplicate of its source), up to {MAX_REDRAWS} times, from seeds derived from its own; recorded in the manifest.",
+    ),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        help="Executor: local (this process, plus a process pool for larger jobs) or ray (Ray Data; needs augkit's ray extra).",
+    ),
+    address: Optional[str] = typer.Option(
+        None,
+        "--address",
+        help="With --engine ray: the Ray cluster, auto (the one `ray start` started on this node) or ray://HOST:10001 (default: RAY_ADDRESS, else a running cluster on this node, else a Ray started for this run).",
+    ),
 ) -> None:
     """Write augmented copies of SRC into DST, keeping its class folders.
 
@@ -56,24 +84,54 @@ def command(
     if not dry_run:
         _warm_up(executor, src, copies)
     from rich.markup import escape as esc
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    from ..augment import AugmentOptions, make_plan, run_plan
-    from ..recipe import load_recipe
+    from augkit.offline.run import AugmentOptions, make_plan, run_plan
+    from augkit.recipe.api import load_recipe
 
-    opts = AugmentOptions(copies=copies, per_class=per_class, seed=seed, workers=workers, originals=originals,
-                          format=fmt, quality=quality, overwrite=overwrite, strict=strict, dry_run=dry_run,
-                          max_pixels=max_pixels, engine=engine, max_side=max_side, require_change=require_change)
+    opts = AugmentOptions(
+        copies=copies,
+        per_class=per_class,
+        seed=seed,
+        workers=workers,
+        originals=originals,
+        format=fmt,
+        quality=quality,
+        overwrite=overwrite,
+        strict=strict,
+        dry_run=dry_run,
+        max_pixels=max_pixels,
+        engine=engine,
+        max_side=max_side,
+        require_change=require_change,
+    )
     rec = load_recipe(recipe)
     plan = make_plan(src, dst, rec, opts)
     for cls in plan.empty_classes:
         err.print(f"[yellow]warning:[/] class folder {esc(str(src / cls))} has no images")
     if rec.batch is not None:  # mixup/cutmix mix pairs of images in a training batch: nothing to write here
-        err.print(f"note: the recipe's batch section ({'/'.join(rec.batch.kinds)}) applies in `augkit train` only; "
-                  "augment writes single images")
-    progress = Progress(TextColumn("[bold]augment"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
-                        disable=dry_run)
+        err.print(
+            f"note: the recipe's batch section ({'/'.join(rec.batch.kinds)}) applies in `augkit train` only; "
+            "augment writes single images"
+        )
+    progress = Progress(
+        TextColumn("[bold]augment"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+        disable=dry_run,
+    )
     task_id = None
 
     def on_start(n: int) -> None:
@@ -105,24 +163,35 @@ def _summary(r: AugmentResult) -> None:
     from rich.markup import escape as esc
     from rich.table import Table
 
-    from ..augment import ERRORS, MANIFEST
+    from augkit.offline.dst import ERRORS, MANIFEST
 
     plan = r.plan
     if r.dry_run:
         todo = [i for i in r.todo if not i.verify]
         check = len(r.todo) - len(todo)
-        out.print("dry run: " + esc(f"would write {len(todo)} files into {plan.dst} "
-                  f"({r.already_done} already done, {check} existing outputs would be checked and kept)"))
+        out.print(
+            "dry run: "
+            + esc(
+                f"would write {len(todo)} files into {plan.dst} "
+                f"({r.already_done} already done, {check} existing outputs would be checked and kept)"
+            )
+        )
         for item in todo[:20]:
-            out.print(esc(f"  {item.src} -> {item.out}") + ("" if item.copy < 0 else f"  (copy {item.copy}, seed {item.seed})"))
+            out.print(
+                esc(f"  {item.src} -> {item.out}")
+                + ("" if item.copy < 0 else f"  (copy {item.copy}, seed {item.seed})")
+            )
         if len(todo) > 20:
             out.print(f"  ... and {len(todo) - 20} more")
     t = Table(title="augkit augment", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
     t.add_row("recipe", f"{plan.recipe.name} ({plan.recipe.hash})")
-    t.add_row("inputs", f"{len({i.src for i in plan.items})} images in {len(plan.classes) or 1} class(es)"
-              + (f", {len(plan.ignored)} other files ignored" if plan.ignored else ""))
+    t.add_row(
+        "inputs",
+        f"{len({i.src for i in plan.items})} images in {len(plan.classes) or 1} class(es)"
+        + (f", {len(plan.ignored)} other files ignored" if plan.ignored else ""),
+    )
     t.add_row("planned outputs", str(len(plan.items)))
     if not r.dry_run:
         t.add_row("written", f"{r.written} in {r.seconds:.1f} s ({r.rate:.1f} img/s)")
@@ -130,9 +199,13 @@ def _summary(r: AugmentResult) -> None:
     if r.existing:
         t.add_row("[yellow]kept existing", f"{len(r.existing)} (use --overwrite to replace)")
     if not r.dry_run:
-        t.add_row("unchanged copies", f"{r.unchanged} (identical to their source"
-                  + (f", after {MAX_REDRAWS} redraws)" if plan.options.require_change else "; --require-change redraws them)")
-                  if r.unchanged else "0")
+        t.add_row(
+            "unchanged copies",
+            f"{r.unchanged} (identical to their source"
+            + (f", after {MAX_REDRAWS} redraws)" if plan.options.require_change else "; --require-change redraws them)")
+            if r.unchanged
+            else "0",
+        )
     if r.bad:
         t.add_row("[red]skipped inputs", str(len(r.bad)))
     if plan.links_into_dst:
@@ -141,7 +214,10 @@ def _summary(r: AugmentResult) -> None:
         t.add_row("per class", ", ".join(f"{c or '.'}={n}" for c, n in sorted(plan.per_class_counts.items())))
     err.print(t)
     for b in r.bad[:10]:
-        err.print("  [red]skipped[/] " + esc(f"{plan.src / b['path']}: {b['reason']}" + (f" ({b['detail']})" if b["detail"] else "")))
+        err.print(
+            "  [red]skipped[/] "
+            + esc(f"{plan.src / b['path']}: {b['reason']}" + (f" ({b['detail']})" if b["detail"] else ""))
+        )
     if len(r.bad) > 10:
         err.print(f"  ... {len(r.bad) - 10} more in {plan.dst / ERRORS}")
     if not r.dry_run:

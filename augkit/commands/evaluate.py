@@ -1,4 +1,5 @@
 """``augkit evaluate RUN DATA``: plain vs TTA vs each view on a labelled folder, with a paired test."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,12 +9,12 @@ import typer
 from rich.markup import escape as esc
 from rich.table import Table
 
-from ..errors import EXIT_SKIPPED, UsageError
-from ..gallery import GALLERY_TILES
-from ..images import DEFAULT_MAX_PIXELS
-from ..outfiles import check_output
-from ._common import cli_errors, err
-from ._infer import BETA_HELP, MERGE_HELP, TTA_HELP, WORKERS_HELP, Merge, list_skipped, progress_bar, say
+from augkit.commands._common import cli_errors, err
+from augkit.commands._infer import BETA_HELP, MERGE_HELP, TTA_HELP, WORKERS_HELP, Merge, list_skipped, progress_bar, say
+from augkit.errors import EXIT_SKIPPED, UsageError
+from augkit.infer.files import check_output
+from augkit.infer.gallery import GALLERY_TILES
+from augkit.limits import DEFAULT_MAX_PIXELS
 
 MAX_TABLE_CLASSES = 12
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -27,18 +28,27 @@ def command(
     merge: Optional[Merge] = typer.Option(None, "--merge", help=MERGE_HELP),
     beta: Optional[float] = typer.Option(None, "--beta", min=0.0, max=1.0, help=BETA_HELP),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the full report as JSON."),
-    confusion: Optional[Path] = typer.Option(None, "--confusion", help="Draw the confusion matrix of the merged "
-                                             "(TTA) predictions (.png, at least 600 px, titled plain or TTA)."),
-    gallery: Optional[Path] = typer.Option(None, "--gallery", help="Draw the most confident mistakes (.png): "
-                                           f"up to {GALLERY_TILES} images with true and predicted label and "
-                                           "probability."),
-    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Also report top-k accuracy (left out when k >= the "
-                              "number of classes)."),
+    confusion: Optional[Path] = typer.Option(
+        None,
+        "--confusion",
+        help="Draw the confusion matrix of the merged (TTA) predictions (.png, at least 600 px, titled plain or TTA).",
+    ),
+    gallery: Optional[Path] = typer.Option(
+        None,
+        "--gallery",
+        help="Draw the most confident mistakes (.png): "
+        f"up to {GALLERY_TILES} images with true and predicted label and "
+        "probability.",
+    ),
+    top_k: int = typer.Option(
+        5, "--top-k", "-k", min=1, help="Also report top-k accuracy (left out when k >= the number of classes)."
+    ),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per batch (each with all views)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0, help=WORKERS_HELP),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
-                                   help="Reject images with more pixels (read from the header)."),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Reject images with more pixels (read from the header)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing report/confusion files."),
 ) -> None:
     """Plain vs TTA vs each single view on labelled images, with a paired test.
@@ -48,10 +58,10 @@ def command(
     Exit codes: 0 done; 1 nothing could be read; 2 bad options or classes the model does not know; 3 done, but some images were skipped (listed in the report).
     """
     # deferred: the library imports torch (seconds); `augkit --help` must not pay for it
-    from ..devices import resolve_device
-    from ..evaluate import evaluate, write_confusion, write_report
-    from ..gallery import write_gallery
-    from ..inference import resolve_tta
+    from augkit.devices import resolve_device
+    from augkit.infer.engine import resolve_tta
+    from augkit.infer.evaluate import evaluate, write_confusion, write_report
+    from augkit.infer.gallery import write_gallery
 
     spec = resolve_tta(tta, merge=merge.value if merge else None, beta=beta)
     resolve_device(device)
@@ -62,9 +72,19 @@ def command(
         if path is not None and path.suffix.lower() not in PICTURE_SUFFIXES:
             raise UsageError(f"{opt} {path}: give a picture file name (.png)")
     with progress_bar("evaluate") as (on_start, on_progress):
-        rep = evaluate(run, data, tta=spec, top_k=top_k, batch_size=batch_size, device=device,
-                       workers=workers, max_pixels=max_pixels,
-                       on_start=on_start, progress=on_progress, tta_label=tta)
+        rep = evaluate(
+            run,
+            data,
+            tta=spec,
+            top_k=top_k,
+            batch_size=batch_size,
+            device=device,
+            workers=workers,
+            max_pixels=max_pixels,
+            on_start=on_start,
+            progress=on_progress,
+            tta_label=tta,
+        )
     if report is not None:
         write_report(rep, report)
     if confusion is not None:
@@ -94,26 +114,45 @@ def _p(p: float) -> str:
 def print_report(rep: dict) -> None:
     """The report as rich tables on stderr."""
     acc, mc, cnt, cls = rep["accuracy"], rep["mcnemar"], rep["counts"], rep["classes"]
-    say(esc(f"{rep['data']}: {cnt['evaluated']} images evaluated"
+    say(
+        esc(
+            f"{rep['data']}: {cnt['evaluated']} images evaluated"
             + (f", {cnt['skipped']} skipped" if cnt["skipped"] else "")
-            + (f", {cnt['unlabelled']} outside class folders ignored" if cnt["unlabelled"] else "")))
+            + (f", {cnt['unlabelled']} outside class folders ignored" if cnt["unlabelled"] else "")
+        )
+    )
     if cls["subset"]:
-        say(esc(f"note: the folder has {len(cls['data'])} of the model's {len(cls['model'])} classes "
-                f"(missing: {', '.join(cls['missing_from_data'])}); predictions still range over all"))
-    t = Table(title=esc(f"TTA {rep['tta']['spec']}: {len(rep['tta']['views'])} views, merge "
-                        f"{rep['tta']['merge']}" + (f", beta {rep['tta']['beta']:g}" if rep["tta"]["beta"] else "")),
-              title_justify="left")
+        say(
+            esc(
+                f"note: the folder has {len(cls['data'])} of the model's {len(cls['model'])} classes "
+                f"(missing: {', '.join(cls['missing_from_data'])}); predictions still range over all"
+            )
+        )
+    t = Table(
+        title=esc(
+            f"TTA {rep['tta']['spec']}: {len(rep['tta']['views'])} views, merge "
+            f"{rep['tta']['merge']}" + (f", beta {rep['tta']['beta']:g}" if rep["tta"]["beta"] else "")
+        ),
+        title_justify="left",
+    )
     topk = [f"top-{acc['top_k']}"] if acc["top_k"] else []  # none when k >= the classes (always 100%)
     macro = rep.get("macro", {})
     for col in ("", "accuracy", *topk, "log-loss", "macro P", "macro R", "macro F1"):
         t.add_column(col, justify="right" if col else "left")
     for name, key in (("plain", "plain"), ("TTA", "tta")):
         avg = macro.get(key, {})
-        t.add_row(name, _pct(acc[key]), *([_pct(acc[f"{key}_top_k"])] if topk else []), f"{acc[f'{key}_nll']:.4f}",
-                  *(_pct(avg[m]) if m in avg else "-" for m in ("precision", "recall", "f1")))
+        t.add_row(
+            name,
+            _pct(acc[key]),
+            *([_pct(acc[f"{key}_top_k"])] if topk else []),
+            f"{acc[f'{key}_nll']:.4f}",
+            *(_pct(avg[m]) if m in avg else "-" for m in ("precision", "recall", "f1")),
+        )
     err.print(t)
-    say(f"gain {_gain(acc['gain'])}; McNemar exact p = {_p(mc['p_value'])} "
-              f"(plain only right: {mc['plain_only_right']}, TTA only right: {mc['tta_only_right']})")
+    say(
+        f"gain {_gain(acc['gain'])}; McNemar exact p = {_p(mc['p_value'])} "
+        f"(plain only right: {mc['plain_only_right']}, TTA only right: {mc['tta_only_right']})"
+    )
     v = Table(title="single views (paired with plain)", title_justify="left")
     for col in ("view", "accuracy", "gain", "p"):
         v.add_column(col, justify="left" if col == "view" else "right")
@@ -121,13 +160,19 @@ def print_report(rep: dict) -> None:
         name = row["name"] + ("" if row["in_merge"] else " (plain, not merged)")
         v.add_row(esc(name), _pct(row["accuracy"]), _gain(row["gain"]), _p(row["p_value"]))
     err.print(v)
-    pc = Table(title="per class (accuracy plain and TTA; precision, recall, F1 of the TTA predictions)",
-               title_justify="left")
+    pc = Table(
+        title="per class (accuracy plain and TTA; precision, recall, F1 of the TTA predictions)", title_justify="left"
+    )
     for col in ("class", "images", "plain", "TTA", "precision", "recall", "F1"):
         pc.add_column(col, justify="left" if col == "class" else "right")
     for row in rep["per_class"]:
-        pc.add_row(esc(row["class"]), str(row["n"]), _pct(row["plain"]), _pct(row["tta"]),
-                   *(_pct(row[m]) if m in row else "-" for m in ("precision", "recall", "f1")))
+        pc.add_row(
+            esc(row["class"]),
+            str(row["n"]),
+            _pct(row["plain"]),
+            _pct(row["tta"]),
+            *(_pct(row[m]) if m in row else "-" for m in ("precision", "recall", "f1")),
+        )
     err.print(pc)
     labels, m = rep["confusion"]["labels"], rep["confusion"]["matrix"]
     if len(labels) <= MAX_TABLE_CLASSES:
@@ -141,6 +186,10 @@ def print_report(rep: dict) -> None:
     for m in rep.get("mistakes", [])[:3]:
         say(esc(f"confident mistake: {m['path']}: {m['true']} predicted {m['predicted']} ({m['prob']:.0%})"))
     s = rep["suggested_views"]
-    say(esc(f"suggested views: {', '.join(s['views'])} -> {_pct(s['accuracy'])} "
-            f"(merge {rep['tta']['merge']}; {s['note']})"))
+    say(
+        esc(
+            f"suggested views: {', '.join(s['views'])} -> {_pct(s['accuracy'])} "
+            f"(merge {rep['tta']['merge']}; {s['note']})"
+        )
+    )
     list_skipped(rep["errors"], "in the report (errors)")

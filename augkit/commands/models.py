@@ -1,4 +1,5 @@
 """``augkit models [PATTERN]``: the architectures ``augkit train --arch`` takes."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -8,8 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import UsageError
-from ._common import cli_errors, out
+from augkit.commands._common import cli_errors, out
+from augkit.errors import UsageError
 
 
 def _matches(name: str, pattern: str | None) -> bool:
@@ -21,10 +22,15 @@ def _matches(name: str, pattern: str | None) -> bool:
 
 @cli_errors
 def command(
-    pattern: Optional[str] = typer.Argument(None, help="Only names matching this glob (convnext*) or containing "
-                                            "this text (vit)."),
-    timm: bool = typer.Option(False, "--timm", help="List timm models instead (use as --arch timm/<name>; needs "
-                              "pip install \"augkit\\[timm]\"); give a PATTERN, timm has over a thousand."),
+    pattern: Optional[str] = typer.Argument(
+        None, help="Only names matching this glob (convnext*) or containing this text (vit)."
+    ),
+    timm: bool = typer.Option(
+        False,
+        "--timm",
+        help="List timm models instead (use as --arch timm/<name>; needs "
+        'pip install "augkit\\[timm]"); give a PATTERN, timm has over a thousand.',
+    ),
     fmt: str = typer.Option("table", "--format", "-f", help="table, or csv (name,family,imagenet_size,params,source)."),
 ) -> None:
     """List the architectures --arch takes: every torchvision classifier, or timm models.
@@ -32,7 +38,7 @@ def command(
     Columns: family, the image size its ImageNet weights were evaluated at, and the parameter count (read from the weights' metadata; nothing is downloaded). ViT needs exactly its size; other families take any size within their minimum.
     """
     # deferred: archs imports torch and torchvision (seconds); `augkit --help` must not pay for it
-    from ..archs import TIMM_PREFIX, describe, import_timm, torchvision_archs
+    from augkit.models.archs import TIMM_PREFIX, describe, import_timm, torchvision_archs
 
     if fmt not in ("table", "csv"):
         raise UsageError(f"--format {fmt!r} is not one of table, csv")

@@ -1,30 +1,35 @@
 """``augkit predict RUN INPUTS...``: class predictions, optionally averaged over TTA views."""
+
 from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.markup import escape as esc
 
-from ..errors import EXIT_SKIPPED, UsageError
-from ..images import DEFAULT_MAX_PIXELS
-from ..outfiles import FORMATS, check_output, errors_path, write_predictions
-from ._common import cli_errors
+from augkit.commands._common import cli_errors
+from augkit.commands._infer import BETA_HELP, MERGE_HELP, TTA_HELP, WORKERS_HELP, Merge, list_skipped, progress_bar, say
+from augkit.errors import EXIT_SKIPPED, UsageError
+from augkit.infer.files import FORMATS, check_output, errors_path, write_predictions
+from augkit.limits import DEFAULT_MAX_PIXELS
 
 ENGINE_NAMES = ("local", "ray")  # predict's engines: in-process/DataLoader, or Ray Data actors
-from ._infer import BETA_HELP, MERGE_HELP, TTA_HELP, WORKERS_HELP, Merge, list_skipped, progress_bar, say
 
 Format = Enum("Format", {f: f for f in FORMATS}, type=str)
 
 
 @cli_errors
 def command(
-    run: Path = typer.Argument(..., help="Run folder (uses its best.pt), a checkpoint file, or a model.onnx from "
-                               "augkit export (run by onnxruntime; --tta only among the views it was exported with)."),
-    inputs: List[Path] = typer.Argument(..., help="Image files, folders (searched recursively) and .txt/.lst "
-                                        "files listing one path a line."),
+    run: Path = typer.Argument(
+        ...,
+        help="Run folder (uses its best.pt), a checkpoint file, or a model.onnx from "
+        "augkit export (run by onnxruntime; --tta only among the views it was exported with).",
+    ),
+    inputs: list[Path] = typer.Argument(
+        ..., help="Image files, folders (searched recursively) and .txt/.lst files listing one path a line."
+    ),
     tta: Optional[str] = typer.Option(None, "--tta", "-t", help=TTA_HELP + " \\[default: none, the plain view]"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write \\[default: stdout]."),
     fmt: Format = typer.Option("csv", "--format", "-f", help="csv: path,label,prob (+ top-k columns); jsonl."),
@@ -33,16 +38,30 @@ def command(
     beta: Optional[float] = typer.Option(None, "--beta", min=0.0, max=1.0, help=BETA_HELP),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per batch (each with all views)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0, help=WORKERS_HELP + " With --engine ray: "
-                                          "actors in the pool \\[default: the cluster's CPUs]."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
-                                   help="Reject images with more pixels (read from the header)."),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        "-w",
+        min=0,
+        help=WORKERS_HELP + " With --engine ray: actors in the pool \\[default: the cluster's CPUs].",
+    ),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Reject images with more pixels (read from the header)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
-    engine: str = typer.Option("local", "--engine", help="local, or ray: a pool of Ray actors, each loading the "
-                               "model once (Ray Data; needs augkit's ray extra; see the README, Scaling out)."),
-    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the Ray cluster, auto or "
-                                          "ray://HOST:10001 (default: RAY_ADDRESS, else a running cluster on this "
-                                          "node, else a Ray started for this run)."),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        help="local, or ray: a pool of Ray actors, each loading the "
+        "model once (Ray Data; needs augkit's ray extra; see the README, Scaling out).",
+    ),
+    address: Optional[str] = typer.Option(
+        None,
+        "--address",
+        help="With --engine ray: the Ray cluster, auto or "
+        "ray://HOST:10001 (default: RAY_ADDRESS, else a running cluster on this "
+        "node, else a Ray started for this run).",
+    ),
 ) -> None:
     """Predict the class of each image, optionally merged over TTA views.
 
@@ -51,9 +70,9 @@ def command(
     With -o, skipped inputs (unreadable, truncated, not an image) are listed in <output>.errors.csv. Exit codes: 0 done; 2 bad options; 3 done, but some inputs were skipped.
     """
     # deferred: the library imports torch (seconds); `augkit --help` must not pay for it
-    from ..devices import resolve_device
-    from ..inference import resolve_tta
-    from ..predict import predict
+    from augkit.devices import resolve_device
+    from augkit.infer.engine import resolve_tta
+    from augkit.infer.predict import predict
 
     spec = resolve_tta(tta, merge=merge.value if merge else None, beta=beta)
     if engine not in ENGINE_NAMES:
@@ -69,21 +88,46 @@ def command(
         check_output(errors_path(output), overwrite, "errors file")
     label = tta or "none"
     with progress_bar("predict") as (on_start, on_progress):
-        if engine == "ray":  # augkit.predict_ray: same rows, same writer
-            from ..predict_ray import predict_ray  # deferred: the Ray engine only (needs the ray extra)
-            preds = predict_ray(run, [str(i) for i in inputs], tta=spec, top_k=top_k, batch_size=batch_size,
-                                device=device, address=address, workers=workers, max_pixels=max_pixels,
-                                on_start=on_start, progress=on_progress)
+        if engine == "ray":  # augkit.infer.predict_ray: same rows, same writer
+            from augkit.infer.predict_ray import predict_ray  # deferred: the Ray engine only (needs the ray extra)
+
+            preds = predict_ray(
+                run,
+                [str(i) for i in inputs],
+                tta=spec,
+                top_k=top_k,
+                batch_size=batch_size,
+                device=device,
+                address=address,
+                workers=workers,
+                max_pixels=max_pixels,
+                on_start=on_start,
+                progress=on_progress,
+            )
         else:
-            preds = predict(run, [str(i) for i in inputs], tta=spec, top_k=top_k, batch_size=batch_size,
-                            device=device, workers=workers,
-                            max_pixels=max_pixels, on_start=on_start, progress=on_progress)
+            preds = predict(
+                run,
+                [str(i) for i in inputs],
+                tta=spec,
+                top_k=top_k,
+                batch_size=batch_size,
+                device=device,
+                workers=workers,
+                max_pixels=max_pixels,
+                on_start=on_start,
+                progress=on_progress,
+            )
     efile = write_predictions(preds, output, fmt.value, top_k)
     c = preds.counts
-    say(esc(f"predicted {c['predicted']} of {c['inputs']} images with TTA {label} "
+    say(
+        esc(
+            f"predicted {c['predicted']} of {c['inputs']} images with TTA {label} "
             f"({len(spec.views)} view{'s' * (len(spec.views) != 1)}, merge {spec.merge}"
-            + (f", beta {spec.beta:g}" if spec.beta else "") + ")" + (f" -> {output}" if output else "")))
+            + (f", beta {spec.beta:g}" if spec.beta else "")
+            + ")"
+            + (f" -> {output}" if output else "")
+        )
+    )
     list_skipped(preds.errors, f"in {efile}" if efile else "")
     if preds.errors:
         raise typer.Exit(code=EXIT_SKIPPED)
-

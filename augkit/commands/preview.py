@@ -1,32 +1,36 @@
 """``augkit preview SRC --recipe R -o preview.png``: a labelled picture of what a recipe does."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
 
 import typer
 
-from ._common import cli_errors, err
+from augkit.commands._common import cli_errors, err
 
 
 @cli_errors
 def command(
-    sources: List[Path] = typer.Argument(..., help="Image files and/or folders (class folders are sampled in turn)."),
+    sources: list[Path] = typer.Argument(..., help="Image files and/or folders (class folders are sampled in turn)."),
     recipe: str = typer.Option("default", "--recipe", "-r", help="Built-in recipe name or a recipe .yaml file."),
     output: Path = typer.Option(Path("preview.png"), "--output", "-o", help="Picture to write (.png, .jpg, .webp)."),
     images: int = typer.Option(4, "--images", help="Rows: how many source images (1-64)."),
     versions: int = typer.Option(6, "--versions", help="Columns: augmented versions per image (1-64)."),
-    extremes: bool = typer.Option(False, "--extremes", help="Show each step alone at the low and high ends of its ranges."),
+    extremes: bool = typer.Option(
+        False, "--extremes", help="Show each step alone at the low and high ends of its ranges."
+    ),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed of the first version (then seed+1, ...)."),
     cell: int = typer.Option(160, "--cell", help="Cell size in pixels (48-1024)."),
 ) -> None:
     """Draw a grid: rows are source images, columns the original and augmented versions."""
-    from ..preview import preview  # deferred: OpenCV, numpy and albumentations load only when it runs
-    from ..recipe import load_recipe
+    from augkit.offline.preview import preview  # deferred: OpenCV, numpy and albumentations load only when it runs
+    from augkit.recipe.api import load_recipe
 
     rec = load_recipe(recipe)
     path = preview(rec, sources, output, images=images, versions=versions, seed=seed, extremes=extremes, cell=cell)
     err.print(f"preview of recipe [bold]{rec.name}[/] written to {path}")
     if rec.batch is not None:  # mixing needs a batch of images: the picture shows the per-image steps
-        err.print(f"note: the recipe's batch section ({'/'.join(rec.batch.kinds)}) is not shown: it mixes "
-                  "training batches in `augkit train`")
+        err.print(
+            f"note: the recipe's batch section ({'/'.join(rec.batch.kinds)}) is not shown: it mixes "
+            "training batches in `augkit train`"
+        )

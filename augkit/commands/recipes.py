@@ -1,4 +1,5 @@
 """``augkit recipes list | show | check | export | ops``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,13 +8,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..batchspec import describe_batch
-from ..errors import AugkitError, UsageError
-from ..ops import get_op, step_names
-from ..passthrough import albumentations_transforms
-from ..recipe import export_albumentations, export_imports, list_builtin, load_recipe
-from ..views import list_presets
-from ._common import cli_errors, err, out
+from augkit.commands._common import cli_errors, err, out
+from augkit.errors import AugkitError, UsageError
+from augkit.recipe.api import export_albumentations, export_imports, list_builtin, load_recipe
+from augkit.recipe.batchspec import describe_batch
+from augkit.recipe.ops import get_op, step_names
+from augkit.recipe.passthrough import albumentations_transforms
+from augkit.recipe.views import list_presets
 
 app = typer.Typer(help="List, show, check and export recipes.", no_args_is_help=True)
 
@@ -35,10 +36,16 @@ def list_cmd() -> None:
     rows = []
     for name in list_builtin():
         r = load_recipe(name)
-        rows.append((name, "+".join(s for s, v in (("train", r.train), ("batch", r.batch), ("tta", r.tta)) if v),
-                     r.description))
-    out.print(_table("built-in recipes (use by name, or give a path to your own .yaml)",
-                     ("name", "sections", "description"), rows))
+        rows.append(
+            (name, "+".join(s for s, v in (("train", r.train), ("batch", r.batch), ("tta", r.tta)) if v), r.description)
+        )
+    out.print(
+        _table(
+            "built-in recipes (use by name, or give a path to your own .yaml)",
+            ("name", "sections", "description"),
+            rows,
+        )
+    )
 
 
 @app.command("show")
@@ -81,28 +88,41 @@ def export_cmd(
         raise UsageError(f"--to {to!r} is not supported (allowed: albumentations)")
     rec = load_recipe(recipe)
     path = export_albumentations(rec, output)
-    err.print(f"wrote {path}: load with albumentations.load({str(path)!r}); to reproduce augkit's pixels seed it "
-              "with augkit.recipe.seed_random_state(pipeline, sample_seed)")
+    err.print(
+        f"wrote {path}: load with albumentations.load({str(path)!r}); to reproduce augkit's pixels seed it "
+        "with augkit.recipe.api.seed_random_state(pipeline, sample_seed)"
+    )
     needs = export_imports(rec.to_albumentations()) if rec.train else []
     if needs:
-        err.print(f"note: the pipeline uses augkit's own transforms: run import {', '.join(needs)} before "
-                  "albumentations.load (albumentations 2.0.8 has no TrivialAugment or RandAugment)")
+        err.print(
+            f"note: the pipeline uses augkit's own transforms: run import {', '.join(needs)} before "
+            "albumentations.load (albumentations 2.0.8 has no TrivialAugment or RandAugment)"
+        )
     if rec.batch is not None:
-        err.print(f"note: the batch section ({'+'.join(rec.batch.kinds)}) is not exported: albumentations transforms "
-                  "work on one image; use augkit.batchaug.BatchAugment on batches")
+        err.print(
+            f"note: the batch section ({'+'.join(rec.batch.kinds)}) is not exported: albumentations transforms "
+            "work on one image; use augkit.training.mixing.BatchAugment on batches"
+        )
 
 
 @app.command("ops")
 @cli_errors
-def ops_cmd(albumentations: bool = typer.Option(False, "--albumentations", help="Also list albumentations transforms.")) -> None:
+def ops_cmd(
+    albumentations: bool = typer.Option(False, "--albumentations", help="Also list albumentations transforms."),
+) -> None:
     """List augkit's ops with their parameters, and the TTA presets."""
     rows = []
     for name in step_names():
         spec = get_op(name)
         params = spec.listing or "\n".join(f"{k}: {p.allowed()} ({p.default})" for k, p in spec.all_params().items())
         rows.append((name, params, spec.doc))
-    out.print(_table("ops (every step also takes p: probability, default 1)",
-                     ("op", "parameters (default)", "what it does"), rows))
+    out.print(
+        _table(
+            "ops (every step also takes p: probability, default 1)",
+            ("op", "parameters (default)", "what it does"),
+            rows,
+        )
+    )
     out.print("TTA presets (combine with +): " + ", ".join(list_presets()))
     out.print("batch section (train only, per batch): " + describe_batch(), markup=False)
     if albumentations:

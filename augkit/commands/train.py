@@ -1,9 +1,10 @@
 """``augkit train DATA -o RUN_DIR``: fine-tune a torchvision ResNet, augmenting online with a recipe.
 
 This module owns what the user sees (progress bars, the start-up lines, the summary table);
-:func:`augkit.train.train` does the work and reports through callbacks. It imports no torch at
+:func:`augkit.training.loop.train` does the work and reports through callbacks. It imports no torch at
 its top level, so ``augkit --help`` stays instant.
 """
+
 from __future__ import annotations
 
 import sys
@@ -17,11 +18,11 @@ from rich.markup import escape as esc
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..errors import EXIT_SKIPPED
-from ..freeze import FREEZE_CHOICES, WARMUP_FRACTION
-from ..images import DEFAULT_MAX_PIXELS
-from ..train_config import CHECKS, DEVICES, ERRORS, PRECISIONS, WORKERS_RULE, TrainCallbacks, TrainConfig
-from ._common import cli_errors, err
+from augkit.commands._common import cli_errors, err
+from augkit.errors import EXIT_SKIPPED
+from augkit.limits import DEFAULT_MAX_PIXELS
+from augkit.training.config import CHECKS, DEVICES, ERRORS, PRECISIONS, WORKERS_RULE, TrainCallbacks, TrainConfig
+from augkit.training.freeze import FREEZE_CHOICES, WARMUP_FRACTION
 
 Freeze = Enum("Freeze", {f: f for f in FREEZE_CHOICES}, type=str)
 Device = Enum("Device", {d: d for d in DEVICES}, type=str)
@@ -31,60 +32,111 @@ PrecisionChoice = Enum("PrecisionChoice", {p: p for p in PRECISIONS}, type=str)
 
 @cli_errors
 def command(
-    data: Path = typer.Argument(..., metavar="DATA",
-                                help="DATA/<class>/<image>, or DATA/train/<class>/... and DATA/val/<class>/..."),
+    data: Path = typer.Argument(
+        ..., metavar="DATA", help="DATA/<class>/<image>, or DATA/train/<class>/... and DATA/val/<class>/..."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Run folder to write (RUN_DIR)."),
-    recipe: str = typer.Option("default", "--recipe", "-r",
-                               help="Built-in recipe name, a recipe .yaml file, or none (no augmentation)."),
-    arch: str = typer.Option("resnet18", "--arch", help="Any torchvision classifier (list: augkit models), e.g. "
-                             "resnet18, convnext_tiny, efficientnet_b0, vit_b_16 (224 px); timm/<name> with "
-                             "pip install \"augkit\\[timm]\"."),
-    weights: str = typer.Option("imagenet", "--weights",
-                                help="imagenet (torchvision's, downloaded), none (random init), or PATH: a "
-                                "torchvision state-dict file or an earlier augkit run folder/checkpoint."),
+    recipe: str = typer.Option(
+        "default", "--recipe", "-r", help="Built-in recipe name, a recipe .yaml file, or none (no augmentation)."
+    ),
+    arch: str = typer.Option(
+        "resnet18",
+        "--arch",
+        help="Any torchvision classifier (list: augkit models), e.g. "
+        "resnet18, convnext_tiny, efficientnet_b0, vit_b_16 (224 px); timm/<name> with "
+        'pip install "augkit\\[timm]".',
+    ),
+    weights: str = typer.Option(
+        "imagenet",
+        "--weights",
+        help="imagenet (torchvision's, downloaded), none (random init), or PATH: a "
+        "torchvision state-dict file or an earlier augkit run folder/checkpoint.",
+    ),
     epochs: int = typer.Option(10, "--epochs", "-e", min=1),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
-    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate of the head (the backbone gets less when "
-                             "fine-tuning pretrained weights)."),
+    lr: float = typer.Option(
+        1e-3,
+        "--lr",
+        help="AdamW learning rate of the head (the backbone gets less when fine-tuning pretrained weights).",
+    ),
     weight_decay: float = typer.Option(1e-2, "--weight-decay", min=0.0, help="AdamW weight decay."),
     image_size: int = typer.Option(224, "--image-size", min=16, help="Training and prediction size (square)."),
-    val_split: float = typer.Option(0.2, "--val-split", help="Share of each class held out for validation when "
-                                    "DATA has no val folder (stratified, seeded); 0: no validation."),
-    freeze: Freeze = typer.Option("auto", "--freeze",
-                                  help=f"auto: finetune with pretrained weights (it beat a frozen backbone at every "
-                                  "size measured, 5 to 100 images per class), none without; finetune: the head "
-                                  f"alone for {WARMUP_FRACTION:.0%} of the epochs, then all layers; head: backbone "
-                                  "frozen; none: all layers from the start."),
+    val_split: float = typer.Option(
+        0.2,
+        "--val-split",
+        help="Share of each class held out for validation when "
+        "DATA has no val folder (stratified, seeded); 0: no validation.",
+    ),
+    freeze: Freeze = typer.Option(
+        "auto",
+        "--freeze",
+        help=f"auto: finetune with pretrained weights (it beat a frozen backbone at every "
+        "size measured, 5 to 100 images per class), none without; finetune: the head "
+        f"alone for {WARMUP_FRACTION:.0%} of the epochs, then all layers; head: backbone "
+        "frozen; none: all layers from the start.",
+    ),
     seed: int = typer.Option(0, "--seed", "-s", help="Decides initialisation, data order, split and augmentation."),
     device: Device = typer.Option("auto", "--device", help="auto picks cuda, then mps, then cpu."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0,
-                                          help=f"DataLoader worker processes; 0 loads in the main process "
-                                          f"\\[default: {WORKERS_RULE}]."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of the training process "
-                                          "\\[default: usable cores minus loader workers, at least 1]."),
-    precision: PrecisionChoice = typer.Option("auto", "--precision",
-                                              help="auto: bf16 autocast + channels_last on CPUs with native "
-                                              "bfloat16 at image sizes >= 96, else fp32; on cuda fp32 (fp16 with "
-                                              "--amp). fp32, bf16, fp16: as named."),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        "-w",
+        min=0,
+        help=f"DataLoader worker processes; 0 loads in the main process \\[default: {WORKERS_RULE}].",
+    ),
+    threads: Optional[int] = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="CPU threads of the training process \\[default: usable cores minus loader workers, at least 1].",
+    ),
+    precision: PrecisionChoice = typer.Option(
+        "auto",
+        "--precision",
+        help="auto: bf16 autocast + channels_last on CPUs with native "
+        "bfloat16 at image sizes >= 96, else fp32; on cuda fp32 (fp16 with "
+        "--amp). fp32, bf16, fp16: as named.",
+    ),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (float16), on cuda only."),
-    cache: bool = typer.Option(False, "--cache", help="Decode and resize every image once into a memory-mapped "
-                               "store (RUN_DIR/cache), so later epochs and runs skip decoding."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Keep the --cache store in this folder "
-                                             "(shared between runs; implies --cache)."),
+    cache: bool = typer.Option(
+        False,
+        "--cache",
+        help="Decode and resize every image once into a memory-mapped "
+        "store (RUN_DIR/cache), so later epochs and runs skip decoding.",
+    ),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", help="Keep the --cache store in this folder (shared between runs; implies --cache)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN_DIR from its last.pt."),
-    label_smoothing: float = typer.Option(0.0, "--label-smoothing",
-                                          help="Label smoothing E (0 <= E < 1) of the training loss; mixup/cutmix "
-                                          "targets (a recipe's batch: section) are smoothed too. Validation is not."),
-    patience: Optional[int] = typer.Option(None, "--patience", min=1,
-                                           help="Stop early when the metric that picks best.pt (val_acc, or "
-                                           "train_loss without validation) has not improved for N epochs."),
-    check: Check = typer.Option("header", "--check", help="Check every file before training: header (signature, "
-                                "size, end marker), full (decode) or none."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
-                                   help="Reject images with more pixels (read from the header)."),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="Train with DistributedDataParallel in N processes on "
-                              "this machine (relaunches itself under torchrun; one GPU each on cuda, gloo on "
-                              "cpu); --batch-size is per process. Multi-node: run torchrun yourself (README, Scaling out)."),
+    label_smoothing: float = typer.Option(
+        0.0,
+        "--label-smoothing",
+        help="Label smoothing E (0 <= E < 1) of the training loss; mixup/cutmix "
+        "targets (a recipe's batch: section) are smoothed too. Validation is not.",
+    ),
+    patience: Optional[int] = typer.Option(
+        None,
+        "--patience",
+        min=1,
+        help="Stop early when the metric that picks best.pt (val_acc, or "
+        "train_loss without validation) has not improved for N epochs.",
+    ),
+    check: Check = typer.Option(
+        "header",
+        "--check",
+        help="Check every file before training: header (signature, size, end marker), full (decode) or none.",
+    ),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Reject images with more pixels (read from the header)."
+    ),
+    nproc: int = typer.Option(
+        1,
+        "--nproc",
+        min=1,
+        help="Train with DistributedDataParallel in N processes on "
+        "this machine (relaunches itself under torchrun; one GPU each on cuda, gloo on "
+        "cpu); --batch-size is per process. Multi-node: run torchrun yourself (README, Scaling out).",
+    ),
 ) -> None:
     """Train an image classifier on DATA with a recipe's augmentations applied online.
 
@@ -92,14 +144,35 @@ def command(
 
     Exit codes: 0 done; 1 failed (e.g. RUN_DIR not writable); 2 bad options or data; 3 done, but some files were left out.
     """
-    config = TrainConfig(data=data, out=output, recipe=recipe, arch=arch, weights=weights, epochs=epochs,
-                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, image_size=image_size,
-                         val_split=val_split, freeze=freeze.value, seed=seed, device=device.value, workers=workers,
-                         threads=threads, precision=precision.value, amp=amp, cache=cache or cache_dir is not None,
-                         cache_dir=cache_dir, resume=resume, check=check.value, max_pixels=max_pixels,
-                         label_smoothing=label_smoothing, patience=patience)
-    # deferred: augkit.distributed imports torch (seconds); `augkit --help` must not pay for it
-    from ..distributed import launch, relaunch_args, under_torchrun
+    config = TrainConfig(
+        data=data,
+        out=output,
+        recipe=recipe,
+        arch=arch,
+        weights=weights,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        image_size=image_size,
+        val_split=val_split,
+        freeze=freeze.value,
+        seed=seed,
+        device=device.value,
+        workers=workers,
+        threads=threads,
+        precision=precision.value,
+        amp=amp,
+        cache=cache or cache_dir is not None,
+        cache_dir=cache_dir,
+        resume=resume,
+        check=check.value,
+        max_pixels=max_pixels,
+        label_smoothing=label_smoothing,
+        patience=patience,
+    )
+    # deferred: augkit.training.distributed imports torch (seconds); `augkit --help` must not pay for it
+    from augkit.training.distributed import launch, relaunch_args, under_torchrun
 
     if nproc > 1 and not under_torchrun():  # the same command line in N processes, minus --nproc
         config.validate()
@@ -111,11 +184,11 @@ def command(
 
 
 def train(config: TrainConfig, console: Console | None = None) -> Any:
-    """:func:`augkit.train.train` with this command's display on ``console`` (stderr by default);
+    """:func:`augkit.training.loop.train` with this command's display on ``console`` (stderr by default);
     only the main process of a distributed run prints."""
-    # deferred: augkit.train imports torch, torchvision and albumentations
-    from ..distributed import is_main
-    from ..train import train as run_training
+    # deferred: augkit.training.loop imports torch, torchvision and albumentations
+    from augkit.training.distributed import is_main
+    from augkit.training.loop import train as run_training
 
     console = console or err
     reporter = Reporter(console, config.progress)
@@ -148,11 +221,12 @@ class Reporter(TrainCallbacks):
 
     def on_start(self, info: Any) -> None:
         say, data, cfg = self.console.print, info.data, info.cfg
-        say(f"data: {len(data.train)} train / {len(data.val) if data.val else 0} val images, "
-            f"{len(data.classes)} classes ({esc(data.layout)})")
+        say(
+            f"data: {len(data.train)} train / {len(data.val) if data.val else 0} val images, "
+            f"{len(data.classes)} classes ({esc(data.layout)})"
+        )
         if data.errors:
-            say(f"[yellow]warning:[/] {len(data.errors)} file(s) left out (listed in "
-                f"{esc(str(info.out / ERRORS))}):")
+            say(f"[yellow]warning:[/] {len(data.errors)} file(s) left out (listed in {esc(str(info.out / ERRORS))}):")
             for e in data.errors[:10]:
                 say(f"  {esc(str(e))}")
             if len(data.errors) > 10:
@@ -160,25 +234,36 @@ class Reporter(TrainCallbacks):
         if data.val is None:
             say("[yellow]note:[/] no validation images: best.pt is the epoch with the lowest training loss")
         say(f"freeze: [bold]{info.plan.describe()}[/] - {esc(info.plan.reason)}")
-        say(f"device: {info.device}, {cfg.workers} loader worker(s), {info.threads} thread(s), batch "
-            f"{cfg.batch_size}, {cfg.epochs} epochs")
-        say(f"precision: {info.precision.name}{' + channels_last' if info.precision.channels_last else ''} "
-            f"({esc(info.precision.reason)})")
+        say(
+            f"device: {info.device}, {cfg.workers} loader worker(s), {info.threads} thread(s), batch "
+            f"{cfg.batch_size}, {cfg.epochs} epochs"
+        )
+        say(
+            f"precision: {info.precision.name}{' + channels_last' if info.precision.channels_last else ''} "
+            f"({esc(info.precision.reason)})"
+        )
 
     def on_epoch_start(self, epoch: int, epochs: int, phase: str, batches: int, val_batches: int) -> None:
         self.stop()
         if not self.enabled:
             return
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.console)
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=30),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
         self._progress.start()
         self._task = self._progress.add_task(f"epoch {epoch}/{epochs} {phase}", total=batches, stats="")
         self._vtask = self._progress.add_task("  validate", total=val_batches, stats="") if val_batches else None
 
     def on_batch(self, images: int, loss: float, acc: float, images_per_s: float) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, advance=1,
-                                  stats=f"loss {loss:.4f}  acc {acc:6.1%}  {images_per_s:6.0f} img/s")
+            self._progress.update(
+                self._task, advance=1, stats=f"loss {loss:.4f}  acc {acc:6.1%}  {images_per_s:6.0f} img/s"
+            )
 
     def on_val_batch(self, images: int) -> None:
         if self._progress is not None and self._vtask is not None:
@@ -199,8 +284,8 @@ def summary_table(result: Any) -> Table:
     """Best and last epoch, time, throughput and settings of a finished run."""
     t = Table(title=f"augkit train: {result.run_dir}", title_justify="left")
     t.add_column("")
-    t.add_column("best (epoch %d)" % result.best_epoch, justify="right")
-    t.add_column("last (epoch %d)" % result.last["epoch"], justify="right")
+    t.add_column(f"best (epoch {result.best_epoch})", justify="right")
+    t.add_column(f"last (epoch {result.last['epoch']})", justify="right")
 
     def f(v, pct=False):
         return "-" if v is None else (f"{v:.1%}" if pct else f"{v:.4f}")
@@ -211,8 +296,12 @@ def summary_table(result: Any) -> Table:
     secs = sum(r["seconds"] for r in result.history)
     ips = sum(r["images_per_s"] * r["seconds"] for r in result.history) / max(1e-9, secs)
     t.add_row("train time", "", f"{secs:.1f} s over {len(result.history)} epochs")
-    t.add_row("throughput", "", f"{ips:.0f} img/s on {result.device} ({result.precision}, {result.threads} "
-                                f"thread(s), {result.workers} worker(s))")
+    t.add_row(
+        "throughput",
+        "",
+        f"{ips:.0f} img/s on {result.device} ({result.precision}, {result.threads} "
+        f"thread(s), {result.workers} worker(s))",
+    )
     t.add_row("freeze", "", result.plan.mode)
     t.add_row("stopped", "", result.stopped)
     if result.skipped:

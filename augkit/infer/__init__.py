@@ -1,0 +1,1 @@
+"""Inference: TTA views and merges (``tta``), the engine (``engine``), ``predict``, ``predict_ray``, ``evaluate``, output files (``files``), ONNX export and its runtime (``export``, ``onnx_backend``) and the mistakes gallery (``gallery``)."""

@@ -1,0 +1,138 @@
+"""Which files in a folder are images, and to which class each belongs (ImageFolder layout).
+
+Class layout: each first-level folder is a class (``root/cat/x.jpg`` -> ``cat``); deeper
+folders keep their relative path and belong to their first-level class. A folder with
+images directly in it and no class folders is *flat* (class ``""``). Hidden files, OS
+litter and non-image files are ignored (and listed). Symlinked folders are followed once;
+loops are cut. An excluded folder (augment's DST) is never entered, also not through a
+symlink to it (augment also drops items whose real path lies inside DST).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from augkit.errors import UsageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "__macosx", ".ipynb_checkpoints"})
+
+
+def is_ignored(name: str) -> bool:
+    """Hidden files (``.x``, AppleDouble ``._x``), OS litter and notebook checkpoints."""
+    return name.startswith(".") or name.lower() in IGNORED_NAMES
+
+
+def is_image_name(name: str) -> bool:
+    return not is_ignored(name) and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+@dataclass
+class Scan:
+    """What a folder holds. ``items`` are (relative posix path, class name) in sorted order."""
+
+    root: Path
+    items: list[tuple[str, str]] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    flat: bool = False
+
+
+@dataclass
+class _Walk:
+    """The state of one walk: folders seen (by device and inode), what was found."""
+
+    root: Path
+    excluded: Path | None
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    class_dirs: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    def is_excluded(self, path: Path) -> bool:
+        return self.excluded is not None and path.resolve() == self.excluded
+
+    def folder(self, rel: str) -> None:
+        here = self.root / rel if rel else self.root
+        try:
+            st = here.stat()
+        except OSError:
+            self.ignored.append(rel or ".")
+            return
+        if (st.st_dev, st.st_ino) in self.seen:
+            return  # symlink loop or second link to the same folder
+        self.seen.add((st.st_dev, st.st_ino))
+        if self.is_excluded(here):
+            return
+        try:
+            entries = sorted(os.scandir(here), key=lambda e: e.name)
+        except OSError:
+            self.ignored.append(rel or ".")
+            return
+        for entry in entries:
+            self.entry(rel, entry)
+
+    def entry(self, rel: str, e: os.DirEntry) -> None:
+        sub = f"{rel}/{e.name}" if rel else e.name
+        if is_ignored(e.name):
+            self.ignored.append(sub)
+            return
+        try:
+            is_dir = e.is_dir()  # follows symlinks
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if not rel:
+                self.class_dirs.append(e.name)
+            self.folder(sub)
+        elif is_image_name(e.name):
+            self.files.append(sub)
+        else:
+            self.ignored.append(sub)
+
+
+def scan_folder(root: str | os.PathLike, *, exclude: str | os.PathLike | None = None) -> Scan:
+    """List the image files under ``root`` (layout in the module docstring); ``exclude`` is a
+    folder never to descend into."""
+    root = Path(root)
+    if not root.exists():
+        raise UsageError(f"{root}: folder not found")
+    if not root.is_dir():
+        raise UsageError(f"{root}: not a folder")
+    walk = _Walk(root, Path(exclude).resolve() if exclude else None)
+    walk.folder("")
+    return _assemble(walk)
+
+
+def count_images(root: str | os.PathLike, stop_at: int) -> int:
+    """How many image files ``root`` and its folders hold, counting by name only and stopping at
+    ``stop_at``: a quick size estimate taken before the real scan (errors count as nothing)."""
+    n = 0
+    for _, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not is_ignored(d)]
+        n += sum(map(is_image_name, files))
+        if n >= stop_at:
+            break
+    return min(n, stop_at)
+
+
+def _assemble(walk: _Walk) -> Scan:
+    def order(f: str) -> tuple[str, str, str]:
+        # torchvision ImageFolder order: class, then folder (os.walk, sorted), then file name
+        head, _, name = f.rpartition("/")
+        return (f.split("/", 1)[0] if "/" in f else "", head, name)
+
+    counts = {c: 0 for c in walk.class_dirs}
+    for f in walk.files:
+        if "/" in f:
+            counts[f.split("/", 1)[0]] += 1
+    scan = Scan(root=walk.root, ignored=walk.ignored)
+    scan.classes = sorted(c for c, n in counts.items() if n)
+    scan.empty_classes = sorted(c for c, n in counts.items() if not n)
+    scan.flat = not scan.classes
+    # loose files beside class folders are kept (class ""), so nothing is silently dropped
+    scan.items = [(f, f.split("/", 1)[0] if "/" in f else "") for f in sorted(walk.files, key=order)]
+    return scan

@@ -1,0 +1,1 @@
+"""Models: architecture families and the head (``archs``), safe checkpoints (``checkpoint``), starting weights (``weights``)."""

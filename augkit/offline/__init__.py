@@ -1,0 +1,1 @@
+"""Offline augmentation (``augkit augment``): the plan and the run (``run``), what a worker does (``task``), the output folder's lock and history (``dst``), the engines (``executors/``) and the preview picture (``preview``)."""

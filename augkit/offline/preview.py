@@ -1,0 +1,168 @@
+"""Preview pictures: what a recipe does to a few source images, before anything runs.
+
+The grid has one row per source image; the first column is the original, then either
+``n`` random augmented versions (seeds ``seed .. seed+n-1``), or, with ``extremes=True``, every
+step alone at the low and high ends of its parameter ranges. Every column is labelled.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from augkit.errors import ImageError, UsageError
+from augkit.io.images import read_image, write_image
+from augkit.io.scan import is_image_name, scan_folder
+from augkit.limits import DEFAULT_MAX_PIXELS
+from augkit.recipe.api import Recipe, build_compose, seed_random_state, step_extremes
+from augkit.seeding import derive_seed
+
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+#: Bounds on the grid, so a typo (--cell 100000, --versions 10000) cannot ask for gigabytes.
+MAX_CELL = 1024
+MAX_ROWS_COLS = 64
+
+
+def pick_images(sources: list[str | os.PathLike], count: int) -> list[Path]:
+    """Up to ``count`` images from files and folders, taking classes in turn so each shows up."""
+    files: list[Path] = []
+    for s in sources:
+        s = Path(s)
+        if s.is_dir():
+            scan = scan_folder(s)
+            by_class: dict[str, list[str]] = {}
+            for rel, cls in scan.items:
+                by_class.setdefault(cls, []).append(rel)
+            queues = [list(v) for _, v in sorted(by_class.items())]
+            while any(queues) and len(files) < count:
+                for q in queues:
+                    if q and len(files) < count:
+                        files.append(s / q.pop(0))
+        elif s.exists():  # a FIFO or device too: read_image refuses it unread, with the reason
+            if not is_image_name(s.name):
+                raise UsageError(f"{s}: not an image file name")
+            files.append(s)
+        else:
+            raise UsageError(f"{s}: not found")
+    if not files:
+        raise UsageError("no images to preview in " + ", ".join(map(str, sources)))
+    return files[:count]
+
+
+def _thumb(img: np.ndarray, height: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    width = max(1, round(w * height / h))
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if h > height else cv2.INTER_LINEAR)
+
+
+def _wrap(text: str, width_px: int, scale: float) -> list[str]:
+    words, lines, cur = text.split(), [], ""
+    for w in words:
+        trial = f"{cur} {w}".strip()
+        if cv2.getTextSize(trial, FONT, scale, 1)[0][0] <= width_px or not cur:
+            cur = trial
+        else:
+            lines.append(cur)
+            cur = w
+    return lines + ([cur] if cur else [])
+
+
+def _label_strip(text: str, width: int, scale: float = 0.4) -> np.ndarray:
+    lines = _wrap(text, width - 6, scale)
+    lh = int(22 * scale / 0.4 * 0.75) + 4
+    strip = np.full((lh * len(lines) + 6, width, 3), 255, np.uint8)
+    for i, ln in enumerate(lines):
+        cv2.putText(strip, ln, (3, lh * (i + 1)), FONT, scale, (20, 20, 20), 1, cv2.LINE_AA)
+    return strip
+
+
+def render_grid(rows: list[list[np.ndarray]], headers: list[str], row_labels: list[str], cell: int) -> np.ndarray:
+    """Lay out equally sized cells with column headers and a file name under each row's first cell."""
+    pad = 4
+    ncol = len(headers)
+    head = [_label_strip(h, cell) for h in headers]
+    hh = max(h.shape[0] for h in head)
+    canvas_rows = []
+    header_row = np.full((hh, ncol * (cell + pad) + pad, 3), 255, np.uint8)
+    for j, h in enumerate(head):
+        x = pad + j * (cell + pad)
+        header_row[: h.shape[0], x : x + cell] = h
+    canvas_rows.append(header_row)
+    for r, cells in enumerate(rows):
+        row = np.full((cell + pad, ncol * (cell + pad) + pad, 3), 255, np.uint8)
+        for j, c in enumerate(cells):
+            x = pad + j * (cell + pad)
+            th = _fit(c, cell)
+            y0, x0 = (cell - th.shape[0]) // 2, (cell - th.shape[1]) // 2
+            row[y0 : y0 + th.shape[0], x + x0 : x + x0 + th.shape[1]] = th
+        canvas_rows.append(row)
+        canvas_rows.append(_label_strip(row_labels[r], row.shape[1], 0.35))
+    return np.vstack(canvas_rows)
+
+
+def _fit(img: np.ndarray, cell: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    s = cell / max(h, w)
+    return cv2.resize(
+        img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    )
+
+
+def preview(
+    recipe: Recipe,
+    sources: list[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    images: int = 4,
+    versions: int = 6,
+    seed: int = 0,
+    extremes: bool = False,
+    cell: int = 160,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Path:
+    """Render the preview grid to ``output`` (PNG or JPEG); returns the path."""
+    if not recipe.train:
+        raise UsageError(f"recipe {recipe.name!r} has no train section to preview")
+    if not (1 <= versions <= MAX_ROWS_COLS and 1 <= images <= MAX_ROWS_COLS and 48 <= cell <= MAX_CELL):
+        raise UsageError(
+            f"--versions and --images must be 1-{MAX_ROWS_COLS} and --cell 48-{MAX_CELL} "
+            f"(got {versions}, {images}, {cell})"
+        )
+    files = pick_images(sources, images)
+    output = Path(output)
+    if output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise UsageError(f"{output}: preview output must end in .png, .jpg or .webp")
+    if extremes:
+        columns: list[tuple[str, object]] = []
+        for step in recipe.train:
+            for label, s in step_extremes(step):
+                compose, _ = build_compose([s], recipe.border, recipe.fill)
+                columns.append((f"{s.where.split(' ')[0]} {label}", compose))
+        headers = ["original"] + [c[0] for c in columns]
+    else:
+        aug = recipe.build()
+        headers = ["original"] + [f"seed {seed + k}" for k in range(versions)]
+    rows, labels = [], []
+    for f in files:
+        try:
+            # min_side: camera JPEGs decode at 1/2-1/8 scale (DCT), still >= the preview's size
+            img = read_image(f, max_pixels=max_pixels, min_side=cell * 2)
+        except ImageError as exc:
+            raise UsageError(str(exc)) from None
+        img = _thumb(img, cell * 2) if img.shape[0] > cell * 2 else img  # augment at preview scale: fast
+        cells = [img]
+        if extremes:
+            for k, (_, compose) in enumerate(columns):
+                seed_random_state(compose, derive_seed(seed, f.name, k, salt="preview"))
+                cells.append(compose(image=img)["image"])
+        else:
+            cells += [aug(img, derive_seed(seed + k, f.name, 0, salt="preview"))[0] for k in range(versions)]
+        rows.append(cells)
+        labels.append(str(f))
+    grid = render_grid(rows, headers, labels, cell)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_image(grid, output, quality=92)
+    return output

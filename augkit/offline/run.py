@@ -1,0 +1,436 @@
+"""Offline augmentation of an image folder: a *plan* (work items with their seeds) and its
+execution by an executor, with an atomic, resumable output folder and its records.
+
+Output layout: ``DST/<same relative folder>/<stem>__aug<k><ext>`` for copy ``k`` (0-based). The
+records (manifest history, errors, run history, journal, lock) are described in
+:mod:`augkit.offline.dst`; the work on one item in :mod:`augkit.offline.task`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+from augkit import __version__
+from augkit.errors import EXIT_OK, EXIT_SKIPPED, UsageError
+from augkit.io.images import DECODE_POLICY, OUTPUT_FORMATS
+from augkit.io.scan import scan_folder
+from augkit.limits import DEFAULT_MAX_PIXELS
+from augkit.offline.dst import (
+    ERRORS,
+    JOURNAL,
+    MANIFEST,
+    RUNFILE,
+    Journal,
+    RecordError,
+    append_run,
+    finalize,
+    latest_rows,
+    locked,
+    remove_stale_temps,
+)
+from augkit.offline.executors.local import get_executor
+from augkit.offline.executors.result import ItemResult, Status
+from augkit.offline.task import AugmentTask, TaskSettings, WorkItem
+from augkit.recipe.api import Recipe, load_recipe
+from augkit.seeding import derive_seed
+
+__all__ = [
+    "AugmentOptions",
+    "AugmentResult",
+    "Plan",
+    "WorkItem",
+    "augment",
+    "make_plan",
+    "run_plan",
+    "MANIFEST",
+    "ERRORS",
+    "RUNFILE",
+    "JOURNAL",
+]
+
+
+@dataclass
+class AugmentOptions:
+    copies: int | None = None  # default 1 unless per_class is given
+    per_class: int | None = None
+    seed: int = 0
+    workers: int | None = None
+    originals: bool = False
+    format: str | None = None  # jpg | png | webp | bmp; None keeps each source's format
+    quality: int = 95
+    overwrite: bool = False
+    strict: bool = False
+    dry_run: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    engine: str = "local"
+    max_side: int | None = None  # shrink so the longer side is <= max_side (never enlarge)
+    require_change: bool = False  # redraw copies identical to their source
+
+    def validate(self) -> None:
+        if self.copies is None and self.per_class is None:
+            self.copies = 1
+        if self.copies is not None and self.per_class is not None:
+            raise UsageError("--copies and --per-class are exclusive: --per-class decides the copies per image")
+        if self.per_class is None and (self.copies is None or self.copies < 1):
+            raise UsageError(f"--copies must be >= 1, got {self.copies}")
+        if self.per_class is not None and self.per_class < 1:
+            raise UsageError(f"--per-class must be >= 1, got {self.per_class}")
+        if self.format is not None and self.format.lower() not in OUTPUT_FORMATS:
+            raise UsageError(f"--format {self.format!r} is not supported (allowed: {', '.join(OUTPUT_FORMATS)})")
+        if not 1 <= self.quality <= 100:
+            raise UsageError(f"--quality must be in [1, 100], got {self.quality}")
+        for name in ("workers", "max_pixels", "max_side"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+    def settings(self) -> TaskSettings:
+        return TaskSettings(self.max_pixels, self.max_side, self.quality, self.require_change)
+
+
+@dataclass
+class Plan:
+    src: Path
+    dst: Path
+    recipe: Recipe
+    options: AugmentOptions
+    items: list[WorkItem]
+    ignored: list[str]
+    empty_classes: list[str]
+    classes: list[str]
+    per_class_counts: dict[str, int] = field(default_factory=dict)
+    links_into_dst: list[str] = field(default_factory=list)  # inputs that lead into DST: skipped
+    recipe_hash: str = ""  # the recipe's hash, computed once (it is in every manifest row)
+
+    def __post_init__(self) -> None:
+        self.recipe_hash = self.recipe_hash or self.recipe.hash
+
+
+def _check_dirs(src: Path, dst: Path) -> None:
+    s, d = src.resolve(), dst.resolve()
+    if s == d:
+        raise UsageError(f"output folder {dst} is the input folder: choose another DST")
+    if s in d.parents:
+        raise UsageError(
+            f"output folder {dst} is inside the input folder {src}: augkit would read its own "
+            "outputs; choose a DST outside SRC"
+        )
+    if d in s.parents:
+        raise UsageError(
+            f"input folder {src} is inside the output folder {dst}: choose a DST that does not contain SRC"
+        )
+    if dst.exists() and not dst.is_dir():
+        raise UsageError(f"output {dst} exists and is not a folder")
+
+
+def _split_links_into_dst(src: Path, dst: Path, items: list[tuple[str, str]]):
+    """Inputs whose real path lies in DST (a symlink in SRC pointing there): augkit must never
+    augment its own outputs. Returns (kept items, skipped relative paths)."""
+    d = dst.resolve()
+    kept, links = [], []
+    for rel, cls in items:
+        real = (src / rel).resolve()
+        (links if real == d or d in real.parents else kept).append((rel, cls))
+    return kept, [rel for rel, _ in links]
+
+
+def _copies_per_file(by_class: dict[str, list[str]], options: AugmentOptions) -> tuple[dict[str, int], dict]:
+    """Copies for each file; with ``per_class`` the remainder goes to files chosen by the seed."""
+    if options.per_class is None:
+        return {rel: options.copies for rels in by_class.values() for rel in rels}, {}
+    copies, counts = {}, {}
+    for cls, rels in by_class.items():
+        need = max(0, options.per_class - len(rels))
+        base, extra = divmod(need, len(rels))
+        lucky = set(sorted(rels, key=lambda r: derive_seed(options.seed, r, 0, salt="per-class"))[:extra])
+        copies.update({rel: base + (rel in lucky) for rel in rels})
+        counts[cls] = len(rels) + need
+    return copies, counts
+
+
+def _outputs(rel: str, copies: int, originals: bool, fmt: str | None) -> list[tuple[int, str, str]]:
+    """(copy, output name, the name with the source's extension folded in) for one source."""
+    p = Path(rel)
+    ext = OUTPUT_FORMATS[fmt.lower()] if fmt else p.suffix
+    outs = [(-1, f"{p.stem}{p.suffix}")] if originals else []
+    outs += [(k, f"{p.stem}__aug{k}{ext}") for k in range(copies)]
+    alt = f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+    parent = "" if p.parent.as_posix() == "." else p.parent.as_posix() + "/"
+    return [(k, parent + name, parent + alt + name[len(p.stem) :]) for k, name in outs]
+
+
+def make_plan(src: str | os.PathLike, dst: str | os.PathLike, recipe: Recipe, options: AugmentOptions) -> Plan:
+    """Every output to produce, with its seed. Pure: reads the folder listing, writes nothing."""
+    options.validate()
+    src, dst = Path(src), Path(dst)
+    _check_dirs(src, dst)
+    if not recipe.train:
+        raise UsageError(f"recipe {recipe.name!r} has no train section: nothing to augment with")
+    scan = scan_folder(src, exclude=dst)
+    found, links = _split_links_into_dst(src, dst, scan.items)
+    empty, empty_links = _split_links_into_dst(src, dst, [(c, c) for c in scan.empty_classes])
+    links += empty_links  # a class folder that is a link to DST (never entered by the scan)
+    if not found:
+        raise UsageError(
+            f"{src}: no images found (looked for .bmp, .jpg, .png, .tif, .webp in the folder and its class folders)"
+        )
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for rel, cls in found:
+        by_class[cls].append(rel)
+    copies_of, counts = _copies_per_file(by_class, options)
+    originals = options.originals or options.per_class is not None  # a balanced folder holds the originals
+    items: list[WorkItem] = []
+    seen: dict[str, str] = {}
+    for rel, cls in found:
+        for k, out, alt in _outputs(rel, copies_of[rel], originals, options.format):
+            if out.lower() in seen:  # a.jpg and a.png both asked for a__aug0.jpg
+                out = alt
+            if out.lower() in seen:
+                raise UsageError(f"{rel} and {seen[out.lower()]} would both write {out}")
+            seen[out.lower()] = rel
+            items.append(WorkItem(rel, out, cls, k, derive_seed(options.seed, rel, k, salt="augment")))
+    return Plan(src, dst, recipe, options, items, scan.ignored, [c for c, _ in empty], scan.classes, counts, links)
+
+
+@dataclass
+class AugmentResult:
+    plan: Plan
+    written: int = 0
+    already_done: int = 0
+    bad: list[dict] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)  # outputs present but not from these settings
+    unchanged: int = 0  # augmented copies identical to their source (no step changed a pixel)
+    fatal: str | None = None
+    aborted: str | None = None
+    seconds: float = 0.0
+    dry_run: bool = False
+    todo: list[WorkItem] = field(default_factory=list)  # what a dry run would do
+
+    @property
+    def exit_code(self) -> int:
+        if self.fatal or self.aborted:
+            return 1
+        return EXIT_SKIPPED if (self.bad or self.existing) else EXIT_OK
+
+    @property
+    def rate(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+@lru_cache(maxsize=1)
+def _albumentations_version() -> str:
+    """From the package metadata: importing albumentations just for its version costs ~0.5 s."""
+    try:
+        return metadata.version("albumentations")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _manifest_row(plan: Plan, item: WorkItem, res: ItemResult) -> dict:
+    opts = plan.options
+    row = {
+        "source": item.src,
+        "output": item.out,
+        "class": item.cls,
+        "copy": item.copy,
+        "kind": "original" if item.copy < 0 else "augmented",
+        "seed": opts.seed,
+        "sample_seed": item.seed,
+        "transforms": res.get("transforms", []),
+        "width": res.get("width"),
+        "height": res.get("height"),
+        "max_side": opts.max_side,
+        "recipe": plan.recipe.name,
+        "recipe_hash": plan.recipe_hash,
+        "augkit": __version__,
+        "albumentations": _albumentations_version(),
+    }
+    if item.copy >= 0:
+        row["unchanged"] = bool(res.get("unchanged"))
+        if opts.require_change:
+            row.update(require_change=True, redraws=int(res.get("redraws", 0)))
+    return row
+
+
+def _same_settings(plan: Plan, row: dict) -> bool:
+    """Whether a recorded output was made as this plan would make it."""
+    o = plan.options
+    if row.get("kind") == "original":  # a byte-for-byte copy, whatever the recipe or the sizes
+        return True
+    return (
+        row.get("recipe_hash") == plan.recipe_hash
+        and row.get("seed") == o.seed
+        and row.get("max_side") == o.max_side
+        and bool(row.get("require_change", False)) == o.require_change
+    )
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name over 255 bytes: the task reports it per file
+        return False
+
+
+def _todo(plan: Plan, result: AugmentResult) -> list[WorkItem]:
+    """The items still to run; finished ones count as already done, unrecorded outputs are verified."""
+    opts = plan.options
+    done = {} if opts.overwrite or not plan.dst.is_dir() else latest_rows(plan.dst)
+    todo = []
+    for item in plan.items:
+        row = done.get(item.out)
+        exists = _is_file(plan.dst / item.out) if (row or not opts.overwrite) else False
+        if row is not None and exists and _same_settings(plan, row):
+            result.already_done += 1
+        elif exists and not opts.overwrite:
+            # e.g. finished by a killed run before its row reached the journal: recompute and compare
+            todo.append(replace(item, verify=True))
+        else:
+            todo.append(item)
+    return todo
+
+
+def _run_entry(plan: Plan, executor) -> dict:
+    return {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "augkit": __version__,
+        "source": str(plan.src),
+        "destination": str(plan.dst),
+        "decode_policy": DECODE_POLICY,
+        "executor": type(executor).__name__,
+        "options": asdict(plan.options),
+        "recipe_hash": plan.recipe_hash,
+        "recipe": plan.recipe.resolved(),
+    }
+
+
+def run_plan(
+    plan: Plan,
+    *,
+    executor=None,
+    on_progress: Callable[[ItemResult], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> AugmentResult:
+    """Execute a plan: skip finished work, write the rest, then the manifest and errors files.
+
+    Raises :class:`~augkit.offline.dst.RecordError` when the output folder cannot be written before any work (exit 1)
+    and :class:`UsageError` when another run holds DST; failures during the run end it cleanly
+    with ``result.fatal`` set and everything finished so far recorded."""
+    opts = plan.options
+    result = AugmentResult(plan, dry_run=opts.dry_run)
+    if opts.dry_run:
+        result.todo = _todo(plan, result)
+        return result
+    executor = executor or get_executor(opts.engine, workers=opts.workers)
+    task = AugmentTask(plan.src, plan.dst, plan.recipe.text, plan.recipe.source, opts.settings())
+    with locked(plan.dst):
+        if hasattr(executor, "prepare"):  # e.g. start a pool's fork server while we check what is done
+            executor.prepare(task.preload, len(plan.items))
+        todo = _todo(plan, result)
+        remove_stale_temps({(plan.dst / it.out).parent for it in plan.items} | {plan.dst})
+        append_run(plan.dst, _run_entry(plan, executor))
+        if on_start:
+            on_start(len(todo))
+        _execute(plan, executor, task, todo, result, on_progress)
+    return result
+
+
+def _record(plan: Plan, result: AugmentResult, res: ItemResult, journal: Journal, rows: list[dict]) -> None:
+    """Account one result; sets ``result.aborted``/``fatal`` when the run must stop."""
+    item, status = res["item"], res["status"]
+    if status == Status.OK:
+        row = _manifest_row(plan, item, res)
+        journal.append(row)
+        rows.append(row)
+        result.unchanged += bool(res.get("unchanged"))
+        if res.get("verified"):
+            result.already_done += 1
+        else:
+            result.written += 1
+    elif status == Status.EXISTS:
+        result.existing.append(item.out)
+    elif status in (Status.BAD, Status.FAILED):
+        result.bad.append({"path": item.src, "reason": res["reason"], "detail": res.get("detail", "")})
+        if plan.options.strict:
+            result.aborted = f"{plan.src / item.src}: {res['reason']} ({res.get('detail', '')}) [--strict]"
+    else:
+        result.fatal = res.get("detail") or res.get("reason") or "the run failed"
+
+
+def _execute(
+    plan: Plan,
+    executor,
+    task: AugmentTask,
+    todo: list[WorkItem],
+    result: AugmentResult,
+    on_progress: Callable[[ItemResult], None] | None,
+) -> None:
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    journal = Journal(plan.dst)
+    try:
+        for res in executor.run(task, todo):
+            _record(plan, result, res, journal, rows)
+            if result.aborted or result.fatal:
+                break
+            if on_progress:
+                on_progress(res)
+    except RecordError as exc:  # the journal could not be written: stop, record what we can
+        result.fatal = str(exc)
+    finally:
+        journal.close()
+        result.seconds = time.perf_counter() - t0
+        _finalize(plan, result, rows)
+
+
+def _dedupe_bad(bad: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for b in bad:
+        if b["path"] not in seen:
+            seen.add(b["path"])
+            out.append(b)
+    return out
+
+
+def _finalize(plan: Plan, result: AugmentResult, rows: list[dict]) -> None:
+    result.bad = _dedupe_bad(result.bad)
+    errors = [dict(b, kind="bad input") for b in result.bad]
+    errors += [
+        {
+            "path": o,
+            "reason": "output exists",
+            "detail": "not made with these settings; use --overwrite to replace",
+            "kind": "existing output",
+        }
+        for o in result.existing
+    ]
+    errors += [
+        {
+            "path": p,
+            "reason": "leads into DST",
+            "detail": "a link to augkit's own outputs: not read",
+            "kind": "ignored input",
+        }
+        for p in plan.links_into_dst
+    ]
+    order = {it.out: i for i, it in enumerate(plan.items)}
+    try:
+        finalize(plan.dst, rows, errors, lambda r: order.get(r["output"], len(order)))
+    except RecordError as exc:
+        result.fatal = result.fatal or str(exc)
+
+
+def augment(src: str | os.PathLike, dst: str | os.PathLike, recipe: Recipe | str, **options) -> AugmentResult:
+    """Augment ``src`` into ``dst`` (the Python API behind ``augkit augment``)."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    plan = make_plan(src, dst, recipe, AugmentOptions(**options))
+    return run_plan(plan)

@@ -1,0 +1,199 @@
+"""The worker side of ``augkit augment``: one work item in, one output file and a small record out.
+
+Kept apart from :mod:`augkit.offline.run` (plans, resume, records) so that a worker imports only what
+it uses: images, the recipe engine and albumentations (without torch), never the parent's
+machinery. Every failure of an item becomes a result record naming the file and the reason; only
+an output folder that cannot be written (disk full, read-only) is ``fatal`` for the run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from augkit.errors import ImageError
+from augkit.io.fileio import atomic_write_bytes, read_bytes
+from augkit.io.images import decode_image, encode_image, max_bytes_for
+from augkit.limits import AUGMENT_PRELOAD, MAX_REDRAWS
+from augkit.offline.executors.result import ItemResult, Status, failure
+from augkit.recipe.api import parse_recipe
+from augkit.seeding import derive_seed
+
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    src: str  # path relative to SRC (posix)
+    out: str  # path relative to DST (posix)
+    cls: str
+    copy: int  # copy index; -1 for a copy of the original
+    seed: int  # the sample seed, derived from (seed, src, copy)
+    verify: bool = False  # the output exists without a manifest row: keep it only if it is byte-identical
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What a worker needs of the run's options (a small, stable thing to pickle)."""
+
+    max_pixels: int | None
+    max_side: int | None = None
+    quality: int = 95
+    require_change: bool = False
+
+
+def redraw_seed(seed: int, attempt: int) -> int:
+    """The seed of the ``attempt``-th redraw of a copy (0: the copy's own seed)."""
+    return seed if attempt == 0 else derive_seed(seed, "require-change", attempt, salt="augment")
+
+
+def _settled(result: ItemResult | Future, item: WorkItem) -> ItemResult:
+    if not isinstance(result, Future):
+        return result
+    try:
+        return result.result()
+    except Exception as exc:  # noqa: BLE001 - a write that raised something other than OSError
+        return failure(item, "worker error", exc)
+
+
+def _bad(item: WorkItem, reason: str, detail: str = "") -> ItemResult:
+    return {"status": Status.BAD, "item": item, "reason": reason, "detail": detail[:500]}
+
+
+class AugmentTask:
+    """What a worker does with one item: read the SRC file, augment it with the item's seed,
+    write the DST file. ``preload``: what the pool's fork server imports once for all workers."""
+
+    preload = AUGMENT_PRELOAD
+
+    def __init__(self, src: Path, dst: Path, recipe_text: str, recipe_source: str, settings: TaskSettings):
+        self.src, self.dst = Path(src), Path(dst)
+        self.recipe_text, self.recipe_source, self.settings = recipe_text, recipe_source, settings
+        self._aug = None
+        self._last = None  # (src, bytes, decoded image) of the last source
+        self._writer: ThreadPoolExecutor | None = None  # run_chunk's writer thread
+
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__, _aug=None, _last=None, _writer=None)  # workers build their own
+
+    def setup(self) -> None:
+        if self._aug is None:
+            self._aug = parse_recipe(self.recipe_text, self.recipe_source).build()
+
+    def _decoded(self, src: str, path: Path) -> tuple[bytes, np.ndarray]:
+        """Decode once per source: the copies of one image are consecutive work items, so the
+        last decoded image is reused (each executor hands a worker consecutive items in chunks)."""
+        last = self._last
+        if last is not None and last[0] == src:
+            return last[1], last[2]
+        self._last = None
+        s = self.settings
+        data = read_bytes(path, max_bytes=max_bytes_for(s.max_pixels) if s.max_pixels else None)
+        img = decode_image(data, path, max_pixels=s.max_pixels, max_side=s.max_side)
+        self._last = (src, data, img)
+        return data, img
+
+    def _augment(self, img: np.ndarray, seed: int) -> tuple[np.ndarray, list, int, bool]:
+        """(image, applied steps, redraws, unchanged). A copy whose pixels equal its source's is
+        redrawn under ``require_change``, from seeds derived from its own (bounded, reproducible)."""
+        self.setup()
+        tries = MAX_REDRAWS + 1 if self.settings.require_change else 1
+        for attempt in range(tries):
+            out, applied = self._aug(img.copy(), redraw_seed(seed, attempt))  # the cached image stays pristine
+            unchanged = out.shape == img.shape and np.array_equal(out, img)
+            if not unchanged:
+                break
+        return out, applied, attempt, unchanged
+
+    @staticmethod
+    def chunk_key(item: WorkItem) -> str:
+        """The copies of one source go to one worker together: it decodes the source once."""
+        return item.src
+
+    def __call__(self, item: WorkItem) -> ItemResult:
+        made = self._make(item)
+        return self._write(*made) if isinstance(made, tuple) else made
+
+    def run_chunk(self, items: list[WorkItem]) -> list[ItemResult]:
+        """The items of one pool chunk, in order. Each file's write (fsync, then rename) runs in a
+        writer thread while the next item is decoded and augmented: fsync waits for the disk
+        (~10% of an item here), and that wait no longer leaves the core idle. A result still
+        comes back only once its file is in place, so the manifest never names a missing file."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="augkit-writer")
+        pending: list = []
+        for item in items:
+            try:
+                made = self._make(item)
+                pending.append(self._writer.submit(self._write, *made) if isinstance(made, tuple) else made)
+            except Exception as exc:  # noqa: BLE001 - as the executors' call_safely: reported per file
+                pending.append(failure(item, "worker error", exc))
+        return [_settled(p, item) for p, item in zip(pending, items)]
+
+    def _make(self, item: WorkItem) -> ItemResult | tuple[WorkItem, Path, bytes, ItemResult]:
+        """Everything but the write: a finished result (bad input, verify) or what to write."""
+        t0 = time.perf_counter()
+        out_path = self.dst / item.out
+        if len(os.fsencode(out_path.name)) > NAME_MAX:
+            return _bad(
+                item,
+                "name too long",
+                f"output name {out_path.name!r} is "
+                f"{len(os.fsencode(out_path.name))} bytes (limit {NAME_MAX}); rename the source",
+            )
+        try:
+            data, img = self._decoded(item.src, self.src / item.src)
+        except ImageError as exc:
+            return _bad(item, exc.reason, exc.detail)
+        rec: ItemResult = {
+            "status": Status.OK,
+            "item": item,
+            "transforms": [],
+            "width": int(img.shape[1]),
+            "height": int(img.shape[0]),
+            "unchanged": False,
+            "redraws": 0,
+        }
+        if item.copy < 0:
+            payload = data  # the original, byte for byte
+        else:
+            try:
+                out, rec["transforms"], rec["redraws"], rec["unchanged"] = self._augment(img, item.seed)
+            except Exception as exc:  # noqa: BLE001 - an op that fails on this image: report the file
+                return _bad(item, "augment failed", f"{type(exc).__name__}: {exc}")
+            try:
+                payload = encode_image(out, out_path.suffix, quality=self.settings.quality)
+            except Exception as exc:  # noqa: BLE001 - ImageError or cv2.error (e.g. 2x20000 to webp)
+                detail = f"{out.shape[1]}x{out.shape[0]} image to {out_path.suffix}"
+                return _bad(item, "encode failed", detail if isinstance(exc, ImageError) else f"{detail}: {exc}")
+        if item.verify:
+            return self._verify(item, out_path, payload, rec)
+        return item, out_path, payload, ItemResult(rec, seconds=time.perf_counter() - t0)
+
+    def _verify(self, item: WorkItem, out_path: Path, payload: bytes, rec: ItemResult) -> ItemResult:
+        try:
+            same = out_path.read_bytes() == payload
+        except OSError:
+            same = False
+        return ItemResult(rec, verified=True) if same else {"status": Status.EXISTS, "item": item}
+
+    def _write(self, item: WorkItem, out_path: Path, payload: bytes, rec: ItemResult) -> ItemResult:
+        try:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(out_path, payload)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                return _bad(item, "name too long", f"{out_path}: {exc.strerror}")
+            return {
+                "status": Status.FATAL,
+                "item": item,
+                "reason": "write failed",
+                "detail": f"{exc.filename or out_path}: {exc.strerror or exc}",
+            }
+        return rec

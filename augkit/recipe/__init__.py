@@ -1,0 +1,1 @@
+"""Recipes: safe YAML, parameter schemas, the op registry, albumentations pass-through steps, TTA view specs, the ``batch:`` section, the built-in recipes (``builtin/``) and the TrivialAugment/RandAugment policies (``policies/``)."""

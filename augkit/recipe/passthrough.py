@@ -1,0 +1,139 @@
+"""The albumentations pass-through: any albumentations 2.0.8 image transform as a recipe step, validated
+strictly (unknown or invalid arguments, albumentations' warnings and its silent fixes are errors) and
+bounded (numbers YAML cannot hold, sizes beyond :data:`MAX_SIDE`). :mod:`augkit.recipe.ops` registers it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+import warnings
+from typing import Any
+
+from augkit.albu import import_albumentations
+from augkit.errors import RecipeError
+from augkit.recipe.params import is_number, short, suggest
+from augkit.recipe.yamlio import BadNumber
+
+#: Largest pixel size (per side, kernel, pad or crop) a pass-through albumentations parameter may ask
+#: for: larger values pass albumentations' own checks but allocate tens of GB (Resize to 100000 px).
+MAX_SIDE = 16384
+#: Pass-through parameter names that are sizes in pixels (Resize height/width, LongestMaxSize max_size,
+#: PadIfNeeded min_height, crop sizes, kernel and hole sizes, pads, grids): bounded by MAX_SIDE.
+SIZE_KEY = re.compile(
+    r"height|width|size|length|radius|^px$|_px$|^[xy]_(min|max)$|^padding$|_divisor$"
+    r"|grid|kernel|blur_limit"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _transform_names() -> tuple[str, ...]:
+    A = import_albumentations()
+    names = []
+    for name, obj in vars(A).items():
+        if (
+            inspect.isclass(obj)
+            and issubclass(obj, (A.ImageOnlyTransform, A.DualTransform))
+            and not inspect.isabstract(obj)
+            and obj not in (A.ImageOnlyTransform, A.DualTransform)
+            and not name.startswith("_")
+        ):
+            names.append(name)
+    return tuple(sorted(set(names)))
+
+
+def albumentations_transforms() -> list[str]:
+    """Names of albumentations 2.0.8 transforms that work on a single RGB image."""
+    return list(_transform_names())
+
+
+def _tuplify(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_tuplify(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _tuplify(x) for k, x in v.items()}
+    return v
+
+
+def _check_passthrough_value(
+    what: str, value: Any, is_size: bool, *, where: str, source: str | None, line: int | None
+) -> None:
+    """Refuse numbers YAML could not represent and sizes beyond :data:`MAX_SIDE`, before albumentations sees them."""
+    if isinstance(value, BadNumber):
+        raise RecipeError(f"{what}: {value!r}", source=source, where=where, line=line, allowed="a finite number")
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_passthrough_value(what, v, is_size, where=where, source=source, line=line)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_passthrough_value(
+                f"{what}.{short(k)}", v, is_size or bool(SIZE_KEY.search(str(k))), where=where, source=source, line=line
+            )
+    elif is_size and is_number(value) and abs(value) > MAX_SIDE:
+        raise RecipeError(
+            f"{what}: {short(value)} is larger than augkit's bound on sizes ({MAX_SIDE} px)",
+            source=source,
+            where=where,
+            line=line,
+            allowed=f"sizes up to {MAX_SIDE} px",
+        )
+
+
+def build_albumentations(
+    name: str, params: dict[str, Any], p: float, *, where: str, source: str | None, line: int | None
+):
+    """Build ``albumentations.<name>(**params, p=p)`` strictly: unknown or invalid arguments and
+    any warning albumentations would print (it "fixes" some values silently) are errors."""
+    A = import_albumentations()
+    known = albumentations_transforms()
+    if name not in known:
+        raise RecipeError(
+            f"unknown albumentations transform {name!r}" + suggest(name, known),
+            source=source,
+            where=where,
+            line=line,
+            allowed="an albumentations 2.0.8 image transform class name",
+        )
+    cls = getattr(A, name)
+    if "p" in params:
+        raise RecipeError("put p beside transform, not inside its parameters", source=source, where=where, line=line)
+    for key, value in params.items():
+        kline = params.line_of(key) if hasattr(params, "line_of") else line
+        _check_passthrough_value(
+            f"{name}: {key}", value, bool(SIZE_KEY.search(str(key))), where=where, source=source, line=kline
+        )
+    kwargs = _tuplify(params)
+    # Only classes that define their own InitSchema take ``strict`` (MedianBlur, RandomRotate90 and
+    # ToSepia do not); without it, an unknown argument is still a TypeError and a fix still a warning.
+    strict = {"strict": True} if "InitSchema" in vars(cls) else {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            t = cls(**kwargs, p=p, **strict)
+        # Some fixes are silent (a reversed [low, high] range is sorted): compare what was stored.
+        for key, given in kwargs.items():
+            stored = getattr(t, key, None)
+            if (
+                isinstance(given, tuple)
+                and isinstance(stored, tuple)
+                and len(given) == len(stored)
+                and all(isinstance(v, (int, float)) for v in given + stored)
+                and tuple(map(float, given)) != tuple(map(float, stored))
+            ):
+                raise ValueError(f"{key}: albumentations would silently change {list(given)} to {list(stored)}")
+        return t
+    except (ValueError, TypeError, UserWarning, DeprecationWarning) as exc:
+        msg = "; ".join(
+            ln.strip()
+            for ln in str(exc).splitlines()
+            if ln.strip() and not ln.strip().startswith("For further information")
+        )
+        valid = sorted(cls.InitSchema.model_fields) if hasattr(cls, "InitSchema") else []
+        raise RecipeError(
+            f"{name}: {msg}",
+            source=source,
+            where=where,
+            line=line,
+            allowed=", ".join(k for k in valid if k not in ("strict",)) or None,
+        ) from None

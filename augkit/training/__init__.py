@@ -1,0 +1,1 @@
+"""Training (``augkit train``): the configuration (``config``), the loop (``loop``), the online-augmented dataset (``dataset``), the decoded cache, precision, freeze policy, mixup/cutmix (``mixing``), torchrun (``distributed``), and the files of a run (``run_files``, ``plot``)."""

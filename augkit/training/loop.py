@@ -1,0 +1,792 @@
+"""``augkit train`` as a library: ``train(TrainConfig(...), callbacks) -> TrainResult``.
+
+The run is split into small steps that can be used on their own: :func:`load_data`,
+:func:`choose_freeze` (in :mod:`augkit.training.freeze`), :func:`build_start_model`,
+:func:`train_one_epoch`, :func:`validate`. ``train`` prints nothing: it reports through a
+:class:`TrainCallbacks` object (the CLI's draws the progress bars and tables). Everything a run
+writes goes to its run folder (see :mod:`augkit.training.run_files` for when):
+
+* ``best.pt`` / ``last.pt``: checkpoints (``torch.load(weights_only=True)``-safe, written
+  atomically) with the weights and :class:`~augkit.models.checkpoint.ModelMeta`; ``last.pt`` also holds
+  the optimizer and the history, for ``--resume``;
+* ``settings.yaml``: every setting, resolved (device, threads, workers, precision, freeze plan,
+  recipe, data counts, versions);
+* ``metrics.csv``: one row per epoch; ``curves.png``: loss and accuracy curves;
+* ``errors.jsonl``: input files left out, one JSON object each (path, reason, detail).
+
+CPU use: the run computes with :func:`augkit.devices.compute_threads` intra-op threads (usable
+cores minus loader workers), set before the first operation; each DataLoader worker runs with
+one torch thread (DataLoader's own rule) and one OpenCV thread (set in this process before the
+workers fork: :func:`augkit.io.images.opencv_threads`).
+
+Reproducibility: the model is initialised from ``seed``; the order of epoch ``e`` and each
+sample's augmentation are derived from ``(seed, e)`` alone, so a resumed run and an
+uninterrupted one compute the same thing, and on CPU the same seed gives the same metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
+
+from augkit.devices import cpu_threads, resolve_device, usable_cores
+from augkit.errors import ImageError, UsageError
+from augkit.io.images import DECODE_POLICY, opencv_threads
+from augkit.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
+from augkit.models.archs import build_model
+from augkit.models.checkpoint import BEST, LAST, ModelMeta, load_checkpoint, versions
+from augkit.models.weights import imagenet_state_dict, load_backbone_weights, weights_file_state_dict
+from augkit.recipe.api import Recipe, load_recipe
+from augkit.seeding import derive_seed
+from augkit.training.cache import ImageCache
+from augkit.training.config import (  # noqa: F401  (re-exported)
+    CURVES,
+    DEVICES,
+    ERRORS,
+    METRICS,
+    SETTINGS,
+    TrainCallbacks,
+    TrainConfig,
+    default_workers,
+)
+from augkit.training.dataset import MEMORY_CACHE_BYTES, AugmentedImageFolder
+from augkit.training.distributed import DistContext, local_world_size
+from augkit.training.distributed import setup as dist_setup
+from augkit.training.freeze import FreezePlan, choose_freeze, set_phase, split_params, train_mode
+from augkit.training.mixing import BatchAugment, soft_target_cross_entropy
+from augkit.training.precision import Precision, choose_precision
+from augkit.training.run_files import (
+    CheckpointWriter,
+    make_run_dir,
+    settings_dict,
+    write_curves,
+    write_errors,
+    write_metrics,
+    write_text,
+)
+
+#: settings a resumed run must share with the run it continues
+RESUME_KEYS = (
+    "arch",
+    "weights",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "image_size",
+    "val_split",
+    "freeze",
+    "seed",
+    "recipe_hash",
+    "label_smoothing",
+)
+#: what a resume key saved before a setting existed meant (runs written by earlier versions resume)
+RESUME_DEFAULTS = {"label_smoothing": 0.0}
+COMPLETED = "completed"
+
+
+@dataclass
+class Data:
+    """The training and validation sets of a run and what was left out."""
+
+    train: AugmentedImageFolder
+    val: AugmentedImageFolder | None
+    classes: list[str]
+    layout: str
+    errors: list[ImageError]
+    ignored: list[str]
+
+    def counts(self) -> dict[str, list[int]]:
+        """Per class: [train images, val images]."""
+        out = {c: [0, 0] for c in self.classes}
+        for col, ds in enumerate((self.train, self.val)):
+            for t in ds.targets if ds is not None else []:
+                out[self.classes[t]][col] += 1
+        return out
+
+    def describe(self) -> dict:
+        """The ``data`` block of settings.yaml."""
+        return {
+            "layout": self.layout,
+            "classes": self.classes,
+            "class_to_idx": {c: i for i, c in enumerate(self.classes)},
+            "train_images": len(self.train),
+            "val_images": len(self.val) if self.val is not None else 0,
+            "per_class_train_val": self.counts(),
+            "skipped_files": len(self.errors),
+            "ignored_files": len(self.ignored),
+        }
+
+
+@dataclass
+class StartInfo:
+    """What :meth:`TrainCallbacks.on_start` gets: the resolved run, before its first epoch."""
+
+    cfg: TrainConfig  # with workers and threads resolved
+    data: Data
+    plan: FreezePlan
+    device: torch.device
+    precision: Precision
+    threads: int
+    out: Path
+    start_epoch: int  # epochs already done (resumed run)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs: int  # completed epochs (all of them, counting a resumed run's earlier ones)
+    best_epoch: int
+    best: dict
+    last: dict
+    history: list[dict]
+    plan: FreezePlan
+    device: str
+    skipped: list[ImageError]
+    resumed_from: int = 0
+    precision: str = "fp32"
+    threads: int = 1
+    workers: int = 0
+    stopped: str = COMPLETED  # or "early stop: no improvement in <metric> for N epochs after epoch E"
+    mixed: bool = False  # batches mixed (mixup/cutmix): train_acc counts MIXED_ACC
+
+
+@dataclass
+class RunState:
+    """One run's moving parts, passed to each epoch."""
+
+    cfg: TrainConfig
+    plan: FreezePlan
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    precision: Precision
+    data: Data
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    order: torch.Generator
+    device: torch.device
+    dist: DistContext
+    callbacks: TrainCallbacks
+    mix: BatchAugment | None = None  # the recipe's batch: section (mixup/cutmix), else None
+
+
+# ====================================================================== data
+
+
+def load_data(cfg: TrainConfig, recipe: Recipe | None, cache: ImageCache | None = None) -> Data:
+    """``DATA/train`` + ``DATA/val`` when present, else a stratified, seeded split of ``DATA``."""
+    root = Path(cfg.data)
+    common = dict(
+        image_size=cfg.image_size,
+        seed=cfg.seed,
+        check=cfg.check,
+        max_pixels=cfg.max_pixels,
+        output="uint8",  # normalized on the device: 4x less to copy from the workers
+        cache=cache,
+        memory_cache=MEMORY_CACHE_BYTES // max(1, cfg.workers or 0),
+    )  # one budget in all
+    if (root / "train").is_dir():
+        full = AugmentedImageFolder(root / "train", recipe, **common)
+        if (root / "val").is_dir():
+            return _with_val_folder(root, full, common)
+        layout = f"{root}/train, split with val_split={cfg.val_split}"
+    else:
+        full = AugmentedImageFolder(root, recipe, **common)
+        layout = f"{root}, split with val_split={cfg.val_split}"
+    train_idx, val_idx = stratified_split(full.targets, cfg.val_split, cfg.seed)
+    val = full.subset(val_idx, recipe=None) if val_idx else None
+    data = Data(full.subset(train_idx), val, full.classes, layout, full.errors, full.ignored)
+    _require_images(data, full)
+    return data
+
+
+def _with_val_folder(root: Path, full: AugmentedImageFolder, common: dict) -> Data:
+    val_classes = AugmentedImageFolder(root / "val", None, check="none").classes
+    missing = [c for c in val_classes if c not in full.classes]
+    if missing:
+        raise UsageError(f"{root / 'val'}: class folder(s) missing from {root / 'train'}: {', '.join(missing)}")
+    val = AugmentedImageFolder(root / "val", None, classes=full.classes, **common)
+    data = Data(
+        full, val, full.classes, f"{root}/train + {root}/val", full.errors + val.errors, full.ignored + val.ignored
+    )
+    _require_images(data)
+    return data
+
+
+def _require_images(data: Data, full: AugmentedImageFolder | None = None) -> None:
+    have = {data.classes[t] for t in (full or data.train).targets}
+    empty = [c for c in data.classes if c not in have]
+    if empty:
+        bad = "; ".join(str(e) for e in data.errors[:3])
+        raise UsageError(
+            f"class(es) with no usable training image: {', '.join(empty)}"
+            + (f" (unreadable files: {bad}{' ...' if len(data.errors) > 3 else ''})" if bad else "")
+        )
+
+
+def stratified_split(targets: list[int], val_split: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, val): per class, ``round(n * val_split)`` images go to val (at least one
+    when ``val_split > 0`` and the class has two or more; at least one always stays in train).
+    The choice is seeded and does not depend on the order of other classes."""
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(t, []).append(i)
+    train, val = [], []
+    for t, idx in sorted(by_class.items()):
+        n = len(idx)
+        k = min(max(round(n * val_split), 1 if val_split > 0 and n >= 2 else 0), n - 1)
+        shuffled = idx[:]
+        random.Random(derive_seed(seed, str(t), 0, salt="split")).shuffle(shuffled)
+        val.extend(shuffled[:k])
+        train.extend(shuffled[k:])
+    return sorted(train), sorted(val)
+
+
+def make_loader(
+    ds: AugmentedImageFolder,
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    shuffle: bool,
+    order: torch.Generator | None = None,
+    dist: DistContext | None = None,
+) -> DataLoader:
+    """A loader whose shuffling uses its own generator (reseeded per epoch by the caller), so
+    the order does not depend on the worker count, the global RNG or a resume."""
+    sampler = RandomSampler(ds, generator=order) if shuffle else None
+    if dist is not None and dist.enabled:  # under torchrun: this rank's shard (augkit.training.distributed)
+        sampler = dist.train_sampler(ds, cfg.seed) if shuffle else dist.eval_sampler(ds)
+    n = len(sampler) if sampler is not None else len(ds)
+    drop_last = shuffle and n > cfg.batch_size and n % cfg.batch_size == 1  # BatchNorm needs 2+
+    return DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        drop_last=drop_last,
+        persistent_workers=cfg.workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+
+# ====================================================================== model
+
+
+def build_start_model(arch: str, num_classes: int, weights: str) -> tuple[nn.Module, bool]:
+    """The model to train and whether its backbone is pretrained. The head is always new."""
+    model = build_model(arch, num_classes)
+    if weights == "none":
+        return model, False
+    if weights == "imagenet":
+        load_backbone_weights(model, imagenet_state_dict(arch), f"ImageNet weights for {arch}")
+    else:
+        load_backbone_weights(model, weights_file_state_dict(weights), str(weights))
+    return model, True
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with two groups, backbone (0) and head (1); their learning rates are set per epoch.
+
+    PyTorch's fused AdamW kernel where this torch and device have one (CPU since torch 2.4, CUDA):
+    one pass over the parameters instead of a dozen small ops per tensor. On CPU it is most of
+    what a step costs beside the model: ResNet-18's update took 58 ms with the default per-tensor
+    loop and 10 ms fused (steps of ~200 ms at 32 px). Elsewhere the default implementation."""
+    backbone, head = split_params(model)
+    groups = [{"params": backbone, "name": "backbone"}, {"params": head, "name": "head"}]
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device/dtype or torch
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def optimizer_kernel(optimizer: torch.optim.Optimizer) -> str:
+    """How ``optimizer`` updates (recorded in settings.yaml): "fused" or "per-tensor". Read from
+    the parameter groups, which a resumed run takes from its checkpoint (one written before the
+    fused kernel keeps the per-tensor update, and the numbers it had)."""
+    return "fused" if all(g.get("fused") for g in optimizer.param_groups) else "per-tensor"
+
+
+def epoch_lrs(cfg: TrainConfig, plan: FreezePlan, epoch: int) -> tuple[float, float]:
+    """(backbone lr, head lr) for a 0-based epoch: constant during the head-only warm-up, then
+    a cosine decay over the remaining epochs; a frozen backbone gets 0."""
+    start = plan.warmup_epochs if plan.mode == "finetune" else 0
+    if epoch < start:
+        return 0.0, cfg.lr
+    span = max(1, cfg.epochs - start)
+    lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch - start) / span))
+    return (0.0 if plan.phase(epoch) == "head" else lr * plan.backbone_lr_mult), lr
+
+
+def set_lrs(optimizer: torch.optim.Optimizer, lrs: tuple[float, float]) -> None:
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+
+
+# ====================================================================== one epoch
+
+
+def model_input(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """A batch on ``device``; uint8 batches are scaled and normalized there (ImageNet mean/std)."""
+    x = x.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        x = (x.float().div_(255.0) - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    *,
+    phase: str = "all",
+    scaler: torch.amp.GradScaler | None = None,
+    precision: Precision | None = None,
+    on_batch: Callable[[int, float, float, float], None] | None = None,
+    label_smoothing: float = 0.0,
+    mix: BatchAugment | None = None,
+    epoch: int = 0,
+) -> dict:
+    """One pass over ``loader``; returns loss, accuracy, images and seconds.
+
+    ``mix`` (mixup/cutmix) mixes each normalized batch on the device, its draws seeded from
+    (its seed, ``epoch``, batch index) alone; the loss is then the soft-target cross entropy
+    (smoothed by ``mix.label_smoothing``) and accuracy counts :data:`MIXED_ACC`. Without it the
+    loss is ``CrossEntropyLoss(label_smoothing=label_smoothing)``.
+    ``on_batch(images, mean_loss, accuracy, images_per_second)`` is called after each batch.
+    """
+    precision = precision or Precision("fp32", False, "")
+    train_mode(model, phase)
+    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    total = correct = 0
+    loss_sum = 0.0
+    start = time.perf_counter()
+    for step, (x, y) in enumerate(loader):
+        x, y = model_input(x, device, precision.channels_last), y.to(device, non_blocking=True)
+        target = y
+        if mix is not None:  # after normalization (mixing is linear, so it commutes with it)
+            x, target, _ = mix(x, y, epoch=epoch, step=step)
+            y = target.argmax(1)  # the dominant label, for accuracy
+        with precision.autocast(device):
+            logits = model(x)
+            loss = criterion(logits, target) if mix is None else soft_target_cross_entropy(logits, target)
+        _step(loss, optimizer, scaler)
+        n = y.numel()
+        total += n
+        loss_sum += loss.item() * n
+        correct += (logits.argmax(1) == y).sum().item()
+        if on_batch is not None:
+            on_batch(n, loss_sum / total, correct / total, total / max(1e-9, time.perf_counter() - start))
+    seconds = time.perf_counter() - start
+    return {"loss": loss_sum / max(1, total), "acc": correct / max(1, total), "images": total, "seconds": seconds}
+
+
+def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    *,
+    precision: Precision | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict:
+    """Loss and accuracy of ``model`` (eval mode) on ``loader``."""
+    precision = precision or Precision("fp32", False, "")
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    total = correct = 0
+    loss_sum = 0.0
+    for x, y in loader:
+        x, y = model_input(x, device, precision.channels_last), y.to(device, non_blocking=True)
+        with precision.autocast(device):
+            logits = model(x)
+        loss_sum += criterion(logits.float(), y).item()
+        correct += (logits.argmax(1) == y).sum().item()
+        total += y.numel()
+        if on_batch is not None:
+            on_batch(y.numel())
+    return {"loss": loss_sum / max(1, total), "acc": correct / max(1, total), "images": total}
+
+
+def _run_epoch(epoch: int, run: RunState) -> dict:
+    """Train (and validate) one 0-based epoch; its metrics row."""
+    cfg, cb, dist = run.cfg, run.callbacks, run.dist
+    phase = run.plan.phase(epoch)
+    set_phase(run.model, phase)
+    net = dist.wrap(run.model)  # DistributedDataParallel under torchrun (rewrapped when the phase changes)
+    dist.set_epoch(run.train_loader, epoch)
+    lrs = epoch_lrs(cfg, run.plan, epoch)
+    set_lrs(run.optimizer, lrs)
+    run.data.train.set_epoch(epoch)
+    run.order.manual_seed(derive_seed(cfg.seed, "order", epoch, salt="train"))
+    cb.on_epoch_start(
+        epoch + 1, cfg.epochs, phase, len(run.train_loader), len(run.val_loader) if run.val_loader is not None else 0
+    )
+    tr = dist.reduce(
+        train_one_epoch(
+            net,
+            run.train_loader,
+            run.optimizer,
+            run.device,
+            phase=phase,
+            scaler=run.scaler,
+            precision=run.precision,
+            on_batch=cb.on_batch,
+            label_smoothing=cfg.label_smoothing,
+            mix=run.mix,
+            epoch=epoch,
+        )
+    )
+    va = None
+    if run.val_loader is not None:
+        va = dist.reduce(
+            validate(run.model, run.val_loader, run.device, precision=run.precision, on_batch=cb.on_val_batch)
+        )
+    seconds = tr["seconds"]
+    row = {
+        "epoch": epoch + 1,
+        "phase": phase,
+        "train_loss": tr["loss"],
+        "train_acc": tr["acc"],
+        "val_loss": va["loss"] if va else None,
+        "val_acc": va["acc"] if va else None,
+        "lr_backbone": lrs[0],
+        "lr_head": lrs[1],
+        "seconds": round(seconds, 3),
+        "images_per_s": round(tr["images"] / max(1e-9, seconds), 1),
+    }
+    cb.on_epoch_end(row)
+    return row
+
+
+def _better(row: dict, best: dict) -> bool:
+    if not best:
+        return True
+    if row["val_acc"] is None:
+        return row["train_loss"] < best["train_loss"]
+    return (row["val_acc"], -row["val_loss"]) > (best["val_acc"], -best["val_loss"])
+
+
+# ====================================================================== the run
+
+
+def resume_key(cfg: TrainConfig, recipe: Recipe | None) -> dict:
+    d = {k: getattr(cfg, k) for k in RESUME_KEYS if k != "recipe_hash"}
+    d["weights"] = str(d["weights"])
+    d["recipe_hash"] = recipe.hash if recipe is not None else None
+    return d
+
+
+def model_meta(cfg: TrainConfig, recipe: Recipe | None, classes: list[str]) -> ModelMeta:
+    return ModelMeta(
+        arch=cfg.arch,
+        classes=list(classes),
+        class_to_idx={c: i for i, c in enumerate(classes)},
+        image_size=cfg.image_size,
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        decode_policy=DECODE_POLICY,
+        resize_policy=RESIZE_POLICY,
+        recipe_text=recipe.text if recipe is not None else "",
+        recipe_name=recipe.name if recipe is not None else "",
+        versions=versions(),
+    )
+
+
+@contextlib.contextmanager
+def deterministic(seed: int, device: torch.device):
+    """Seed torch and ask for deterministic kernels; restore the caller's global state afterwards."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    prev = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev[2], prev[3]
+
+
+def _resolve_recipe(recipe) -> Recipe | None:
+    if recipe is None or isinstance(recipe, Recipe):
+        return recipe
+    return None if str(recipe).lower() == "none" else load_recipe(recipe)
+
+
+def _refuse_existing_run(cfg: TrainConfig, out: Path) -> None:
+    """Never overwrite a run: without ``--resume`` the run folder must not hold one."""
+    existing = [n for n in (LAST, BEST, METRICS) if (out / n).exists()]
+    if existing and not cfg.resume:
+        raise UsageError(
+            f"{out}: already holds a run ({', '.join(existing)}); pass --resume to continue it "
+            "or choose another run folder"
+        )
+
+
+def _start_state(cfg: TrainConfig, out: Path, key: dict, classes: list[str], note) -> dict | None:
+    """The ``last.pt`` to resume from (checked against this run's settings), or None to start fresh."""
+    last = out / LAST
+    if not cfg.resume:
+        return None
+    if not last.is_file():
+        note(f"--resume: {out} has no {LAST} yet: starting from epoch 1")
+        return None
+    ckpt = load_checkpoint(last)
+    saved = ckpt.get("settings", {})
+    diff = [
+        f"{k}: run has {saved.get(k, RESUME_DEFAULTS.get(k))!r}, now {key[k]!r}"
+        for k in RESUME_KEYS
+        if saved.get(k, RESUME_DEFAULTS.get(k)) != key[k]
+    ]
+    if ckpt["meta"]["classes"] != classes:
+        diff.append(f"classes: run has {ckpt['meta']['classes']}, data now has {classes}")
+    if diff:
+        raise UsageError(
+            f"{last}: cannot resume with different settings ({'; '.join(diff)}). Use the original "
+            "settings, or start a new run folder (--weights {out} starts from its weights)"
+        )
+    return ckpt
+
+
+def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
+    """Run (or resume) a training run; see the module docstring for what it writes.
+
+    Everything that can be wrong (options, data, weights, an existing run) is found before the
+    run folder is written (only ``--cache`` without a cache folder creates ``RUN_DIR/cache`` first).
+    """
+    cfg.validate()
+    dist = dist_setup(resolve_device(cfg.device))  # DDP when launched by torchrun (augkit.training.distributed)
+    device = dist.device
+    cb = callbacks if callbacks is not None and dist.is_main else TrainCallbacks()  # only rank 0 reports
+    if cfg.workers is None:
+        cfg = replace(cfg, workers=default_workers(device.type, usable_cores()))
+    if cfg.amp and device.type != "cuda":
+        cb.on_note(f"--amp only has an effect on cuda; training on {device.type} without it")
+    precision = choose_precision(cfg.precision, device, cfg.image_size, amp=cfg.amp and device.type == "cuda")
+    recipe, out = _resolve_recipe(cfg.recipe), Path(cfg.out)
+    _refuse_existing_run(cfg, out)
+    with cpu_threads(cfg.workers, device) as threads:  # before the first op: threads + workers <= cores
+        cfg = replace(cfg, threads=_set_threads(cfg, dist, device, threads))
+        threads = cfg.threads
+        data = load_data(cfg, recipe, _cache(cfg, cb.on_note))
+        state = _start_state(cfg, out, resume_key(cfg, recipe), data.classes, cb.on_note)
+        with deterministic(cfg.seed, device), opencv_threads(1):  # 1 OpenCV thread, set before workers fork
+            run = _prepare(cfg, data, state, device, dist, precision, cb, recipe)
+            history, best = _restore(state, run)
+            cb.on_start(StartInfo(cfg, data, run.plan, device, precision, threads, out, len(history)))
+            settings = settings_dict(cfg, recipe, data, run.plan, device, precision, threads)
+            settings["resolved"]["optimizer"]["kernel"] = optimizer_kernel(run.optimizer)
+            if dist.is_main:
+                _write_start(out, settings, data, dist)
+            writer = CheckpointWriter(
+                out,
+                model_meta(cfg, recipe, data.classes),
+                {"settings": resume_key(cfg, recipe), "plan": run.plan.to_dict()},
+                enabled=dist.is_main,
+            )
+            history, best, stopped = _loop(run, history, best, out, writer)
+            if dist.is_main:  # settings.yaml ends with how the run ended
+                settings["resolved"]["outcome"] = {
+                    "stopped": stopped,
+                    "epochs": len(history),
+                    "best_epoch": int(best["epoch"]),
+                }
+                write_text(out / SETTINGS, yaml.safe_dump(settings, sort_keys=False, allow_unicode=True))
+    dist.close()
+    return TrainResult(
+        out,
+        len(history),
+        int(best["epoch"]),
+        best,
+        history[-1],
+        history,
+        run.plan,
+        str(device),
+        data.errors,
+        state["epoch"] if state else 0,
+        precision.name,
+        threads,
+        cfg.workers,
+        stopped,
+        run.mix is not None,
+    )
+
+
+def _set_threads(cfg: TrainConfig, dist: DistContext, device: torch.device, default: int) -> int:
+    """``--threads`` if given; under torchrun on CPU each of this machine's processes gets its share
+    of the cores; else the :func:`~augkit.devices.cpu_threads` rule already in force."""
+    n = default
+    if cfg.threads is not None:
+        n = cfg.threads
+    elif dist.enabled and device.type == "cpu":
+        n = max(1, usable_cores() // local_world_size() - cfg.workers)
+    torch.set_num_threads(n)
+    return n
+
+
+def _cache(cfg: TrainConfig, note: Callable[[str], None]) -> ImageCache | None:
+    folder = cfg.cache_folder()
+    if folder is None:
+        return None
+    return ImageCache(folder, cfg.image_size, max_pixels=cfg.max_pixels, on_note=note)
+
+
+def _prepare(
+    cfg: TrainConfig,
+    data: Data,
+    state: dict | None,
+    device: torch.device,
+    dist: DistContext,
+    precision: Precision,
+    cb: TrainCallbacks,
+    recipe: Recipe | None = None,
+) -> RunState:
+    """The model (fresh, or to be restored from ``last.pt``), optimizer, scaler, loaders and the
+    recipe's batch mixing."""
+    if state:  # the weights come from last.pt: no download, no weights file needed
+        model, plan = build_model(cfg.arch, len(data.classes)), FreezePlan(**state["plan"])
+    else:
+        model, pretrained = build_start_model(cfg.arch, len(data.classes), str(cfg.weights))
+        plan = choose_freeze(cfg.freeze, len(data.train), len(data.classes), cfg.epochs, pretrained)
+    model.to(device, memory_format=torch.channels_last if precision.channels_last else torch.preserve_format)
+    optimizer = make_optimizer(model, cfg)  # after the move: whether a fused kernel exists depends on the device
+    order = torch.Generator()
+    train_loader = make_loader(data.train, cfg, device, shuffle=True, order=order, dist=dist)
+    val_loader = make_loader(data.val, cfg, device, shuffle=False, dist=dist) if data.val is not None else None
+    mix = (
+        BatchAugment(recipe.batch, len(data.classes), cfg.seed, cfg.label_smoothing)
+        if recipe is not None and recipe.batch is not None
+        else None
+    )
+    return RunState(
+        cfg,
+        plan,
+        model,
+        optimizer,
+        precision.scaler(device),
+        precision,
+        data,
+        train_loader,
+        val_loader,
+        order,
+        device,
+        dist,
+        cb,
+        mix,
+    )
+
+
+def _restore(state: dict | None, run: RunState) -> tuple[list[dict], dict]:
+    """Load a resumed run's weights, optimizer and scaler; returns (history, best row)."""
+    if not state:
+        return [], {}
+    run.model.load_state_dict(state["state_dict"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.callbacks.on_note(f"resuming {Path(run.cfg.out) / LAST} after epoch {state['epoch']} of {run.cfg.epochs}")
+    return list(state["history"]), dict(state.get("best") or {})
+
+
+def _write_start(out: Path, settings: dict, data: Data, dist: DistContext) -> None:
+    make_run_dir(out)
+    write_errors(out / ERRORS, data.errors)
+    if dist.enabled:
+        settings["resolved"]["distributed"] = {"world_size": dist.world_size, "backend": dist.backend}
+    write_text(out / SETTINGS, yaml.safe_dump(settings, sort_keys=False, allow_unicode=True))
+
+
+def _loop(
+    run: RunState, history: list[dict], best: dict, out: Path, writer: CheckpointWriter
+) -> tuple[list[dict], dict, str]:
+    """The remaining epochs (until ``--patience`` stops them); metrics after each, checkpoints on a
+    budget (and at the last epoch run), curves at the end. Returns (history, best row, why it ended)."""
+    main, epochs, start = run.dist.is_main, run.cfg.epochs, len(history)
+    stopped = stop_reason(history, best, run.cfg.patience)  # a resumed run may have stopped already
+    try:
+        for epoch in range(start, epochs if stopped is None else start):
+            row = _run_epoch(epoch, run)
+            history.append(row)
+            improved = _better(row, best)
+            best = dict(row) if improved else best
+            stopped = stop_reason(history, best, run.cfg.patience)
+            if main:
+                write_metrics(out / METRICS, history)
+                writer.epoch_done(
+                    run.model,
+                    run.optimizer,
+                    run.scaler,
+                    history,
+                    best,
+                    improved,
+                    epoch + 1 == epochs or stopped is not None,
+                )
+            if stopped is not None:
+                run.callbacks.on_note(stopped)
+                break
+    except BaseException:
+        if main:
+            with contextlib.suppress(Exception):  # the interruption is what the user must see
+                writer.close()  # a checkpoint being written is finished, never left half-way
+            with contextlib.suppress(Exception):
+                write_curves(out, history)
+        raise
+    writer.close()  # every checkpoint is on disk before the run reports its end
+    if len(history) == start:
+        run.callbacks.on_note(
+            f"{out}: "
+            + (f"all {epochs} epochs are already done" if stopped is None else f"this run already ended ({stopped})")
+        )
+        if main:
+            write_metrics(out / METRICS, history)
+    if main:
+        write_curves(out, history)
+    return history, best, stopped or COMPLETED
+
+
+def stop_reason(history: list[dict], best: dict, patience: int | None) -> str | None:
+    """Why to stop early after the last epoch of ``history`` (``patience`` epochs since the best
+    one, by the metric that picks ``best.pt``), or None to go on."""
+    if patience is None or not history or not best:
+        return None
+    since = int(history[-1]["epoch"]) - int(best["epoch"])
+    if since < patience:
+        return None
+    metric = "train_loss" if best.get("val_acc") is None else "val_acc"
+    return f"early stop: no improvement in {metric} for {since} epochs after epoch {int(best['epoch'])}"
