@@ -218,3 +218,25 @@ def test_old_flat_import_paths_still_work_and_say_where_things_moved():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "augkit.policy_transform moved to augkit.recipe.policies.transform" in out.stdout
+
+
+def test_architecture_doc_lists_every_module_and_only_real_ones():
+    import re
+
+    doc = (PKG.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    table = doc.split("<!-- module-list")[1].split("<!-- end module-list -->")[0]
+    listed = set(re.findall(r"^\| `(augkit/[^`]+)`", table, flags=re.M))
+    on_disk = {
+        str(p.relative_to(PKG.parent))
+        for p in PKG.rglob("*.py")
+        if not (p.name == "__init__.py" and p.parent != PKG)
+        and p.parent.name != "commands"
+        and p.parent.name != "builtin"
+    }
+    wildcard = {w for w in listed if "*" in w or w.endswith("/")}
+    assert not (listed - wildcard) - on_disk, (
+        f"docs/architecture.md lists modules that do not exist: {sorted((listed - wildcard) - on_disk)}"
+    )
+    assert not on_disk - listed, f"modules missing from docs/architecture.md: {sorted(on_disk - listed)}"
+    for w in wildcard:
+        assert list(PKG.parent.glob(w.rstrip("/") if w.endswith("/") else w)), w
