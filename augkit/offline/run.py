@@ -73,6 +73,7 @@ class AugmentOptions:
     engine: str = "local"
     max_side: int | None = None  # shrink so the longer side is <= max_side (never enlarge)
     require_change: bool = False  # redraw copies identical to their source
+    labels: str | None = None  # "folders": SRC is a classification folder even if it looks labelled
 
     def validate(self) -> None:
         if self.copies is None and self.per_class is None:
@@ -113,6 +114,18 @@ class Plan:
     def __post_init__(self) -> None:
         self.recipe_hash = self.recipe_hash or self.recipe.hash
 
+    # Hooks for plans of other inputs (augkit.offline.labelled.LabelledPlan: labelled datasets).
+    def make_task(self) -> AugmentTask:
+        """What each worker runs."""
+        return AugmentTask(self.src, self.dst, self.recipe.text, self.recipe.source, self.options.settings())
+
+    def row_fields(self, item: WorkItem, res: ItemResult) -> dict:
+        """Fields a manifest row has beyond the common ones."""
+        return {}
+
+    def finish(self, result: AugmentResult) -> None:
+        """Called under DST's lock after the manifest is written (a labelled dataset's data.yaml, COCO JSON)."""
+
 
 def _check_dirs(src: Path, dst: Path) -> None:
     s, d = src.resolve(), dst.resolve()
@@ -129,6 +142,9 @@ def _check_dirs(src: Path, dst: Path) -> None:
         )
     if dst.exists() and not dst.is_dir():
         raise UsageError(f"output {dst} exists and is not a folder")
+
+
+check_dirs = _check_dirs  # public: a labelled dataset's plan checks SRC and DST the same way
 
 
 def _split_links_into_dst(src: Path, dst: Path, items: list[tuple[str, str]]):
@@ -257,6 +273,7 @@ def _manifest_row(plan: Plan, item: WorkItem, res: ItemResult) -> dict:
         row["unchanged"] = bool(res.get("unchanged"))
         if opts.require_change:
             row.update(require_change=True, redraws=int(res.get("redraws", 0)))
+    row.update(plan.row_fields(item, res))
     return row
 
 
@@ -330,7 +347,7 @@ def run_plan(
         result.todo = _todo(plan, result)
         return result
     executor = executor or get_executor(opts.engine, workers=opts.workers)
-    task = AugmentTask(plan.src, plan.dst, plan.recipe.text, plan.recipe.source, opts.settings())
+    task = plan.make_task()
     with locked(plan.dst):
         if hasattr(executor, "prepare"):  # e.g. start a pool's fork server while we check what is done
             executor.prepare(task.preload, len(plan.items))
@@ -426,6 +443,8 @@ def _finalize(plan: Plan, result: AugmentResult, rows: list[dict]) -> None:
         finalize(plan.dst, rows, errors, lambda r: order.get(r["output"], len(order)))
     except RecordError as exc:
         result.fatal = result.fatal or str(exc)
+    if not result.fatal:
+        plan.finish(result)
 
 
 def augment(src: str | os.PathLike, dst: str | os.PathLike, recipe: Recipe | str, **options) -> AugmentResult:
