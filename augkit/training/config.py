@@ -17,6 +17,7 @@ from augkit import devices
 from augkit.errors import UsageError
 from augkit.limits import DEFAULT_MAX_PIXELS
 from augkit.training.freeze import FREEZE_CHOICES
+from augkit.training.schedule import SCHEDULES
 
 if TYPE_CHECKING:  # annotation only: recipe.py imports albumentations
     from augkit.recipe.api import Recipe
@@ -29,6 +30,13 @@ METRICS, SETTINGS, CURVES, ERRORS = "metrics.csv", "settings.yaml", "curves.png"
 #: fields of :class:`TrainConfig` that are library-only (no ``augkit train`` option)
 LIBRARY_ONLY = ("progress",)
 
+#: ``--schedule``'s default, in one place. Kept at augkit's schedule before per-step schedules (a
+#: constant rate through a head-only phase, then a cosine taken once per epoch) until
+#: ``benchmarks/bench_defaults.py``, run across the data kinds of issue 20, says another one wins.
+DEFAULT_SCHEDULE = "cosine-epoch"
+DEFAULT_LR = 1e-3
+#: ``--lr auto``: a learning-rate range test chooses the peak rate (augkit.training.lr_find)
+LR_AUTO = "auto"
 #: the ``--workers`` default, in words (the help text); :func:`augkit.devices.default_workers` is the rule
 WORKERS_RULE = devices.WORKERS_RULES["train"]
 
@@ -54,7 +62,7 @@ class TrainConfig:
     weights: str = "imagenet"  # imagenet | none | a state-dict file or an earlier run folder
     epochs: int = 10
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float | str = DEFAULT_LR  # or "auto": a learning-rate range test picks it (augkit.training.lr_find)
     weight_decay: float = 1e-2
     image_size: int = 224
     val_split: float = 0.2
@@ -70,6 +78,9 @@ class TrainConfig:
     resume: bool = False
     label_smoothing: float = 0.0  # CrossEntropyLoss(label_smoothing=...); mixed (soft) targets are smoothed too
     patience: int | None = None  # early stopping: epochs without a better best.pt metric; None: never stop early
+    schedule: str = DEFAULT_SCHEDULE  # the learning rate per step: augkit.training.schedule
+    warmup: float | None = None  # warm-up epochs (fractions allowed); None: the schedule's default
+    ema: float | None = None  # decay of an exponential moving average of the weights (augkit.training.ema)
     check: str = "header"
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     progress: bool = True
@@ -102,7 +113,16 @@ class TrainConfig:
             (self.check in CHECKS, f"--check {self.check!r} is not one of {', '.join(CHECKS)}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (_lr_ok(self.lr), f"--lr must be a number > 0 or {LR_AUTO}, got {self.lr!r}"),
+            (self.schedule in SCHEDULES, f"--schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}"),
+            (
+                self.warmup is None or (math.isfinite(self.warmup) and 0 <= self.warmup < self.epochs),
+                f"--warmup must be >= 0 and less than --epochs ({self.epochs}), got {self.warmup}",
+            ),
+            (
+                self.ema is None or (math.isfinite(self.ema) and 0 < self.ema < 1),
+                f"--ema must be a decay between 0 and 1 (e.g. 0.999), got {self.ema}",
+            ),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (
                 16 <= self.image_size <= max_size,
@@ -115,11 +135,33 @@ class TrainConfig:
             (self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
         ]
 
+    @property
+    def lr_auto(self) -> bool:
+        return isinstance(self.lr, str) and self.lr.lower() == LR_AUTO
+
     def cache_folder(self) -> Path | None:
         """The decoded-image cache folder, or None without ``--cache``."""
         if self.cache_dir is not None:
             return Path(self.cache_dir)
         return Path(self.out) / "cache" if self.cache else None
+
+
+def parse_lr(text: str | float) -> float | str:
+    """``--lr``: a positive number, or ``auto`` (a range test picks the rate)."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    if text.strip().lower() == LR_AUTO:
+        return LR_AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--lr {text!r}: not a number; use a learning rate > 0 (e.g. 1e-3) or {LR_AUTO}") from None
+
+
+def _lr_ok(lr: float | str) -> bool:
+    if isinstance(lr, str):
+        return lr.lower() == LR_AUTO
+    return isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0
 
 
 class TrainCallbacks:

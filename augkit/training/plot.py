@@ -1,4 +1,4 @@
-"""Training curves as a PNG, drawn with OpenCV (no matplotlib)."""
+"""Training curves and the learning-rate sweep as PNGs, drawn with OpenCV (no matplotlib)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from augkit.io.images import write_image
 
 TRAIN_COLOR = (31, 119, 180)  # RGB
 VAL_COLOR = (255, 127, 14)
+EMA_COLOR = (44, 160, 44)
+LR_COLOR = (148, 103, 189)
+CHOICE_COLOR = (214, 39, 40)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -29,15 +32,31 @@ def _text(img, s: str, org, scale=0.45, color=(60, 60, 60), thick=1) -> None:
     cv2.putText(img, s, (int(org[0]), int(org[1])), _FONT, scale, color, thick, cv2.LINE_AA)
 
 
+def _log10(ys: list[float | None]) -> list[float | None]:
+    return [math.log10(v) if v is not None and v > 0 else None for v in ys]
+
+
 def _panel(
-    img, box, title: str, series: list[tuple[str, list[float | None], tuple]], y_range=None, percent=False
+    img,
+    box,
+    title: str,
+    series: list[tuple[str, list[float | None], tuple]],
+    y_range=None,
+    percent=False,
+    log=False,
 ) -> None:
+    """One chart of per-epoch series; ``log``: a log10 y axis (values <= 0 are left out)."""
     x0, y0, x1, y1 = box
     left, right, top, bottom = x0 + 60, x1 - 15, y0 + 35, y1 - 45
     _text(img, title, (x0 + 60, y0 + 22), 0.6, (20, 20, 20), 1)
+    if log:
+        series = [(name, _log10(ys), color) for name, ys, color in series]
     values = [v for _, ys, _ in series for v in ys if v is not None and math.isfinite(v)]
     n = max((len(ys) for _, ys, _ in series), default=0)
-    if y_range is None:
+    if log:
+        lo, hi = (math.floor(min(values)), math.ceil(max(values))) if values else (-4.0, -2.0)
+        hi = hi if hi > lo else lo + 1
+    elif y_range is None:
         lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
         lo = min(0.0, lo)
         hi = hi * 1.05 if hi > 0 else 1.0
@@ -50,10 +69,11 @@ def _panel(
         y = bottom - (bottom - top) * (v - lo) / (hi - lo)
         return int(round(x)), int(round(y))
 
-    for t in _nice_ticks(lo, hi):
+    for t in range(int(lo), int(hi) + 1) if log else _nice_ticks(lo, hi):
         y = px(0, t)[1]
         cv2.line(img, (left, y), (right, y), (230, 230, 230), 1, cv2.LINE_AA)
-        _text(img, f"{t:.0%}" if percent else f"{t:g}", (x0 + 6, y + 4), 0.4)
+        label = f"1e{t}" if log else f"{t:.0%}" if percent else f"{t:g}"
+        _text(img, label, (x0 + 6, y + 4), 0.4)
     for t in _nice_ticks(1, xmax, 6):
         if float(t).is_integer():
             x = px(int(t) - 1, lo)[0]
@@ -75,26 +95,99 @@ def _panel(
         _text(img, name, (lx + 26, ly), 0.45)
 
 
-def plot_curves(rows: list[dict], path: str | os.PathLike, width: int = 1000, height: int = 380) -> None:
-    """Loss (left) and accuracy (right) per epoch for train and val; written atomically."""
+def plot_curves(rows: list[dict], path: str | os.PathLike, width: int = 1200, height: int = 380) -> None:
+    """Loss and accuracy per epoch for train and val (and the EMA weights' val with ``--ema``), and
+    the head's learning rate at the first and last step of each epoch (log scale); written atomically."""
     img = np.full((height, width, 3), 255, np.uint8)
 
     def col(key):
         return [r.get(key) if r.get(key) not in ("", None) else None for r in rows]
 
-    half = width // 2
+    def ema(key, name):  # only when the run averaged weights
+        ys = col(key)
+        return [(name, ys, EMA_COLOR)] if any(v is not None for v in ys) else []
+
+    third = width // 3
     _panel(
         img,
-        (0, 0, half, height),
+        (0, 0, third, height),
         "loss",
-        [("train", col("train_loss"), TRAIN_COLOR), ("val", col("val_loss"), VAL_COLOR)],
+        [
+            ("train", col("train_loss"), TRAIN_COLOR),
+            ("val", col("val_loss"), VAL_COLOR),
+            *ema("ema_val_loss", "val EMA"),
+        ],
     )
     _panel(
         img,
-        (half, 0, width, height),
+        (third, 0, 2 * third, height),
         "accuracy",
-        [("train", col("train_acc"), TRAIN_COLOR), ("val", col("val_acc"), VAL_COLOR)],
+        [("train", col("train_acc"), TRAIN_COLOR), ("val", col("val_acc"), VAL_COLOR), *ema("ema_val_acc", "val EMA")],
         y_range=(0.0, 1.0),
         percent=True,
     )
+    first, last = col("lr_first"), col("lr_last")
+    if not any(v is not None for v in first):  # metrics written before per-step schedules
+        first, last = col("lr_head"), []
+    _panel(
+        img,
+        (2 * third, 0, width, height),
+        "learning rate (head)",
+        [("first step", first, LR_COLOR), ("last step", last, CHOICE_COLOR)],
+        log=True,
+    )
+    write_image(img, path)
+
+
+def plot_lr_find(
+    lrs: list[float],
+    losses: list[float],
+    smoothed: list[float],
+    index: int,
+    rule: str,
+    path: str | os.PathLike,
+    valley: tuple[int, int] | None = None,
+    width: int = 800,
+    height: int = 480,
+) -> None:
+    """The range test: loss against learning rate (log x), raw and smoothed, the valley shaded and
+    the chosen rate marked with its value and the rule; written atomically."""
+    img = np.full((height, width, 3), 255, np.uint8)
+    left, right, top, bottom = 70, width - 20, 40, height - 70
+    xs = [math.log10(v) for v in lrs]
+    vals = [v for v in (*losses, *smoothed) if math.isfinite(v)]
+    lo, hi = min(vals), max(vals)
+    pad = 0.05 * (hi - lo or 1.0)
+    lo, hi = lo - pad, hi + pad
+    xlo, xhi = math.floor(min(xs)), math.ceil(max(xs))
+    xhi = xhi if xhi > xlo else xlo + 1
+
+    def px(x, y):
+        return (
+            int(round(left + (right - left) * (x - xlo) / (xhi - xlo))),
+            int(round(bottom - (bottom - top) * (y - lo) / (hi - lo))),
+        )
+
+    if valley is not None:
+        a, b = px(xs[valley[0]], hi)[0], px(xs[valley[1]], hi)[0]
+        cv2.rectangle(img, (a, top), (b, bottom), (235, 245, 235), -1)
+    for t in _nice_ticks(lo, hi):
+        y = px(xlo, t)[1]
+        cv2.line(img, (left, y), (right, y), (230, 230, 230), 1, cv2.LINE_AA)
+        _text(img, f"{t:.3g}", (6, y + 4), 0.4)
+    for t in range(xlo, xhi + 1):
+        x = px(t, lo)[0]
+        cv2.line(img, (x, bottom), (x, bottom + 4), (90, 90, 90), 1)
+        _text(img, f"1e{t}", (x - 14, bottom + 18), 0.4)
+    cv2.rectangle(img, (left, top), (right, bottom), (90, 90, 90), 1)
+    _text(img, "learning rate", ((left + right) // 2 - 45, bottom + 38), 0.45)
+    for ys, color, thick in ((losses, (190, 190, 190), 1), (smoothed, TRAIN_COLOR, 2)):
+        pts = [px(x, min(max(y, lo), hi)) for x, y in zip(xs, ys) if math.isfinite(y)]
+        if len(pts) > 1:
+            cv2.polylines(img, [np.array(pts, np.int32)], False, color, thick, cv2.LINE_AA)
+    cx, cy = px(xs[index], smoothed[index])
+    cv2.line(img, (cx, top), (cx, bottom), CHOICE_COLOR, 1, cv2.LINE_AA)
+    cv2.circle(img, (cx, cy), 6, CHOICE_COLOR, -1, cv2.LINE_AA)
+    _text(img, f"lr range test: chosen {lrs[index]:.3g}", (left, 24), 0.6, (20, 20, 20))
+    _text(img, f"rule: {rule}"[:110], (10, height - 12), 0.38)
     write_image(img, path)
