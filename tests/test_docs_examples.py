@@ -48,7 +48,7 @@ def runnable(page: Path) -> bool:
 
 def test_every_skipped_example_says_why():
     for page in PAGES:
-        for line, lang, code, reason in blocks(page):
+        for line, lang, _code, reason in blocks(page):
             if lang in ("bash", "sh", "shell", "console"):
                 assert lang == "bash", f"{page.name}:{line}: shell examples are ```bash (or ```text for transcripts)"
             if reason is not None:
