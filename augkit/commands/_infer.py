@@ -9,6 +9,7 @@ from enum import Enum
 from rich.markup import escape as esc
 
 from augkit.commands._common import err, is_tty
+from augkit.infer.options import describe_tta, tta_label
 from augkit.recipe.views import MERGE_MODES
 
 Merge = Enum("Merge", {m: m for m in MERGE_MODES}, type=str)
@@ -16,6 +17,10 @@ TTA_HELP = (
     "TTA views: a preset (identity, flip, vflip, shift, five-crop, ten-crop, scales, d4; combine with +, "
     "e.g. flip+shift), a built-in recipe (tta-flip, tta-flip-shift, tta-ten-crop) or a recipe .yaml "
     "with a tta section."
+)
+TTA_DEFAULT_HELP = (
+    " none (or identity): the plain view \\[default: the run's own: its recipe's tta section; for an exported "
+    ".onnx, the views it was exported with; else none]"
 )
 MERGE_HELP = "How views merge (on probabilities) \\[default: the recipe's, else mean]."
 BETA_HELP = "Blend: (1-beta) * merged + beta * plain view \\[default: 0]."
@@ -31,6 +36,14 @@ def say(text: str) -> None:
     err.print(text, soft_wrap=True)
 
 
+def tta_summary(spec, given: str | None = None) -> str:
+    """``TTA flip (2 views, merge mean)`` for the closing line; ``given``: the user's ``--tta``."""
+    n = len(spec.views)
+    label = given or ("none" if n == 1 and spec.views[0].is_identity else tta_label(spec))
+    beta = f", beta {spec.beta:g}" if spec.beta else ""
+    return f"TTA {label} ({n} view{'s' * (n != 1)}, merge {spec.merge}{beta})"
+
+
 def list_skipped(errors: list[dict], where: str, show: int = 10) -> None:
     """The first ``show`` skipped inputs with their reasons, then where the rest are listed."""
     for e in errors[:show]:
@@ -42,12 +55,13 @@ def list_skipped(errors: list[dict], where: str, show: int = 10) -> None:
 
 
 class progress_bar:
-    """A rich progress bar on stderr when it is a terminal; yields the library's callbacks."""
+    """A rich progress bar on stderr when it is a terminal. Yields the library's hooks as keyword
+    arguments (``on_start``, ``progress``, ``on_tta``); ``on_tta`` prints the TTA header line."""
 
     def __init__(self, title: str):
         self.title = title
 
-    def __enter__(self):
+    def __enter__(self) -> dict:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(
@@ -68,7 +82,10 @@ class progress_bar:
         def on_progress(k: int) -> None:
             self.bar.update(self.task, advance=k)
 
-        return on_start, on_progress
+        def on_tta(spec, source: str) -> None:
+            say(esc(f"{self.title}: {describe_tta(spec, source)}"))
+
+        return {"on_start": on_start, "progress": on_progress, "on_tta": on_tta}
 
     def __exit__(self, *exc):
         return self.bar.__exit__(*exc)

@@ -10,10 +10,21 @@ from rich.markup import escape as esc
 from rich.table import Table
 
 from augkit.commands._common import cli_errors, err
-from augkit.commands._infer import BETA_HELP, MERGE_HELP, TTA_HELP, WORKERS_HELP, Merge, list_skipped, progress_bar, say
+from augkit.commands._infer import (
+    BETA_HELP,
+    MERGE_HELP,
+    TTA_DEFAULT_HELP,
+    TTA_HELP,
+    WORKERS_HELP,
+    Merge,
+    list_skipped,
+    progress_bar,
+    say,
+)
 from augkit.errors import EXIT_SKIPPED, UsageError
 from augkit.infer.files import check_output
 from augkit.infer.gallery import GALLERY_TILES
+from augkit.infer.options import InferOptions
 from augkit.limits import DEFAULT_MAX_PIXELS
 
 MAX_TABLE_CLASSES = 12
@@ -24,7 +35,7 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 def command(
     run: Path = typer.Argument(..., help="Run folder (uses its best.pt) or a checkpoint file."),
     data: Path = typer.Argument(..., help="Labelled folder: DATA/<class>/<image>; classes by the model's names."),
-    tta: str = typer.Option("flip", "--tta", "-t", help=TTA_HELP),
+    tta: Optional[str] = typer.Option(None, "--tta", "-t", help=TTA_HELP + TTA_DEFAULT_HELP),
     merge: Optional[Merge] = typer.Option(None, "--merge", help=MERGE_HELP),
     beta: Optional[float] = typer.Option(None, "--beta", min=0.0, max=1.0, help=BETA_HELP),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the full report as JSON."),
@@ -58,33 +69,27 @@ def command(
     Exit codes: 0 done; 1 nothing could be read; 2 bad options or classes the model does not know; 3 done, but some images were skipped (listed in the report).
     """
     # deferred: the library imports torch (seconds); `augkit --help` must not pay for it
-    from augkit.devices import resolve_device
-    from augkit.infer.engine import resolve_tta
     from augkit.infer.evaluate import evaluate, write_confusion, write_report
     from augkit.infer.gallery import write_gallery
 
-    spec = resolve_tta(tta, merge=merge.value if merge else None, beta=beta)
-    resolve_device(device)
+    opts = InferOptions(
+        tta=tta,
+        merge=merge.value if merge else None,
+        beta=beta,
+        top_k=top_k,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        max_pixels=max_pixels,
+    )
     check_output(report, overwrite, "report")
     check_output(confusion, overwrite, "confusion picture")
     check_output(gallery, overwrite, "gallery picture")
     for opt, path in (("--confusion", confusion), ("--gallery", gallery)):
         if path is not None and path.suffix.lower() not in PICTURE_SUFFIXES:
             raise UsageError(f"{opt} {path}: give a picture file name (.png)")
-    with progress_bar("evaluate") as (on_start, on_progress):
-        rep = evaluate(
-            run,
-            data,
-            tta=spec,
-            top_k=top_k,
-            batch_size=batch_size,
-            device=device,
-            workers=workers,
-            max_pixels=max_pixels,
-            on_start=on_start,
-            progress=on_progress,
-            tta_label=tta,
-        )
+    with progress_bar("evaluate") as hooks:
+        rep = evaluate(run, data, opts, tta_label=tta, **hooks)
     if report is not None:
         write_report(rep, report)
     if confusion is not None:

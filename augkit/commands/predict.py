@@ -10,12 +10,22 @@ import typer
 from rich.markup import escape as esc
 
 from augkit.commands._common import cli_errors
-from augkit.commands._infer import BETA_HELP, MERGE_HELP, TTA_HELP, WORKERS_HELP, Merge, list_skipped, progress_bar, say
-from augkit.errors import EXIT_SKIPPED, UsageError
+from augkit.commands._infer import (
+    BETA_HELP,
+    MERGE_HELP,
+    TTA_DEFAULT_HELP,
+    TTA_HELP,
+    WORKERS_HELP,
+    Merge,
+    list_skipped,
+    progress_bar,
+    say,
+    tta_summary,
+)
+from augkit.errors import EXIT_SKIPPED
 from augkit.infer.files import FORMATS, check_output, errors_path, write_predictions
+from augkit.infer.options import InferOptions
 from augkit.limits import DEFAULT_MAX_PIXELS
-
-ENGINE_NAMES = ("local", "ray")  # predict's engines: in-process/DataLoader, or Ray Data actors
 
 Format = Enum("Format", {f: f for f in FORMATS}, type=str)
 
@@ -30,7 +40,7 @@ def command(
     inputs: list[Path] = typer.Argument(
         ..., help="Image files, folders (searched recursively) and .txt/.lst files listing one path a line."
     ),
-    tta: Optional[str] = typer.Option(None, "--tta", "-t", help=TTA_HELP + " \\[default: none, the plain view]"),
+    tta: Optional[str] = typer.Option(None, "--tta", "-t", help=TTA_HELP + TTA_DEFAULT_HELP),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write \\[default: stdout]."),
     fmt: Format = typer.Option("csv", "--format", "-f", help="csv: path,label,prob (+ top-k columns); jsonl."),
     top_k: int = typer.Option(1, "--top-k", "-k", min=1, help="Also give the k most likely classes."),
@@ -53,7 +63,7 @@ def command(
         "local",
         "--engine",
         help="local, or ray: a pool of Ray actors, each loading the "
-        "model once (Ray Data; needs augkit's ray extra; see the README, Scaling out).",
+        "model once (Ray Data; needs augkit's ray extra; see docs/scaling.md).",
     ),
     address: Optional[str] = typer.Option(
         None,
@@ -70,61 +80,31 @@ def command(
     With -o, skipped inputs (unreadable, truncated, not an image) are listed in <output>.errors.csv. Exit codes: 0 done; 2 bad options; 3 done, but some inputs were skipped.
     """
     # deferred: the library imports torch (seconds); `augkit --help` must not pay for it
-    from augkit.devices import resolve_device
-    from augkit.infer.engine import resolve_tta
     from augkit.infer.predict import predict
 
-    spec = resolve_tta(tta, merge=merge.value if merge else None, beta=beta)
-    if engine not in ENGINE_NAMES:
-        raise UsageError(f"--engine {engine!r} is not supported (allowed: {', '.join(ENGINE_NAMES)})")
-    if address is not None and engine != "ray":
-        raise UsageError("--address needs --engine ray")
-    if engine == "ray" and run.suffix.lower() == ".onnx":
-        raise UsageError(f"{run}: --engine ray runs a run folder or checkpoint, not an exported .onnx")
-    if engine == "local":  # with ray the device is the actors', checked there
-        resolve_device(device)
+    opts = InferOptions(
+        tta=tta,
+        merge=merge.value if merge else None,
+        beta=beta,
+        top_k=top_k,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        max_pixels=max_pixels,
+        engine=engine,
+        address=address,
+    )
     if output is not None:
         check_output(output, overwrite)
         check_output(errors_path(output), overwrite, "errors file")
-    label = tta or "none"
-    with progress_bar("predict") as (on_start, on_progress):
-        if engine == "ray":  # augkit.infer.predict_ray: same rows, same writer
-            from augkit.infer.predict_ray import predict_ray  # deferred: the Ray engine only (needs the ray extra)
-
-            preds = predict_ray(
-                run,
-                [str(i) for i in inputs],
-                tta=spec,
-                top_k=top_k,
-                batch_size=batch_size,
-                device=device,
-                address=address,
-                workers=workers,
-                max_pixels=max_pixels,
-                on_start=on_start,
-                progress=on_progress,
-            )
-        else:
-            preds = predict(
-                run,
-                [str(i) for i in inputs],
-                tta=spec,
-                top_k=top_k,
-                batch_size=batch_size,
-                device=device,
-                workers=workers,
-                max_pixels=max_pixels,
-                on_start=on_start,
-                progress=on_progress,
-            )
+    with progress_bar("predict") as hooks:
+        preds = predict(run, [str(i) for i in inputs], opts, **hooks)
     efile = write_predictions(preds, output, fmt.value, top_k)
     c = preds.counts
     say(
         esc(
-            f"predicted {c['predicted']} of {c['inputs']} images with TTA {label} "
-            f"({len(spec.views)} view{'s' * (len(spec.views) != 1)}, merge {spec.merge}"
-            + (f", beta {spec.beta:g}" if spec.beta else "")
-            + ")"
+            f"predicted {c['predicted']} of {c['inputs']} images with {tta_summary(preds.tta, tta)}"
+            + (f" (engine {engine})" if engine != "local" else "")
             + (f" -> {output}" if output else "")
         )
     )

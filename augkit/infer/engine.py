@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -30,14 +30,23 @@ from augkit.devices import cpu_threads, usable_cores
 from augkit.devices import default_workers as devices_default_workers
 from augkit.errors import ImageError, UsageError
 from augkit.infer.onnx_backend import OnnxModel, OnnxRunner, is_onnx_path
+from augkit.infer.options import NO_TTA, SOURCE_OPTION, SOURCE_PLAIN, InferOptions
 from augkit.infer.tta import MERGES, TTAWrapper
 from augkit.io.fileio import read_bytes
-from augkit.io.images import DECODE_POLICY, LEGACY_DECODE_POLICIES, decode_policy_reduces, opencv_threads, read_image
+from augkit.io.images import (
+    DCT_MARGIN,
+    DECODE_POLICY,
+    LEGACY_DECODE_POLICIES,
+    decode_policy_margin,
+    decode_policy_reduces,
+    opencv_threads,
+    read_image,
+)
 from augkit.io.preprocess import RESIZE_POLICY, eval_image
 from augkit.io.scan import scan_folder
 from augkit.limits import DEFAULT_MAX_PIXELS
 from augkit.models.checkpoint import ModelMeta, find_checkpoint, load_model
-from augkit.recipe.api import TTASpec, list_builtin, load_recipe
+from augkit.recipe.api import TTASpec, list_builtin, load_recipe, parse_recipe
 from augkit.recipe.params import suggest
 from augkit.recipe.views import MERGE_MODES, PRESETS, View, list_presets, preset_views
 
@@ -52,8 +61,9 @@ Progress = Callable[[int], None]
 
 def resolve_tta(spec: str | None, *, merge: str | None = None, beta: float | None = None) -> TTASpec:
     """``--tta``: a preset (``flip``, ``flip+shift``), a built-in recipe or a recipe file with a
-    ``tta`` section; ``None`` means the plain view only. ``merge``/``beta`` override the spec's."""
-    if spec is None or spec == "":
+    ``tta`` section; ``None``, ``none`` or ``identity`` mean the plain view only. ``merge``/``beta``
+    override the spec's. (The run's *default* TTA, when no ``--tta`` is given, is :func:`choose_tta`'s.)"""
+    if spec is None or spec.strip() in ("", *NO_TTA):
         out = TTASpec(preset_views("identity"), preset="identity")
     elif _is_file_like(spec) or spec in list_builtin() or (not _is_preset(spec) and Path(spec).is_file()):
         recipe = load_recipe(spec)
@@ -72,6 +82,48 @@ def resolve_tta(spec: str | None, *, merge: str | None = None, beta: float | Non
             raise UsageError(f"--beta {beta!r} is out of range (allowed: 0 to 1)")
         out.beta = float(beta)
     return out
+
+
+def default_tta(meta: ModelMeta, model: object = None) -> tuple[TTASpec, str]:
+    """The run's own TTA and where it came from: an exported ``.onnx`` merges the views it was
+    exported with; a checkpoint, its training recipe's ``tta`` section; else the plain view."""
+    if isinstance(model, OnnxModel):
+        return model.info.tta, "the views this .onnx was exported with"
+    if meta.recipe_text:
+        name = meta.recipe_name or "the run"
+        recipe = parse_recipe(meta.recipe_text, f"{name}'s recipe (saved in the checkpoint)")
+        if recipe.tta is not None:
+            return recipe.tta, f"the run's recipe {name!r}"
+    return TTASpec(preset_views("identity"), preset="identity"), SOURCE_PLAIN
+
+
+def explicit_tta(opts: InferOptions) -> TTASpec | None:
+    """The TTA ``opts`` names (resolved now, so a bad ``--tta`` fails before a model loads), or
+    None when it leaves the choice to the run."""
+    if isinstance(opts.tta, TTASpec):
+        return _override(replace(opts.tta), opts.merge, opts.beta)
+    if opts.tta is None:
+        return None
+    return resolve_tta(opts.tta, merge=opts.merge, beta=opts.beta)
+
+
+def choose_tta(opts: InferOptions, meta: ModelMeta, model: object = None) -> tuple[TTASpec, str]:
+    """The one TTA rule of predict, evaluate and export: ``--tta`` when given (``none`` or
+    ``identity``: plain), else the run's own (:func:`default_tta`); ``--merge``/``--beta`` apply
+    to either. Returns the spec and where it came from."""
+    spec = explicit_tta(opts)
+    if spec is not None:
+        return spec, SOURCE_OPTION
+    spec, source = default_tta(meta, model)
+    return _override(replace(spec, views=list(spec.views)), opts.merge, opts.beta), source
+
+
+def _override(spec: TTASpec, merge: str | None, beta: float | None) -> TTASpec:
+    if merge is not None:
+        spec.merge = merge
+    if beta is not None:
+        spec.beta = float(beta)
+    return spec
 
 
 def _check_presets(spec: str) -> None:
@@ -159,7 +211,9 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            out.extend(str(p / rel) for rel, _ in scan_folder(p).items)
+            scan = scan_folder(p)
+            out.extend(str(p / rel) for rel, _ in scan.items)
+            out.extend(str(p / rel) for rel, _ in scan.unreadable)  # reported when read: never lost silently
         elif p.suffix.lower() in LIST_SUFFIXES and p.exists():
             out.extend(_read_list(p))
         elif p.exists():
@@ -216,20 +270,29 @@ class DecodedImages(Dataset):
     """Item ``i``: ``(i, uint8 tensor (S, S, 3), reason, detail)``; ``reason`` is "" when decoded.
 
     ``reduced``: JPEGs are decoded at the largest DCT reduction whose short side is still at
-    least ``size`` (then resized exactly as a full decode would be); only for models trained so.
+    least ``margin`` x ``size`` (then resized exactly as a full decode would be); only for models
+    trained so, with the margin of the model's decode policy (:func:`decode_policy_margin`).
     """
 
     def __init__(
-        self, paths: Sequence[str], size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS, reduced: bool = False
+        self,
+        paths: Sequence[str],
+        size: int,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        reduced: bool = False,
+        margin: int = DCT_MARGIN,
     ):
         self.paths, self.size, self.max_pixels, self.reduced = list(paths), int(size), max_pixels, reduced
+        self.margin = margin
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            img = read_image(self.paths[i], max_pixels=self.max_pixels, min_side=self.size, reduced=self.reduced)
+            img = read_image(
+                self.paths[i], max_pixels=self.max_pixels, min_side=self.size, reduced=self.reduced, margin=self.margin
+            )
             return i, torch.from_numpy(eval_image(img, self.size)), "", ""
         except ImageError as exc:
             reason, detail = exc.reason, exc.detail
@@ -343,7 +406,9 @@ def run_tta(
     workers = default_workers(device) if opt.workers is None else opt.workers
     workers = min(workers, -(-len(paths) // opt.batch_size))  # no idle worker processes for a few images
     loader = DataLoader(
-        DecodedImages(paths, meta.image_size, opt.max_pixels, decodes_reduced(meta)),
+        DecodedImages(
+            paths, meta.image_size, opt.max_pixels, decodes_reduced(meta), decode_policy_margin(meta.decode_policy)
+        ),
         batch_size=opt.batch_size,
         shuffle=False,
         num_workers=workers,
@@ -394,6 +459,22 @@ class _Collected:
         if keep_views:  # (V, N, K) float32: evaluate keeps 4 * V * N * K bytes
             views = np.concatenate(self.per_view, axis=1) if self.per_view else np.zeros((v, 0, k), np.float32)
         return TTARun(self.paths, self.ok, merged, views, list(wrapper.all_views), wrapper.plain_index, self.errors)
+
+
+@dataclass
+class Predictions:
+    """What every predict engine returns; :mod:`augkit.infer.files` writes it."""
+
+    classes: list[str]
+    rows: list[dict]  # {"path", "label", "prob", "top": [(label, prob), ...]} in input order
+    errors: list[dict]
+    tta: TTASpec
+    checkpoint: str
+    tta_source: str = SOURCE_OPTION  # where the TTA came from (:func:`choose_tta`)
+
+    @property
+    def counts(self) -> dict:
+        return {"inputs": len(self.rows) + len(self.errors), "predicted": len(self.rows), "skipped": len(self.errors)}
 
 
 def top_row(path: str, probs: np.ndarray, classes: Sequence[str], top_k: int) -> dict:

@@ -21,13 +21,14 @@ import torch
 from augkit import __version__
 from augkit.devices import resolve_device
 from augkit.errors import AugkitError, UsageError
-from augkit.infer.engine import Progress, load_for_inference, resolve_tta, run_tta
+from augkit.infer.engine import Progress, choose_tta, explicit_tta, load_for_inference, run_tta
 from augkit.infer.files import save_text
 from augkit.infer.gallery import confident_mistakes
+from augkit.infer.options import InferOptions
+from augkit.infer.options import tta_label as tta_label_of
 from augkit.infer.tta import merge_probs
 from augkit.io.images import write_image
 from augkit.io.scan import scan_folder
-from augkit.limits import DEFAULT_MAX_PIXELS
 from augkit.models.checkpoint import ModelMeta
 from augkit.recipe.api import TTASpec
 from augkit.recipe.views import View, view_to_yaml
@@ -163,25 +164,28 @@ def labelled_items(data: str | os.PathLike, meta: ModelMeta) -> tuple[list[str],
 def evaluate(
     run: str | os.PathLike,
     data: str | os.PathLike,
+    options: InferOptions | None = None,
     *,
-    tta: TTASpec | str | None = "flip",
-    top_k: int = 5,
-    batch_size: int = 64,
-    device: str = "cpu",
-    workers: int | None = 0,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: Progress | None = None,
     on_start: Callable[[int], None] | None = None,
+    on_tta: Callable | None = None,
     tta_label: str | None = None,
+    **fields,
 ) -> dict:
     """Score the run's model on a labelled folder: the report as a JSON-ready dict.
 
-    ``workers``: decoding processes; None picks :func:`augkit.infer.engine.default_workers`."""
-    spec = tta if isinstance(tta, TTASpec) else resolve_tta(tta)
-    if top_k < 1:
-        raise UsageError(f"--top-k {top_k}: must be >= 1")
-    dev = resolve_device(device)
+    ``options`` (or its fields as keywords, see :class:`~augkit.infer.options.InferOptions`; here
+    ``top_k`` defaults to 5). With no ``tta`` the run's own TTA is scored (its recipe's ``tta``; an
+    ``.onnx``'s exported views), as ``predict`` uses it; ``tta="none"``: plain only."""
+    opts = InferOptions.of(options, **fields) if options is not None else InferOptions(**{"top_k": 5, **fields})
+    if opts.engine != "local":
+        raise UsageError(f"evaluate runs locally (engine {opts.engine!r} is predict's only)")
+    explicit_tta(opts)  # a bad --tta fails before the model loads
+    dev = resolve_device(opts.device)
     model, meta, ckpt = load_for_inference(run, dev)
+    spec, source = choose_tta(opts, meta, model)
+    if on_tta is not None:
+        on_tta(spec, source)
     paths, labels, info = labelled_items(data, meta)
     if not paths:
         raise UsageError(f"{data}: no labelled images found")
@@ -193,11 +197,11 @@ def evaluate(
         paths,
         spec,
         device=dev,
-        batch_size=batch_size,
-        workers=workers,
+        batch_size=opts.batch_size,
+        workers=opts.workers,
         keep_views=True,
         with_plain=True,
-        max_pixels=max_pixels,
+        max_pixels=opts.max_pixels,
         progress=progress,
     )
     y = np.asarray([labels[i] for i in res.ok], dtype=np.int64)
@@ -206,7 +210,8 @@ def evaluate(
             f"{data}: none of the {len(paths)} images could be read:\n"
             + "\n".join(f"  {e['path']}: {e['reason']}" for e in res.errors[:20])
         )
-    label = tta_label or spec.preset or "recipe views"
+    label = tta_label or tta_label_of(spec)
+    top_k = opts.top_k
     report = score(
         res.view_probs,
         res.merged,
@@ -227,6 +232,7 @@ def evaluate(
         "data": str(data),
         "tta": {
             "spec": label,
+            "source": source,
             "views": [v.name for v in spec.views],
             "merge": spec.merge,
             "beta": spec.beta,

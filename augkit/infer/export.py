@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from augkit.errors import AugkitError, UsageError
-from augkit.infer.engine import check_policies, resolve_tta
+from augkit.infer.engine import check_policies, choose_tta
 from augkit.infer.onnx_backend import (
     INPUT,
     ONNX_HINT,
@@ -38,11 +38,12 @@ from augkit.infer.onnx_backend import (
     is_onnx_path,
     metadata_props,
 )
+from augkit.infer.options import SOURCE_OPTION, InferOptions, describe_tta
 from augkit.infer.tta import TTAWrapper
 from augkit.io.fileio import atomic_write_bytes
 from augkit.models.checkpoint import ModelMeta, find_checkpoint, load_model
-from augkit.recipe.api import TTASpec, parse_recipe
-from augkit.recipe.views import View, preset_views
+from augkit.recipe.api import TTASpec
+from augkit.recipe.views import View
 
 DEFAULT_OPSET, MIN_OPSET = 18, 18  # 18: Resize with antialias (the scale views' shrink)
 #: ONNX probabilities must equal PyTorch's this closely on the test batch, or the export fails.
@@ -85,12 +86,7 @@ def export_tta(meta: ModelMeta, tta: str | TTASpec | None) -> TTASpec:
     """``tta`` (a preset, recipe or file; ``none``: plain), else the run recipe's tta section, else plain."""
     if isinstance(tta, TTASpec):
         return tta
-    if tta is not None:
-        return resolve_tta(None if tta in ("none", "identity") else tta)
-    recipe = parse_recipe(meta.recipe_text, f"{meta.recipe_name or 'the run'}'s recipe") if meta.recipe_text else None
-    if recipe is not None and recipe.tta is not None:
-        return recipe.tta
-    return TTASpec(preset_views("identity"), preset="identity")
+    return choose_tta(InferOptions(tta=tta), meta)[0]  # the one TTA rule, as predict and evaluate
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -126,10 +122,10 @@ def export_onnx(
     ckpt = find_checkpoint(run)
     model, meta = load_model(ckpt, "cpu")
     check_policies(meta, ckpt)
-    spec = export_tta(meta, tta)
+    spec, source = (tta, SOURCE_OPTION) if isinstance(tta, TTASpec) else choose_tta(InferOptions(tta=tta), meta)
     graph = ExportGraph(model, meta, spec).eval()
     if on_note is not None:
-        on_note(f"exporting {meta.arch} with {len(graph.views)} view(s) (opset {opset}) ...")
+        on_note(f"exporting {meta.arch}: {describe_tta(spec, source)}; {len(graph.views)} view(s) (opset {opset}) ...")
     data = _to_onnx_bytes(graph, meta, spec, opset)
     atomic_write_bytes(output, data)
     diff = verify(output, graph, meta)

@@ -7,7 +7,7 @@ local path does, collects the inputs, and sends ``(index, path)`` records to
 through Ray's object store, so the checkpoint need not be on shared storage) and runs the local
 path's own :func:`augkit.infer.engine.run_tta` on each batch of paths: the same decoding, the same
 views, the same merge. Only the merged probabilities and error reasons come back; the parent
-puts them back in input order and builds the same :class:`~augkit.infer.predict.Predictions`, so the
+puts them back in input order and builds the same :class:`~augkit.infer.engine.Predictions`, so the
 same CSV/JSONL writer is used.
 
 The images are read **by path** in the actors: on a multi-node cluster they must be on storage
@@ -26,9 +26,19 @@ import numpy as np
 import torch
 
 from augkit.devices import resolve_device
-from augkit.infer.engine import Progress, check_top_k, collect_inputs, load_for_inference, resolve_tta, run_tta, top_row
-from augkit.infer.predict import Predictions
-from augkit.limits import DEFAULT_MAX_PIXELS
+from augkit.errors import UsageError
+from augkit.infer.engine import (
+    Predictions,
+    check_top_k,
+    choose_tta,
+    collect_inputs,
+    explicit_tta,
+    load_for_inference,
+    run_tta,
+    top_row,
+)
+from augkit.infer.onnx_backend import is_onnx_path
+from augkit.infer.options import Hooks, InferOptions
 from augkit.models.checkpoint import load_checkpoint_bytes, model_from_checkpoint
 from augkit.ray_session import check_pool_options, import_ray, ray_session
 from augkit.recipe.api import TTASpec
@@ -76,55 +86,64 @@ class _Predictor:
 def predict_ray(
     run: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
+    options: InferOptions | None = None,
     *,
-    tta: TTASpec | str | None = None,
-    top_k: int = 1,
-    batch_size: int = 64,
-    device: str = "cpu",
-    address: str | None = None,
-    workers: int | None = None,
-    num_cpus: float | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    progress: Progress | None = None,
+    progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    on_tta: Callable | None = None,
+    **fields,
 ) -> Predictions:
-    """:func:`augkit.infer.predict.predict` on a Ray cluster; the same :class:`Predictions`.
+    """:func:`augkit.infer.predict.predict` on a Ray cluster (``engine="ray"``); the same
+    :class:`Predictions`. ``options`` or its fields as keywords, as for ``predict``."""
+    base = options if options is not None else InferOptions(workers=None, engine="ray")  # None: the cluster's CPUs
+    opts = InferOptions.of(base, **{**fields, "engine": "ray"})
+    return predict_ray_engine(run, inputs, opts, Hooks(on_start=on_start, progress=progress, on_tta=on_tta))
 
-    address: as for ``augkit augment --engine ray`` (None: ``RAY_ADDRESS``, a cluster started on this
-    node, else a Ray started for this call; ``auto``; ``ray://host:10001``). workers: actors in the
-    pool (default: the cluster's CPU count, or its GPU count when ``device`` is cuda). A Ray already
-    initialised in this process is reused and left running; one started here is shut down.
-    device: where each actor runs the model; ``cuda`` (or ``auto`` on a cluster with GPUs) gives
-    every actor one GPU.
+
+def predict_ray_engine(
+    run: str | os.PathLike, inputs: Sequence[str | os.PathLike], opts: InferOptions, hooks: Hooks
+) -> Predictions:
+    """The ``ray`` engine of :data:`augkit.infer.predict.ENGINES`.
+
+    ``opts.address``: as for ``augkit augment --engine ray`` (None: ``RAY_ADDRESS``, a cluster
+    started on this node, else a Ray started for this call; ``auto``; ``ray://host:10001``).
+    ``opts.workers``: actors in the pool (None/0: the cluster's CPU count, or its GPU count when
+    ``device`` is cuda). A Ray already initialised in this process is reused and left running;
+    one started here is shut down. ``opts.device``: where each actor runs the model; ``cuda`` (or
+    ``auto`` on a cluster with GPUs) gives every actor one GPU.
     """
+    if is_onnx_path(run):
+        raise UsageError(f"{run}: --engine ray runs a run folder or checkpoint, not an exported .onnx")
     import_ray()  # fail now, before the model is loaded, if the extra is missing
-    check_pool_options(batch_size=batch_size, num_cpus=num_cpus, workers=workers or None)  # 0: the default
-    spec = tta if isinstance(tta, TTASpec) else resolve_tta(tta)
+    check_pool_options(batch_size=opts.batch_size, num_cpus=opts.num_cpus, workers=opts.workers or None)
+    explicit_tta(opts)  # a bad --tta fails before the model loads
     _, meta, path = load_for_inference(run, torch.device("cpu"))  # the local path's checks, on the parent
-    check_top_k(top_k, meta)
+    check_top_k(opts.top_k, meta)
+    spec, source = choose_tta(opts, meta)
+    hooks.tta(spec, source)
     paths = collect_inputs(inputs)
-    if on_start is not None:
-        on_start(len(paths))
+    hooks.start(len(paths))
     probs = np.zeros((len(paths), len(meta.classes)), np.float32)
     errors: dict[int, dict] = {}
-    with ray_session(address) as session:
+    with ray_session(opts.address) as session:
+        device = opts.device
         gpu = device.startswith("cuda") or (device == "auto" and session.gpus() >= 1)
-        pool = session.actor_pool(len(paths), workers=workers, num_cpus=num_cpus, gpu=gpu)
+        pool = session.actor_pool(len(paths), workers=opts.workers, num_cpus=opts.num_cpus, gpu=gpu)
         records = [{"i": i, "path": os.path.abspath(p)} for i, p in enumerate(paths)]
         ds = session.map_batches(
             records,
             _Predictor,
-            (path.read_bytes(), str(path), spec, device, batch_size, max_pixels),
-            batch_size=batch_size,
+            (path.read_bytes(), str(path), spec, device, opts.batch_size, opts.max_pixels),
+            batch_size=opts.batch_size,
             pool=pool,
         )
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
             _gather(batch, paths, probs, errors)
-            if progress is not None:
-                progress(len(batch["i"]))
+            if hooks.progress is not None:
+                hooks.progress(len(batch["i"]))
     # input order, as the local path
-    rows = [top_row(paths[i], p, meta.classes, top_k) for i, p in enumerate(probs) if i not in errors]
-    return Predictions(list(meta.classes), rows, [errors[i] for i in sorted(errors)], spec, str(path))
+    rows = [top_row(paths[i], p, meta.classes, opts.top_k) for i, p in enumerate(probs) if i not in errors]
+    return Predictions(list(meta.classes), rows, [errors[i] for i in sorted(errors)], spec, str(path), source)
 
 
 def _gather(batch: dict, paths: list[str], probs: np.ndarray, errors: dict[int, dict]) -> None:
