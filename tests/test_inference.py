@@ -156,7 +156,7 @@ def test_two_links_to_one_file_stay_two_inputs(good, tmp_path):
 
 @pytest.fixture
 def big_jpeg(tmp_path, digits) -> Path:
-    """A camera-sized JPEG of a digit '2' (2400 x 1800): decoded at 1/8 under policy v2."""
+    """A camera-sized JPEG of a digit '2' (2400 x 1800): decoded at 1/8 under policies v2 and v3 (225 >= 2 x 32)."""
     img = cv2.resize(digit_rgb(digits[0][list(digits[1]).index(2)]), (2400, 1800), interpolation=cv2.INTER_CUBIC)
     path = tmp_path / "big" / "two.jpg"
     path.parent.mkdir()
@@ -176,18 +176,32 @@ def _row_probs(preds) -> np.ndarray:
     return np.array([dict(preds.rows[0]["top"])[c] for c in preds.classes], dtype=np.float32)
 
 
-def test_v2_checkpoint_decodes_reduced_and_agrees_with_full_decoding(run_dir, big_jpeg, monkeypatch):
+def test_v3_checkpoint_decodes_reduced_and_agrees_with_full_decoding(run_dir, big_jpeg, monkeypatch):
     seen: list[dict] = []
     real = inference_mod.read_image
     monkeypatch.setattr(inference_mod, "read_image", lambda p, **kw: seen.append(kw) or real(p, **kw))
     preds = predict(run_dir, [big_jpeg], top_k=3, device="cpu", workers=0)
-    assert seen == [{"max_pixels": 100_000_000, "min_side": SIZE, "reduced": True}]
+    assert seen == [{"max_pixels": 100_000_000, "min_side": SIZE, "reduced": True, "margin": 2}]
     reduced = read_image(big_jpeg, min_side=SIZE, reduced=True)
     assert min(reduced.shape[:2]) == 1800 // 8  # the libjpeg 1/8 decode
     np.testing.assert_allclose(_row_probs(preds), _probs(run_dir, reduced), atol=1e-6)
     full = _probs(run_dir, read_image(big_jpeg, reduced=False))
     assert preds.rows[0]["label"] == preds.classes[int(full.argmax())] == "two"
     np.testing.assert_allclose(_row_probs(preds), full, atol=0.05)
+
+
+def test_v2_checkpoint_keeps_its_margin_of_1(digits, tmp_path, big_jpeg, monkeypatch):
+    """A model saved under decode policy v2 is fed JPEGs reduced as far as its image size (margin 1),
+    exactly as it was trained; v3 keeps 2x."""
+    (tmp_path / "v2").mkdir()
+    v2_run = make_run(tmp_path / "v2", digits[0][30:90], digits[1][30:90], LEGACY_DECODE_POLICIES[1])
+    seen: list[dict] = []
+    real = inference_mod.read_image
+    monkeypatch.setattr(inference_mod, "read_image", lambda p, **kw: seen.append(kw) or real(p, **kw))
+    preds = predict(v2_run, [big_jpeg], top_k=3, device="cpu", workers=0)
+    assert [(kw["reduced"], kw["margin"]) for kw in seen] == [(True, 1)]
+    v2 = read_image(big_jpeg, min_side=SIZE, margin=1)
+    np.testing.assert_allclose(_row_probs(preds), _probs(v2_run, v2), atol=1e-6)
 
 
 def test_v1_checkpoint_keeps_full_decoding(v1_run, big_jpeg, monkeypatch):

@@ -128,7 +128,7 @@ def test_cli_run_writes_every_run_file(run_a, data):
     model, meta = load_model(run)  # weights_only load, through the predict helper's API
     assert meta.classes == ["d0", "d1", "d7"] and meta.class_to_idx == {"d0": 0, "d1": 1, "d7": 2}
     assert meta.arch == "resnet18" and meta.image_size == 16 and meta.recipe_name == "digits"
-    assert "affine" in meta.recipe_text and meta.decode_policy == DECODE_POLICY  # v2 since reduced decoding
+    assert "affine" in meta.recipe_text and meta.decode_policy == DECODE_POLICY  # v3 since issue 17
     assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
     last = load_checkpoint(run / "last.pt")
     assert last["epoch"] == 2 and len(last["history"]) == 2 and "optimizer" in last
@@ -529,22 +529,38 @@ def test_precision_auto_by_cpu_and_image_size(monkeypatch):
         choose_precision("bf16", torch.device("cuda"), 224, amp=True)
 
 
-def test_bf16_training_still_learns(tmp_path):
-    """Same data and seeds in fp32 and bf16 (ResNet-18 from scratch, 90 digits, 6 epochs): bf16
-    learns as well. (12 held-out digits were too few to compare: one image is 8 points, and the
-    two precisions swapped places when the optimizer's kernel changed.)"""
-    root = digits_folder(tmp_path / "d", digits=(0, 1, 7), per_class=40)
-    runs = {
-        p: train(_cfg(root, tmp_path / p, precision=p, epochs=6, recipe="none", val_split=0.25, lr=2e-3, threads=1))
-        for p in ("fp32", "bf16")
-    }
+def _heldout_accuracy(run: Path, size: int) -> float:
+    """best.pt's accuracy on 150 digits (50 each of 0, 1, 7) that neither training nor validation saw."""
+    from _digits import digit_images
+
+    from augkit.infer.engine import to_model_input
+    from augkit.io.preprocess import eval_image
+
+    images, labels = [], []
+    for i, k in enumerate((0, 1, 7)):
+        images += [eval_image(im, size) for im in digit_images(k, 50, 32, start=100)]
+        labels += [i] * 50
+    model, meta = load_model(run / "best.pt")
+    with torch.no_grad():
+        pred = model(to_model_input(torch.from_numpy(np.stack(images)), meta, torch.device("cpu"))).argmax(1)
+    return float((pred.numpy() == np.array(labels)).mean())
+
+
+def test_bf16_training_reaches_fp32_accuracy_on_held_out_digits(tmp_path):
+    """An outcome, not a trajectory: ResNet-18 from scratch on 180 digits (6 epochs, same seed and data),
+    then best.pt of each precision on 150 held-out digits. Measured on a native-bf16 AMD EPYC over
+    seeds 0, 1, 2: fp32 96.7/98.0/98.0%, bf16 96.7/96.7/100% (gap -1.3 to +2.0 points, 2 images);
+    the margin is 4 points (6 images), and both must reach 90%."""
+    root = digits_folder(tmp_path / "d", digits=(0, 1, 7), per_class=60)
+    accuracy = {}
+    for p in ("fp32", "bf16"):
+        cfg = _cfg(root, tmp_path / p, precision=p, epochs=6, recipe="none", val_split=0.25, lr=1e-3, threads=1)
+        train(cfg)
+        accuracy[p] = _heldout_accuracy(tmp_path / p, 16)
     settings = yaml.safe_load((tmp_path / "bf16" / "settings.yaml").read_text())["resolved"]
     assert settings["precision"]["name"] == "bf16" and settings["amp"] is True
-    for p, r in runs.items():
-        losses = [h["train_loss"] for h in r.history]
-        assert losses[-1] < 0.6 * losses[0], (p, losses)
-        assert r.best["val_acc"] >= 0.75, (p, r.best)
-    assert runs["bf16"].best["val_acc"] >= runs["fp32"].best["val_acc"] - 2 / 30  # at most two digits worse
+    assert min(accuracy.values()) >= 0.9, accuracy
+    assert accuracy["bf16"] >= accuracy["fp32"] - 0.04, accuracy
 
 
 def test_unwritable_run_folder_exits_1_with_one_line(data, tmp_path):
@@ -570,6 +586,10 @@ def test_disk_full_while_saving_a_checkpoint_exits_1_naming_the_file(data, tmp_p
 
 
 def test_checkpoints_are_written_while_the_next_epoch_trains_and_are_on_disk_at_the_end(data, tmp_path, monkeypatch):
+    """What the writer guarantees, whatever the trajectory (validation may or may not improve in
+    epoch 2 on another CPU): writes happen in the writer thread, epoch 2 starts before epoch 1's
+    files are written, train() returns after the last write, last.pt is the last epoch and best.pt
+    the epoch metrics.csv records as best (highest val_acc, then lowest val_loss)."""
     import threading
     import time as _time
 
@@ -591,11 +611,19 @@ def test_checkpoints_are_written_while_the_next_epoch_trains_and_are_on_disk_at_
     monkeypatch.setattr(trainmod, "_run_epoch", epoch)
     monkeypatch.setattr(rf, "FLUSH_FACTOR", 0)  # every epoch is due
     result = train(_cfg(data, tmp_path / "run", epochs=2))
+    rows = metrics(tmp_path / "run")
+    best = max(rows, key=lambda r: (float(r["val_acc"]), -float(r["val_loss"])))
+    improved_in_2 = best["epoch"] == "2"
     writes = [e for e in events if e[0] == "write"]
-    assert writes == [("write", n, False) for n in ("best.pt", "last.pt") * 2]  # in the writer thread
-    assert events.index(("epoch", 1)) < events.index(("written", "best.pt"))  # epoch 2 did not wait for it
+    expected = ["best.pt", "last.pt"] + (["best.pt"] if improved_in_2 else []) + ["last.pt"]
+    assert writes == [("write", n, False) for n in expected]  # in the writer thread, best.pt only when improved
+    assert events.index(("epoch", 1)) < events.index(("written", "last.pt"))  # epoch 2 did not wait for epoch 1's
     assert events[-1] == ("written", "last.pt")  # train() returned after the last write
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2 == result.epochs
+    saved_best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert saved_best["epoch"] == int(best["epoch"]) == result.best_epoch
+    assert load_model(tmp_path / "run" / "best.pt")[1].classes == ["d0", "d1", "d7"]  # both files load as models
+    assert load_model(tmp_path / "run" / "last.pt")[1].classes == ["d0", "d1", "d7"]
 
 
 def test_checkpoints_on_a_budget_still_resume_exactly(data, tmp_path, monkeypatch):
