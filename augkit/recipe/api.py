@@ -24,6 +24,7 @@ from augkit.albu import import_albumentations
 from augkit.errors import ImageError, RecipeError, UsageError
 from augkit.io.fileio import read_bytes
 from augkit.recipe.batchspec import BatchSpec, parse_batch
+from augkit.recipe.labelspec import LabelSpec, parse_labels
 from augkit.recipe.ops import (
     ALBU_OP,  # noqa: F401  (re-exported: the pass-through op's name)
     BORDER_MODES,
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     import albumentations as A
 
 COMPOSITE_OPS = tuple(list_composites())  # kept for callers; the registry (OpSpec.composite) decides
-TOP_KEYS = ("name", "description", "border", "fill", "train", "tta", "batch")
+TOP_KEYS = ("name", "description", "border", "fill", "train", "tta", "batch", "labels")
 #: Largest recipe file read: real recipes are a few hundred bytes.
 MAX_RECIPE_BYTES = 1 << 20
 P_PARAM = Param("number", 1.0, lo=0.0, hi=1.0, help="probability that the step is applied")
@@ -100,6 +101,10 @@ class Recipe:
     text: str = ""
     #: mixup/cutmix applied per batch by ``train`` (:mod:`augkit.training.mixing`); None: no batch mixing.
     batch: BatchSpec | None = None
+    #: how labels follow the pixels on labelled datasets (:mod:`augkit.recipe.labelspec`); None: the defaults.
+    labels: LabelSpec | None = None
+    #: whether the recipe wrote its top-level ``border`` (labelled data warns about a written reflect/wrap)
+    border_given: bool = False
 
     # -------------------------------------------------------------- views of the recipe
     def resolved(self) -> dict:
@@ -113,6 +118,8 @@ class Recipe:
         }
         if self.batch is not None:
             out["batch"] = self.batch.to_yaml()
+        if self.labels is not None:
+            out["labels"] = self.labels.to_yaml()
         if self.tta is not None:
             out["tta"] = self.tta.to_yaml()
         return out
@@ -157,18 +164,20 @@ def build_transform(step: Step, border: str, fill: Any, leaves: list | None = No
     return t
 
 
-def build_compose(steps: list[Step], border: str, fill: Any) -> tuple[A.Compose, list]:
+def build_compose(steps: list[Step], border: str, fill: Any, **compose_args: Any) -> tuple[A.Compose, list]:
+    """The Compose of ``steps`` and its leaves; ``compose_args`` go to ``A.Compose`` (keypoint_params, ...)."""
     A = import_albumentations()
     leaves: list = []
-    compose = A.Compose([build_transform(s, border, fill, leaves) for s in steps], p=1.0)
+    compose = A.Compose([build_transform(s, border, fill, leaves) for s in steps], p=1.0, **compose_args)
     return compose, leaves
 
 
-def _leaf_transforms(t) -> list:
+def leaf_transforms(t) -> list:
+    """The transforms inside ``t`` (itself when it is not a composition), depth first."""
     if isinstance(t, import_albumentations().BaseCompose):
         out = []
         for c in t.transforms:
-            out.extend(_leaf_transforms(c))
+            out.extend(leaf_transforms(c))
         return out
     return [t]
 
@@ -203,27 +212,32 @@ class Augmenter:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         self.compose, self._leaves = build_compose(recipe.train, recipe.border, recipe.fill)
-        self._all = _leaf_transforms(self.compose)
+        self._all = leaf_transforms(self.compose)
 
     def __call__(self, image: np.ndarray, seed: int) -> tuple[np.ndarray, list[dict]]:
         for t in self._all:
             t.params = {}
         seed_random_state(self.compose, seed)
         out = self.compose(image=image)["image"]
-        applied = []
-        for step, t in self._leaves:
-            for leaf in _leaf_transforms(t):
-                if leaf.params:
-                    prm = {
-                        k: c
-                        for k, v in leaf.params.items()
-                        if k not in ("shape", "interpolation", "bbox_matrix", "fill_mask", "output_shape")
-                        and (c := _clean(v)) is not None
-                    }
-                    rename = get_op(step.op).manifest
-                    prm = rename(prm) if rename else prm
-                    applied.append({"step": step.where, "op": step.op, "transform": type(leaf).__name__, "params": prm})
-        return out, applied
+        return out, applied_steps(self._leaves)
+
+
+def applied_steps(leaves: list) -> list[dict]:
+    """Each step applied in the last call of a pipeline, with its sampled parameters (for manifests)."""
+    applied = []
+    for step, t in leaves:
+        for leaf in leaf_transforms(t):
+            if leaf.params:
+                prm = {
+                    k: c
+                    for k, v in leaf.params.items()
+                    if k not in ("shape", "interpolation", "bbox_matrix", "fill_mask", "output_shape")
+                    and (c := _clean(v)) is not None
+                }
+                rename = get_op(step.op).manifest
+                prm = rename(prm) if rename else prm
+                applied.append({"step": step.where, "op": step.op, "transform": type(leaf).__name__, "params": prm})
+    return applied
 
 
 def seed_random_state(compose: A.BaseCompose, seed: int) -> None:
@@ -333,6 +347,7 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
     train = parse_steps(data["train"], "train", source, data.line_of("train")) if "train" in data else []
     tta = parse_tta(data["tta"], source, data.line_of("tta")) if "tta" in data else None
     batch = parse_batch(data["batch"], source, data.line_of("batch")) if "batch" in data else None
+    labels = parse_labels(data["labels"], source, data.line_of("labels")) if "labels" in data else None
     default_name = Path(source).stem if source and not source.startswith("<") else "recipe"
     return Recipe(
         name=data.get("name", default_name),
@@ -344,6 +359,8 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
         source=source,
         text=text,
         batch=batch,
+        labels=labels,
+        border_given="border" in data,
     )
 
 
@@ -472,15 +489,52 @@ def step_extremes(step: Step) -> list[tuple[str, Step]]:
 def export_imports(compose: A.BaseCompose) -> list[str]:
     """Modules that define transforms of ``compose`` outside albumentations (augkit's policies):
     ``albumentations.load`` of the export needs them imported first."""
-    mods = {type(t).__module__ for t in _leaf_transforms(compose)}
+    mods = {type(t).__module__ for t in leaf_transforms(compose)}
     return sorted(m for m in mods if m.split(".")[0] != "albumentations")
 
 
-def export_albumentations(recipe: Recipe, path: str | os.PathLike, fmt: str | None = None) -> Path:
+#: labelled dataset kind -> albumentations' name for its box convention (``recipes export --labels``)
+EXPORT_BOX_FORMATS = {"yolo": "yolo", "coco": "coco", "voc": "pascal_voc", "masks": None}
+#: labelled kinds whose objects may carry keypoints (YOLO pose, COCO keypoints)
+EXPORT_KEYPOINT_KINDS = ("yolo", "coco")
+
+
+def export_label_params(recipe: Recipe, labels: str) -> dict[str, Any]:
+    """``A.Compose`` arguments for a labelled dataset's boxes and keypoints, with the recipe's label
+    rules (``labels:`` section, or its defaults): ``bbox_params`` in the format's own box convention
+    (clipped to the image, ``min_area``/``min_visibility`` as augkit drops objects) with the class ids
+    in ``class_labels``; ``keypoint_params`` (xy pixels, ``keypoint_labels``, kept when outside the
+    image so the count stays fixed). A mask dataset needs neither: masks go in as ``mask=``."""
+    if labels not in EXPORT_BOX_FORMATS:
+        raise UsageError(f"--labels {labels!r} is not supported (allowed: {', '.join(EXPORT_BOX_FORMATS)})")
+    box_format = EXPORT_BOX_FORMATS[labels]
+    if box_format is None:
+        return {}
+    A = import_albumentations()
+    spec = recipe.labels or LabelSpec()
+    out: dict[str, Any] = {
+        "bbox_params": A.BboxParams(
+            format=box_format,
+            label_fields=["class_labels"],
+            min_area=float(spec.min_area),
+            min_visibility=float(spec.min_visibility),
+            clip=True,
+        )
+    }
+    if labels in EXPORT_KEYPOINT_KINDS:
+        out["keypoint_params"] = A.KeypointParams(format="xy", label_fields=["keypoint_labels"], remove_invisible=False)
+    return out
+
+
+def export_albumentations(
+    recipe: Recipe, path: str | os.PathLike, fmt: str | None = None, labels: str | None = None
+) -> Path:
     """Write the ``train`` pipeline in albumentations' own serialized format (json or yaml).
 
     ``albumentations.load(path)`` reads it back; seeded with :func:`seed_random_state`, it gives
-    the same pixels as augkit for the same seed.
+    the same pixels as augkit for the same seed. ``labels`` (yolo, coco, voc, masks): the pipeline
+    is for that kind of labelled dataset: :func:`export_label_params` adds its ``bbox_params`` and
+    ``keypoint_params``, and geometric steps get the label rules' border (default constant).
     """
     path = Path(path)
     fmt = fmt or ("yaml" if path.suffix.lower() in (".yaml", ".yml") else "json")
@@ -490,9 +544,23 @@ def export_albumentations(recipe: Recipe, path: str | os.PathLike, fmt: str | No
         raise UsageError(f"{recipe.source}: the recipe has no train section to export")
     from augkit.io.fileio import atomic_write_text  # deferred: images imports cv2, not needed to parse recipes
 
-    compose = recipe.to_albumentations()
+    if labels is None:
+        compose = recipe.to_albumentations()
+    else:
+        params = export_label_params(recipe, labels)
+        border = (recipe.labels or LabelSpec()).border
+        compose = import_albumentations().Compose(
+            build_compose(recipe.train, border, recipe.fill)[0].transforms, p=1.0, **params
+        )
     d = import_albumentations().to_dict(compose)
     meta = {"version": __version__, "recipe": recipe.name, "recipe_hash": recipe.hash}
+    if labels is not None:
+        meta["labels"] = labels
+        if labels in EXPORT_KEYPOINT_KINDS:
+            meta["keypoints"] = (
+                "albumentations 2.0.8 does not swap left/right keypoints under a horizontal flip (augkit does, "
+                "from flip_idx or COCO left_/right_ names) nor mark keypoints outside the image invisible"
+            )
     needs = export_imports(compose)
     if needs:  # augkit's own transforms (the policies): albumentations.load finds them once imported
         meta["import_first"] = needs

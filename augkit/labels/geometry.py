@@ -1,0 +1,510 @@
+"""Labels that move with the pixels: a recipe's ``train`` steps applied to an image and its labels.
+
+One engine for every label kind. Each object's geometry travels through the recipe's albumentations
+pipeline as points (the four corners of its box, the vertices of its polygons, its keypoints) and
+as masks (instance masks and the semantic mask, nearest neighbour, filled with the ignore value
+where a warp brings in pixels from outside the image), so a step moves every label with the same
+matrix (or map) it moves the pixels with: augkit's ops, the geometric ops inside
+``trivial_augment``/``rand_augment`` (:class:`augkit.recipe.policies.transform.PolicyAugment`) and
+albumentations pass-through steps alike. Pixel-only steps leave labels alone.
+
+After the pipeline (rules from the recipe's ``labels:`` section, :mod:`augkit.recipe.labelspec`):
+
+- an object's box comes from its transformed mask, else its transformed polygon clipped to the
+  image (both exact after a rotation), else the box of its four transformed corners (``box_from``);
+  boxes are clipped to the image, so coordinates such as 1.0000001 x width never leave it;
+- an object is dropped when nothing of it is left in the image (``outside``), when less than
+  ``min_visibility`` of its area stays in view, or when its box is smaller than ``min_area`` pixels;
+  one that lost a part is ``clipped`` (Pascal VOC ``truncated`` is set);
+- keypoints that leave the image keep their place in the list with visibility 0 (x = y = 0), so
+  counts stay fixed; after a mirror (a horizontal or vertical flip, a transpose: found from the
+  orientation of three probe points) left and right keypoints swap (``flip_idx``, or COCO
+  ``left_*``/``right_*`` names).
+
+Coordinates: :mod:`augkit.labels.model` uses pixel edges (a pixel's centre is at i + 0.5);
+albumentations and OpenCV warps use pixel indices (a pixel's centre is at i), so points are shifted
+by half a pixel on the way in and out. That is exact for flips, rotations, affine and perspective
+warps, crops and pads; albumentations scales keypoints under a resize as if they were edge
+coordinates, which is off by at most half a pixel times the change of scale.
+
+A step that cannot move a label kind the dataset has is a :class:`~augkit.errors.RecipeError` when
+the pipeline is built (``augkit recipes check`` builds it): non-rigid warps (elastic, grid and optical
+distortion, piecewise affine, thin-plate spline) bend straight edges and move points only
+approximately, so they are refused with boxes, polygons and keypoints (masks follow them exactly);
+a grid shuffle cuts outlines apart; a few albumentations transforms need data augkit does not pass
+(other images, bounding boxes to choose a crop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from augkit.albu import import_albumentations
+from augkit.errors import RecipeError, UsageError
+from augkit.labels.model import DatasetInfo, Labels, Obj, box_area, box_from_mask, box_from_points
+from augkit.recipe.api import Recipe, applied_steps, build_compose, leaf_transforms, seed_random_state
+from augkit.recipe.labelspec import COPYING_BORDERS, LabelSpec
+from augkit.recipe.ops import BORDER_MODES
+
+#: the label kinds a step may have to move: boxes, polygons and keypoints travel as points,
+#: masks (one per object, COCO RLE) and semantic (one class-index mask per image) as masks
+LABEL_KINDS = ("boxes", "polygons", "keypoints", "masks", "semantic")
+#: the kinds each dataset format can hold (keypoints are added when the dataset declares them)
+FORMAT_KINDS = {
+    "yolo": ("boxes", "polygons"),
+    "coco": ("boxes", "polygons", "masks"),
+    "voc": ("boxes",),
+    "masks": ("semantic",),
+}
+_POINT_KINDS = ("boxes", "polygons", "keypoints")
+_MASK_KINDS = ("masks", "semantic")
+#: albumentations transforms that bend straight lines and move points only approximately
+NON_RIGID = (
+    "ElasticTransform",
+    "GridDistortion",
+    "OpticalDistortion",
+    "PiecewiseAffine",
+    "ThinPlateSpline",
+    "GridElasticDeform",
+)
+#: albumentations transforms that need data augkit does not pass them, and what that is
+NEEDS_DATA = {
+    "Mosaic": "other images and their labels",
+    "OverlayElements": "overlay images",
+    "RandomSizedBBoxSafeCrop": "albumentations bounding boxes",
+    "BBoxSafeRandomCrop": "albumentations bounding boxes",
+    "AtLeastOneBBoxRandomCrop": "albumentations bounding boxes",
+    "RandomCropNearBBox": "a cropping box",
+}
+_MASK_NEEDED = ("CropNonEmptyMaskIfExists", "MaskDropout")
+#: OpenCV border modes that copy image content into the frame (cv2.BORDER_REFLECT, _WRAP, _REFLECT_101)
+_COPYING_CV2 = {2: "reflect", 3: "wrap", BORDER_MODES["reflect"]: "reflect", BORDER_MODES["wrap"]: "wrap"}
+_EPS = 1e-6
+
+
+# ====================================================================== what a dataset holds
+
+
+def label_kinds(info: DatasetInfo) -> tuple[str, ...]:
+    """The label kinds a dataset can hold (:data:`LABEL_KINDS`): its format's, plus keypoints when it
+    declares them (``kpt_shape`` or keypoint names)."""
+    kinds = set(FORMAT_KINDS.get(info.kind, ("boxes", "polygons", "masks")))
+    if info.kpt_shape or info.keypoint_names:
+        kinds.add("keypoints")
+    return tuple(k for k in LABEL_KINDS if k in kinds)
+
+
+def flip_index(info: DatasetInfo, count: int) -> list[int] | None:
+    """For each of ``count`` keypoints, the index of its mirror image: ``info.flip_idx``, else from
+    COCO-style names (``left_eye`` <-> ``right_eye``); None when nothing swaps."""
+    if info.flip_idx is not None and len(info.flip_idx) == count:
+        return [int(i) for i in info.flip_idx]
+    names = info.keypoint_names
+    if not names or len(names) != count:
+        return None
+    where = {n: i for i, n in enumerate(names)}
+    out = list(range(count))
+    for i, n in enumerate(names):
+        for a, b in (
+            ("left", "right"),
+            ("right", "left"),
+            ("Left", "Right"),
+            ("Right", "Left"),
+            ("l_", "r_"),
+            ("r_", "l_"),
+        ):
+            if n.startswith(a) and n.replace(a, b, 1) in where:
+                out[i] = where[n.replace(a, b, 1)]
+                break
+    return out if out != list(range(count)) else None
+
+
+# ====================================================================== checking a recipe
+
+
+def _targets(leaf) -> set[str]:
+    t = getattr(leaf, "_targets", ())
+    t = t if isinstance(t, tuple) else (t,)
+    return {x.name for x in t if x is not None}
+
+
+def _refusal(leaf, kinds: tuple[str, ...]) -> tuple[str, str] | None:
+    """(label kind, why) when ``leaf`` cannot move a kind in ``kinds``; None when it moves them all."""
+    A = import_albumentations()
+    if isinstance(leaf, A.ImageOnlyTransform):
+        return None  # pixels only: labels stay where they are
+    name = type(leaf).__name__
+    if name in NEEDS_DATA:
+        return kinds[0], f"it needs {NEEDS_DATA[name]}, which augkit does not pass"
+    if name in _MASK_NEEDED and not set(kinds) & set(_MASK_KINDS):
+        return kinds[0], "it chooses its region from a mask, and this dataset has none"
+    targets = _targets(leaf)
+    for kind in kinds:
+        if kind in _POINT_KINDS and name in NON_RIGID:
+            return kind, "it bends straight lines and moves points only approximately (masks follow it exactly)"
+        if kind in ("boxes", "polygons") and name == "RandomGridShuffle":
+            return kind, "it cuts objects apart into shuffled tiles"
+        if kind in _POINT_KINDS and "KEYPOINTS" not in targets:
+            return kind, "it does not move points"
+        if kind in _MASK_KINDS and "MASK" not in targets:
+            return kind, "it does not move masks"
+    return None
+
+
+def _check_leaves(recipe: Recipe, leaves: list, kinds: tuple[str, ...]) -> None:
+    for step, t in leaves:
+        for leaf in leaf_transforms(t):
+            bad = _refusal(leaf, kinds)
+            if bad is not None:
+                kind, why = bad
+                name = type(leaf).__name__
+                raise RecipeError(
+                    f"{step.op} ({name}) cannot move the {kind} of a labelled dataset: {why}",
+                    source=recipe.source,
+                    where=step.where,
+                    line=step.line,
+                    allowed="pixel-only steps, and geometric steps that move " + ", ".join(kinds),
+                )
+
+
+def label_warnings(recipe: Recipe, leaves: list | None = None) -> list[str]:
+    """What a recipe does on labelled data that the user should know (not errors): borders that copy
+    objects without their labels, and a ``batch:`` section (classification only)."""
+    spec = recipe.labels or LabelSpec()
+    if leaves is None:
+        leaves = build_compose(recipe.train, spec.border, recipe.fill)[1]
+    why = "fills the border with mirror (reflect) or wrapped copies of what is near the edge, objects included, and those copies have no labels"
+    out = []
+    if recipe.border_given and recipe.border in COPYING_BORDERS and spec.border not in COPYING_BORDERS:
+        out.append(
+            f"border: {recipe.border} (the recipe's) is not used on labelled data: it {why}; geometric steps use "
+            f"labels.border ({spec.border}) instead (write labels: {{border: {recipe.border}}} to use it anyway)"
+        )
+    seen = set()
+    for step, t in leaves:
+        for leaf in leaf_transforms(t):
+            mode = _COPYING_CV2.get(getattr(leaf, "border_mode", None))
+            if mode is not None and step.where not in seen:
+                seen.add(step.where)
+                out.append(f"{step.where}: border {mode} on labelled data {why}; border constant does not")
+    if recipe.batch is not None:
+        out.append(
+            "batch: mixup and cutmix are for classification only (they mix class labels); "
+            "labelled data does not use the batch section"
+        )
+    return out
+
+
+def check_labelled(recipe: Recipe, kinds: tuple[str, ...] | list[str]) -> list[str]:
+    """Check that every step of ``recipe`` moves every label kind in ``kinds`` (:data:`LABEL_KINDS`);
+    raise :class:`RecipeError` naming the step and the kind otherwise. Returns the warnings
+    (:func:`label_warnings`). This is what ``recipes check`` runs for a labelled dataset."""
+    unknown = [k for k in kinds if k not in LABEL_KINDS]
+    if unknown:
+        raise UsageError(f"unknown label kind(s) {unknown} (allowed: {', '.join(LABEL_KINDS)})")
+    spec = recipe.labels or LabelSpec()
+    leaves = build_compose(recipe.train, spec.border, recipe.fill)[1]
+    _check_leaves(recipe, leaves, tuple(kinds))
+    return label_warnings(recipe, leaves)
+
+
+# ====================================================================== what happened to each object
+
+
+@dataclass
+class ObjectFate:
+    """What one input object became: ``kept`` (whole, in view), ``clipped`` (cut by the border,
+    kept) or ``dropped`` (``reason``: outside, min_visibility, min_area, empty, invalid, lost)."""
+
+    index: int
+    cls: int
+    fate: str
+    reason: str = ""
+    visibility: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"index": self.index, "cls": self.cls, "fate": self.fate}
+        if self.reason:
+            d["reason"] = self.reason
+        d["visibility"] = round(float(self.visibility), 4)
+        return d
+
+
+@dataclass
+class LabelStats:
+    """Per-object fates of one augmented image; kept + clipped + dropped = the input objects."""
+
+    objects: list[ObjectFate] = field(default_factory=list)
+
+    def count(self, fate: str) -> int:
+        return sum(o.fate == fate for o in self.objects)
+
+    @property
+    def kept(self) -> int:
+        return self.count("kept")
+
+    @property
+    def clipped(self) -> int:
+        return self.count("clipped")
+
+    @property
+    def dropped(self) -> int:
+        return self.count("dropped")
+
+    def reasons(self) -> dict[str, int]:
+        """Dropped objects by reason."""
+        out: dict[str, int] = {}
+        for o in self.objects:
+            if o.fate == "dropped":
+                out[o.reason] = out.get(o.reason, 0) + 1
+        return out
+
+    def to_record(self) -> dict[str, Any]:
+        """A small JSON-able summary for a manifest row."""
+        return {"kept": self.kept, "clipped": self.clipped, "dropped": self.dropped, "dropped_by": self.reasons()}
+
+
+# ====================================================================== polygon helpers
+
+
+def polygon_area(poly: np.ndarray) -> float:
+    """Area of a simple polygon (K, 2) (shoelace; 0 for fewer than 3 points)."""
+    if len(poly) < 3:
+        return 0.0
+    x, y = poly[:, 0], poly[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+
+
+def clip_polygon(poly: np.ndarray, width: float, height: float) -> np.ndarray:
+    """The part of polygon ``poly`` (K, 2) inside [0, width] x [0, height] (Sutherland-Hodgman: exact for
+    any simple polygon against a rectangle; written here because OpenCV clips convex polygons only)."""
+    pts = [tuple(p) for p in np.asarray(poly, dtype=np.float64)]
+    for axis, bound, keep_below in (
+        (0, 0.0, False),
+        (0, float(width), True),
+        (1, 0.0, False),
+        (1, float(height), True),
+    ):
+        if not pts:
+            break
+
+        def inside(p, axis=axis, bound=bound, keep_below=keep_below):
+            return p[axis] <= bound if keep_below else p[axis] >= bound
+
+        out = []
+        prev = pts[-1]
+        for cur in pts:
+            if inside(cur):
+                if not inside(prev):
+                    out.append(_cross(prev, cur, axis, bound))
+                out.append(cur)
+            elif inside(prev):
+                out.append(_cross(prev, cur, axis, bound))
+            prev = cur
+        pts = out
+    return np.array(pts, dtype=np.float64).reshape(-1, 2)
+
+
+def _cross(a, b, axis: int, bound: float) -> tuple[float, float]:
+    t = (bound - a[axis]) / (b[axis] - a[axis])
+    p = [a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1])]
+    p[axis] = bound
+    return p[0], p[1]
+
+
+# ====================================================================== the pipeline
+
+
+@dataclass
+class _Span:
+    corners: slice
+    polygons: list[slice]
+    keypoints: slice | None
+    mask: int | None  # index into the stacked instance masks
+
+
+class LabelledPipeline:
+    """A recipe's ``train`` steps for a labelled dataset. Call it with an RGB uint8 image, its
+    :class:`~augkit.labels.model.Labels` and a seed; it returns the image, the labels moved with it,
+    the :class:`LabelStats` and the applied steps with their sampled parameters (for manifests).
+
+    The seed decides everything, as for :class:`augkit.recipe.api.Augmenter`: the same seed gives the
+    same image and labels in any process. ``warnings`` lists what :func:`label_warnings` found.
+    """
+
+    def __init__(self, recipe: Recipe, info: DatasetInfo, kinds: tuple[str, ...] | None = None):
+        A = import_albumentations()
+        self.recipe, self.info = recipe, info
+        self.spec = recipe.labels or LabelSpec()
+        self.kinds = tuple(kinds) if kinds is not None else label_kinds(info)
+        self.compose, self._leaves = build_compose(
+            recipe.train,
+            self.spec.border,
+            recipe.fill,
+            keypoint_params=A.KeypointParams(format="xy", label_fields=["point_ids"], remove_invisible=False),
+        )
+        _check_leaves(recipe, self._leaves, self.kinds)
+        self.warnings = label_warnings(recipe, self._leaves)
+        self._all = leaf_transforms(self.compose)
+        for step, t in self._leaves:  # masks: out-of-image pixels get the ignore value
+            for leaf in leaf_transforms(t):
+                if getattr(leaf, "fill_mask", None) is not None and "fill_mask" not in step.params:
+                    leaf.fill_mask = self.spec.ignore_value
+
+    def __call__(
+        self, image: np.ndarray, labels: Labels, seed: int
+    ) -> tuple[np.ndarray, Labels, LabelStats, list[dict]]:
+        H, W = image.shape[:2]
+        points, spans, probes = self._points(labels, W, H)
+        data: dict[str, Any] = {"image": image, "keypoints": points - 0.5, "point_ids": np.arange(len(points))}
+        if labels.semantic is not None:
+            if labels.semantic.shape[:2] != (H, W):
+                raise UsageError(
+                    f"the mask is {labels.semantic.shape[1]}x{labels.semantic.shape[0]}, the image {W}x{H}"
+                )
+            data["mask"] = np.ascontiguousarray(labels.semantic)
+        inst = [o.mask for o in labels.objects if o.mask is not None]
+        if inst:
+            if any(m.shape[:2] != (H, W) for m in inst):
+                raise UsageError(f"an object mask differs in size from its image ({W}x{H})")
+            data["masks"] = np.stack([m.astype(np.uint8) for m in inst])
+        for t in self._all:
+            t.params = {}
+        seed_random_state(self.compose, seed)
+        out = self.compose(**data)
+        img = out["image"]
+        H2, W2 = img.shape[:2]
+        moved = np.full((len(points), 2), np.nan)
+        ids = np.asarray(out["point_ids"], dtype=np.int64).reshape(-1)
+        if len(ids):
+            moved[ids] = np.asarray(out["keypoints"], dtype=np.float64).reshape(len(ids), -1)[:, :2] + 0.5
+        mirror, scale = _orientation(points[probes], moved[probes])
+        masks = out.get("masks")
+        result = Labels(semantic=out.get("mask"), palette=labels.palette)
+        stats = LabelStats()
+        for i, (obj, span) in enumerate(zip(labels.objects, spans)):
+            new, fate = self._object(i, obj, span, moved, masks, (W2, H2), mirror, scale)
+            stats.objects.append(fate)
+            if new is not None:
+                result.objects.append(new)
+        return img, result, stats, applied_steps(self._leaves)
+
+    # ------------------------------------------------------------------ points in, points out
+    @staticmethod
+    def _points(labels: Labels, W: int, H: int) -> tuple[np.ndarray, list[_Span], slice]:
+        chunks: list[np.ndarray] = []
+        spans: list[_Span] = []
+        n = 0
+        m = 0
+
+        def add(a: np.ndarray) -> slice:
+            nonlocal n
+            chunks.append(np.asarray(a, dtype=np.float64).reshape(-1, 2))
+            n += len(chunks[-1])
+            return slice(n - len(chunks[-1]), n)
+
+        for obj in labels.objects:
+            x0, y0, x1, y1 = obj.box
+            corners = add(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
+            polys = [add(p) for p in obj.polygons]
+            kps = add(obj.keypoints[:, :2]) if obj.keypoints is not None else None
+            spans.append(_Span(corners, polys, kps, m if obj.mask is not None else None))
+            m += obj.mask is not None
+        # three probe points around the centre: their orientation after the pipeline tells a mirror
+        probes = add(np.array([[W * 0.5, H * 0.5], [W * 0.75, H * 0.5], [W * 0.5, H * 0.75]]))
+        pts = np.concatenate(chunks)
+        pts[~np.isfinite(pts)] = 0.0  # NaN/inf would stop albumentations; such objects are dropped as invalid
+        return pts, spans, probes
+
+    def _object(self, i: int, obj: Obj, span: _Span, moved: np.ndarray, masks, size, mirror: bool, scale: float):
+        W, H = size
+        spec = self.spec
+        drop = lambda reason, vis=0.0: (None, ObjectFate(i, obj.cls, "dropped", reason, vis))  # noqa: E731
+        finite = np.all(np.isfinite(obj.box)) and all(np.all(np.isfinite(p)) for p in obj.polygons)
+        if not finite:
+            return drop("invalid")
+        quad = moved[span.corners]
+        if np.isnan(quad).any():
+            return drop("lost")
+        quad_out = bool(np.any(quad < -_EPS) or np.any(quad[:, 0] > W + _EPS) or np.any(quad[:, 1] > H + _EPS))
+        polys = [moved[s] for s in span.polygons]
+        if any(np.isnan(p).any() for p in polys):
+            return drop("lost")
+        clipped_polys = [c for c in (clip_polygon(p, W, H) for p in polys) if len(c) >= 3 and polygon_area(c) > 0]
+        mask = None if span.mask is None else np.asarray(masks[span.mask]) == 1
+        source = "corners"
+        if spec.box_from == "auto":
+            source = "mask" if mask is not None else ("polygon" if polys else "corners")
+        if source == "mask":
+            box = box_from_mask(mask)
+            full = float(obj.mask.sum()) * scale
+            vis = min(1.0, float(mask.sum()) / full) if full > 0 else 0.0
+            touches = bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+            clipped = quad_out and touches
+        elif source == "polygon":
+            full = sum(polygon_area(p) for p in polys)
+            seen = sum(polygon_area(c) for c in clipped_polys)
+            box = box_from_points(np.concatenate(clipped_polys)) if clipped_polys else None
+            vis = min(1.0, seen / full) if full > 0 else float(box is not None)
+            clipped = any(np.any(p < -_EPS) or np.any(p[:, 0] > W + _EPS) or np.any(p[:, 1] > H + _EPS) for p in polys)
+        else:
+            whole = box_from_points(quad)
+            box = np.clip(whole, 0.0, [W, H, W, H])
+            full = box_area(whole)
+            vis = box_area(box) / full if full > 0 else 0.0
+            clipped = quad_out
+        if box is None or box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
+            return drop("outside" if (quad_out or source != "corners") else "empty")
+        box = np.clip(box, 0.0, [W, H, W, H])
+        if vis < spec.min_visibility:
+            return drop("min_visibility", vis)
+        if box_area(box) < spec.min_area:
+            return drop("min_area", vis)
+        attrs = dict(obj.attrs)
+        if clipped and self.info.kind == "voc":
+            attrs["truncated"] = 1
+        new = Obj(
+            cls=obj.cls,
+            box=box,
+            polygons=clipped_polys if polys else [],
+            mask=mask,
+            keypoints=self._keypoints(obj, span, moved, size, mirror),
+            attrs=attrs,
+        )
+        return new, ObjectFate(i, obj.cls, "clipped" if clipped else "kept", "", vis)
+
+    def _keypoints(self, obj: Obj, span: _Span, moved: np.ndarray, size, mirror: bool) -> np.ndarray | None:
+        if obj.keypoints is None:
+            return None
+        W, H = size
+        xy = moved[span.keypoints]
+        v = obj.keypoints[:, 2]
+        ok = np.isfinite(xy).all(1) & (v > 0)
+        ok &= (xy[:, 0] >= 0) & (xy[:, 0] <= W) & (xy[:, 1] >= 0) & (xy[:, 1] <= H)
+        out = np.zeros_like(obj.keypoints)
+        out[ok, :2] = xy[ok]
+        out[ok, 2] = v[ok]
+        flip = flip_index(self.info, len(out)) if mirror else None
+        return out[flip] if flip is not None else out
+
+
+def _orientation(before: np.ndarray, after: np.ndarray) -> tuple[bool, float]:
+    """(whether the pipeline mirrored the image, its area scale) from three probe points."""
+
+    def cross(p: np.ndarray) -> float:
+        a, b = p[1] - p[0], p[2] - p[0]
+        return float(a[0] * b[1] - a[1] * b[0])
+
+    c0, c1 = cross(before), cross(after)
+    if not np.isfinite(c1) or c0 == 0:
+        return False, 1.0
+    return (c1 * c0) < 0, abs(c1 / c0)
+
+
+def build_labelled(recipe: Recipe, info: DatasetInfo) -> LabelledPipeline:
+    """The recipe's ``train`` pipeline for the labelled dataset ``info``; a :class:`RecipeError` names a
+    step that cannot move one of the dataset's label kinds (:func:`label_kinds`)."""
+    return LabelledPipeline(recipe, info)
