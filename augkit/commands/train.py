@@ -21,13 +21,26 @@ from rich.table import Table
 from augkit.commands._common import cli_errors, err
 from augkit.errors import EXIT_SKIPPED
 from augkit.limits import DEFAULT_MAX_PIXELS
-from augkit.training.config import CHECKS, DEVICES, ERRORS, PRECISIONS, WORKERS_RULE, TrainCallbacks, TrainConfig
+from augkit.training.config import (
+    CHECKS,
+    DEFAULT_LR,
+    DEFAULT_SCHEDULE,
+    DEVICES,
+    ERRORS,
+    PRECISIONS,
+    WORKERS_RULE,
+    TrainCallbacks,
+    TrainConfig,
+    parse_lr,
+)
 from augkit.training.freeze import FREEZE_CHOICES, WARMUP_FRACTION
+from augkit.training.schedule import ONECYCLE_WARMUP, SCHEDULES
 
 Freeze = Enum("Freeze", {f: f for f in FREEZE_CHOICES}, type=str)
 Device = Enum("Device", {d: d for d in DEVICES}, type=str)
 Check = Enum("Check", {c: c for c in CHECKS}, type=str)
 PrecisionChoice = Enum("PrecisionChoice", {p: p for p in PRECISIONS}, type=str)
+ScheduleChoice = Enum("ScheduleChoice", {s: s for s in SCHEDULES}, type=str)
 
 
 @cli_errors
@@ -54,10 +67,32 @@ def command(
     ),
     epochs: int = typer.Option(10, "--epochs", "-e", min=1),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
-    lr: float = typer.Option(
-        1e-3,
+    lr: str = typer.Option(
+        f"{DEFAULT_LR:g}",
         "--lr",
-        help="AdamW learning rate of the head (the backbone gets less when fine-tuning pretrained weights).",
+        help="Peak AdamW learning rate of the head (the backbone gets less when fine-tuning pretrained "
+        "weights), or auto: a short learning-rate range test on the training data picks it (fastai's "
+        "lr_find, valley rule; the sweep is drawn in RUN_DIR/lr_find.png).",
+    ),
+    schedule: ScheduleChoice = typer.Option(
+        DEFAULT_SCHEDULE,
+        "--schedule",
+        help="Learning rate per step: onecycle (torch's OneCycleLR), cosine (per step, to 0), step (x0.1 "
+        "at 1/2 and 3/4), constant, or cosine-epoch (one cosine step per epoch). With --freeze finetune "
+        "it starts after the head-only epochs.",
+    ),
+    warmup: Optional[float] = typer.Option(
+        None,
+        "--warmup",
+        min=0.0,
+        help=f"Linear warm-up, in epochs (fractions allowed), before the schedule \\[default: 0; onecycle "
+        f"rises over {ONECYCLE_WARMUP:.0%} of its steps].",
+    ),
+    ema: Optional[float] = typer.Option(
+        None,
+        "--ema",
+        help="Also keep an exponential moving average of the weights with this decay (e.g. 0.999; "
+        "timm's ModelEmaV3 with decay warm-up), validated each epoch: best.pt is whichever is better.",
     ),
     weight_decay: float = typer.Option(1e-2, "--weight-decay", min=0.0, help="AdamW weight decay."),
     image_size: int = typer.Option(224, "--image-size", min=16, help="Training and prediction size (square)."),
@@ -152,7 +187,7 @@ def command(
         weights=weights,
         epochs=epochs,
         batch_size=batch_size,
-        lr=lr,
+        lr=parse_lr(lr),
         weight_decay=weight_decay,
         image_size=image_size,
         val_split=val_split,
@@ -170,6 +205,9 @@ def command(
         max_pixels=max_pixels,
         label_smoothing=label_smoothing,
         patience=patience,
+        schedule=schedule.value,
+        warmup=warmup,
+        ema=ema,
     )
     # deferred: augkit.training.distributed imports torch (seconds); `augkit --help` must not pay for it
     from augkit.training.distributed import launch, relaunch_args, under_torchrun
@@ -303,6 +341,14 @@ def summary_table(result: Any) -> Table:
         f"thread(s), {result.workers} worker(s))",
     )
     t.add_row("freeze", "", result.plan.mode)
+    lr = getattr(result, "lr", None)
+    if lr is not None:
+        found = getattr(result, "lr_find", None)
+        t.add_row("learning rate", "", f"{lr:.3g}" + (" (--lr auto, valley rule; lr_find.png)" if found else ""))
+        t.add_row("schedule", "", esc(getattr(result, "schedule", "")))
+    if any(r.get("ema_val_acc") is not None for r in result.history):
+        which = getattr(result, "best_weights", "raw")
+        t.add_row("best.pt weights", "", "EMA (moving average)" if which == "ema" else "raw (EMA validated worse)")
     t.add_row("stopped", "", result.stopped)
     if result.skipped:
         t.add_row("skipped files", "", f"{len(result.skipped)} (see {ERRORS})")

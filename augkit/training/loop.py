@@ -27,6 +27,7 @@ uninterrupted one compute the same thing, and on CPU the same seed gives the sam
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -52,6 +53,8 @@ from augkit.seeding import derive_seed
 from augkit.training.cache import ImageCache
 from augkit.training.config import (  # noqa: F401  (re-exported)
     CURVES,
+    DEFAULT_LR,
+    DEFAULT_SCHEDULE,
     DEVICES,
     ERRORS,
     METRICS,
@@ -63,8 +66,11 @@ from augkit.training.config import (  # noqa: F401  (re-exported)
 from augkit.training.dataset import MEMORY_CACHE_BYTES, AugmentedImageFolder
 from augkit.training.distributed import DistContext, local_world_size
 from augkit.training.distributed import setup as dist_setup
+from augkit.training.ema import ModelEma
 from augkit.training.freeze import FreezePlan, choose_freeze, set_phase, split_params, train_mode
+from augkit.training.lr_find import LRFindResult, preserved, range_test, sweep_steps
 from augkit.training.mixing import BatchAugment, soft_target_cross_entropy
+from augkit.training.plot import plot_lr_find
 from augkit.training.precision import Precision, choose_precision
 from augkit.training.run_files import (
     CheckpointWriter,
@@ -74,7 +80,9 @@ from augkit.training.run_files import (
     write_errors,
     write_metrics,
     write_text,
+    writing,
 )
+from augkit.training.schedule import StepLRs
 
 #: settings a resumed run must share with the run it continues
 RESUME_KEYS = (
@@ -90,9 +98,14 @@ RESUME_KEYS = (
     "seed",
     "recipe_hash",
     "label_smoothing",
+    "schedule",
+    "warmup",
+    "ema",
 )
 #: what a resume key saved before a setting existed meant (runs written by earlier versions resume)
-RESUME_DEFAULTS = {"label_smoothing": 0.0}
+RESUME_DEFAULTS = {"label_smoothing": 0.0, "schedule": "cosine-epoch", "warmup": None, "ema": None}
+#: the file --lr auto draws its range test in (RUN_DIR)
+LR_FIND_PNG = "lr_find.png"
 COMPLETED = "completed"
 
 
@@ -160,6 +173,10 @@ class TrainResult:
     workers: int = 0
     stopped: str = COMPLETED  # or "early stop: no improvement in <metric> for N epochs after epoch E"
     mixed: bool = False  # batches mixed (mixup/cutmix): train_acc counts MIXED_ACC
+    best_weights: str = "raw"  # what best.pt holds: "raw" weights or their moving average "ema" (--ema)
+    lr: float = DEFAULT_LR  # the peak learning rate used (--lr auto: the range test's choice)
+    lr_find: dict | None = None  # --lr auto: the range test (LRFindResult.to_dict())
+    schedule: str = ""  # StepLRs.describe()
 
 
 @dataclass
@@ -180,6 +197,8 @@ class RunState:
     dist: DistContext
     callbacks: TrainCallbacks
     mix: BatchAugment | None = None  # the recipe's batch: section (mixup/cutmix), else None
+    lrs: StepLRs | None = None  # the learning rate of every step (None: epoch_lrs, once per epoch)
+    ema: ModelEma | None = None  # --ema: the weights' moving average, updated after every step
 
 
 # ====================================================================== data
@@ -307,10 +326,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     loop and 10 ms fused (steps of ~200 ms at 32 px). Elsewhere the default implementation."""
     backbone, head = split_params(model)
     groups = [{"params": backbone, "name": "backbone"}, {"params": head, "name": "head"}]
+    lr = DEFAULT_LR if cfg.lr_auto else cfg.lr  # the rates are set before every step anyway
     try:
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device/dtype or torch
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
 
 
 def optimizer_kernel(optimizer: torch.optim.Optimizer) -> str:
@@ -362,8 +382,14 @@ def train_one_epoch(
     label_smoothing: float = 0.0,
     mix: BatchAugment | None = None,
     epoch: int = 0,
+    lr_at: Callable[[int], tuple[float, float]] | None = None,
+    ema: ModelEma | None = None,
 ) -> dict:
-    """One pass over ``loader``; returns loss, accuracy, images and seconds.
+    """One pass over ``loader``; returns loss, accuracy, images, seconds and the head's learning
+    rate at the first and last step (``lr_first``, ``lr_last``).
+
+    ``lr_at(step)`` gives the (backbone, head) learning rates of each step of the epoch (set before
+    it; None: the optimizer's rates as they are); ``ema`` is updated after every step.
 
     ``mix`` (mixup/cutmix) mixes each normalized batch on the device, its draws seeded from
     (its seed, ``epoch``, batch index) alone; the loss is then the soft-target cross entropy
@@ -376,8 +402,13 @@ def train_one_epoch(
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     total = correct = 0
     loss_sum = 0.0
+    lr_first = lr_last = None
     start = time.perf_counter()
     for step, (x, y) in enumerate(loader):
+        if lr_at is not None:
+            set_lrs(optimizer, lr_at(step))
+        lr_last = optimizer.param_groups[-1]["lr"]
+        lr_first = lr_last if lr_first is None else lr_first
         x, y = model_input(x, device, precision.channels_last), y.to(device, non_blocking=True)
         target = y
         if mix is not None:  # after normalization (mixing is linear, so it commutes with it)
@@ -387,6 +418,8 @@ def train_one_epoch(
             logits = model(x)
             loss = criterion(logits, target) if mix is None else soft_target_cross_entropy(logits, target)
         _step(loss, optimizer, scaler)
+        if ema is not None:
+            ema.update(model)
         n = y.numel()
         total += n
         loss_sum += loss.item() * n
@@ -394,7 +427,14 @@ def train_one_epoch(
         if on_batch is not None:
             on_batch(n, loss_sum / total, correct / total, total / max(1e-9, time.perf_counter() - start))
     seconds = time.perf_counter() - start
-    return {"loss": loss_sum / max(1, total), "acc": correct / max(1, total), "images": total, "seconds": seconds}
+    return {
+        "loss": loss_sum / max(1, total),
+        "acc": correct / max(1, total),
+        "images": total,
+        "seconds": seconds,
+        "lr_first": lr_first,
+        "lr_last": lr_last,
+    }
 
 
 def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
@@ -442,7 +482,7 @@ def _run_epoch(epoch: int, run: RunState) -> dict:
     set_phase(run.model, phase)
     net = dist.wrap(run.model)  # DistributedDataParallel under torchrun (rewrapped when the phase changes)
     dist.set_epoch(run.train_loader, epoch)
-    lrs = epoch_lrs(cfg, run.plan, epoch)
+    lrs = run.lrs.at(epoch, 0) if run.lrs is not None else epoch_lrs(cfg, run.plan, epoch)
     set_lrs(run.optimizer, lrs)
     run.data.train.set_epoch(epoch)
     run.order.manual_seed(derive_seed(cfg.seed, "order", epoch, salt="train"))
@@ -462,13 +502,17 @@ def _run_epoch(epoch: int, run: RunState) -> dict:
             label_smoothing=cfg.label_smoothing,
             mix=run.mix,
             epoch=epoch,
+            lr_at=(lambda step: run.lrs.at(epoch, step)) if run.lrs is not None else None,
+            ema=run.ema,
         )
     )
-    va = None
+    va = ema_va = None
     if run.val_loader is not None:
         va = dist.reduce(
             validate(run.model, run.val_loader, run.device, precision=run.precision, on_batch=cb.on_val_batch)
         )
+        if run.ema is not None:  # the moving average, validated beside the raw weights
+            ema_va = dist.reduce(validate(run.ema.module, run.val_loader, run.device, precision=run.precision))
     seconds = tr["seconds"]
     row = {
         "epoch": epoch + 1,
@@ -479,11 +523,27 @@ def _run_epoch(epoch: int, run: RunState) -> dict:
         "val_acc": va["acc"] if va else None,
         "lr_backbone": lrs[0],
         "lr_head": lrs[1],
+        "lr_first": tr.get("lr_first"),
+        "lr_last": tr.get("lr_last"),
         "seconds": round(seconds, 3),
         "images_per_s": round(tr["images"] / max(1e-9, seconds), 1),
+        "ema_val_loss": ema_va["loss"] if ema_va else None,
+        "ema_val_acc": ema_va["acc"] if ema_va else None,
     }
+    row["weights"] = "ema" if ema_va and _val_score(ema_va) > _val_score(va) else "raw"
     cb.on_epoch_end(row)
     return row
+
+
+def _val_score(va: dict) -> tuple[float, float]:
+    return va["acc"], -va["loss"]
+
+
+def _score(row: dict) -> tuple[float, float]:
+    """How good an epoch's best.pt candidate is: val accuracy (ties: val loss) of the weights it
+    picked, its raw weights or (``weights: ema``) their moving average."""
+    pre = "ema_" if row.get("weights") == "ema" else ""
+    return row[pre + "val_acc"], -row[pre + "val_loss"]
 
 
 def _better(row: dict, best: dict) -> bool:
@@ -491,7 +551,7 @@ def _better(row: dict, best: dict) -> bool:
         return True
     if row["val_acc"] is None:
         return row["train_loss"] < best["train_loss"]
-    return (row["val_acc"], -row["val_loss"]) > (best["val_acc"], -best["val_loss"])
+    return _score(row) > _score(best)
 
 
 # ====================================================================== the run
@@ -609,15 +669,23 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
         with deterministic(cfg.seed, device), opencv_threads(1):  # 1 OpenCV thread, set before workers fork
             run = _prepare(cfg, data, state, device, dist, precision, cb, recipe)
             history, best = _restore(state, run)
+            found = _resolve_lr(run, state)
             cb.on_start(StartInfo(cfg, data, run.plan, device, precision, threads, out, len(history)))
             settings = settings_dict(cfg, recipe, data, run.plan, device, precision, threads)
             settings["resolved"]["optimizer"]["kernel"] = optimizer_kernel(run.optimizer)
+            _schedule_settings(settings, run, found)
             if dist.is_main:
                 _write_start(out, settings, data, dist)
+                if found is not None and state is None:
+                    write_lr_find(out, found)
             writer = CheckpointWriter(
                 out,
                 model_meta(cfg, recipe, data.classes),
-                {"settings": resume_key(cfg, recipe), "plan": run.plan.to_dict()},
+                {
+                    "settings": resume_key(cfg, recipe),
+                    "plan": run.plan.to_dict(),
+                    **({"lr_find": found.to_dict()} if found is not None else {}),
+                },
                 enabled=dist.is_main,
             )
             history, best, stopped = _loop(run, history, best, out, writer)
@@ -645,6 +713,10 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
         cfg.workers,
         stopped,
         run.mix is not None,
+        best.get("weights", "raw"),
+        run.lrs.lr,
+        found.to_dict() if found is not None else None,
+        run.lrs.describe(),
     )
 
 
@@ -694,6 +766,7 @@ def _prepare(
         if recipe is not None and recipe.batch is not None
         else None
     )
+    ema = ModelEma(model, cfg.ema) if cfg.ema is not None else None
     return RunState(
         cfg,
         plan,
@@ -709,6 +782,7 @@ def _prepare(
         dist,
         cb,
         mix,
+        ema=ema,
     )
 
 
@@ -720,8 +794,115 @@ def _restore(state: dict | None, run: RunState) -> tuple[list[dict], dict]:
     run.optimizer.load_state_dict(state["optimizer"])
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None and state.get("ema"):
+        run.ema.load_state_dict(state["ema"])
     run.callbacks.on_note(f"resuming {Path(run.cfg.out) / LAST} after epoch {state['epoch']} of {run.cfg.epochs}")
     return list(state["history"]), dict(state.get("best") or {})
+
+
+# ====================================================================== learning rate
+
+
+def _resolve_lr(run: RunState, state: dict | None) -> LRFindResult | None:
+    """Set ``run.lrs``, the rate of every step; with ``--lr auto`` its peak comes from a range test
+    (:func:`find_lr`; a resumed run reuses the one saved in ``last.pt``). Returns the test, if any."""
+    cfg, found = run.cfg, None
+    if cfg.lr_auto:
+        saved = (state or {}).get("lr_find")
+        if saved:
+            found = LRFindResult(**{**saved, "valley": tuple(saved["valley"])})
+        else:
+            start = StepLRs(cfg.schedule, DEFAULT_LR, cfg.epochs, len(run.train_loader), cfg.warmup, run.plan)
+            n = sweep_steps(cfg.epochs * len(run.train_loader))
+            run.callbacks.on_note(f"lr auto: learning-rate range test over {n} steps ...")
+            found = find_lr(run, start.start_epoch, n)
+            if run.dist.enabled:  # every rank trains with rank 0's choice
+                import torch.distributed as tdist  # deferred: only under torchrun
+
+                box = [found]
+                tdist.broadcast_object_list(box, src=0)
+                found = box[0]
+            run.callbacks.on_note(found.summary() + f" ({LR_FIND_PNG} in the run folder)")
+    lr = found.lr if found is not None else float(cfg.lr)
+    run.lrs = StepLRs(cfg.schedule, lr, cfg.epochs, len(run.train_loader), cfg.warmup, run.plan)
+    return found
+
+
+def find_lr(run: RunState, start_epoch: int, steps: int) -> LRFindResult:
+    """``--lr auto``'s range test (:mod:`augkit.training.lr_find`) on this run's model, optimizer
+    and training data, in the phase the schedule starts with (the backbone at its share of the
+    rate); everything it changes is put back. Its data order and augmentations come from the seed."""
+    cfg, plan = run.cfg, run.plan
+    phase = plan.phase(start_epoch)
+    mult = 0.0 if phase == "head" else plan.backbone_lr_mult
+
+    def batches():
+        for k in itertools.count():
+            run.data.train.set_epoch(k)
+            run.order.manual_seed(derive_seed(cfg.seed, "order", k, salt="lr_find"))
+            yield from run.train_loader
+
+    feed = batches()
+
+    def step(lr: float) -> float:
+        tr = train_one_epoch(
+            run.model,
+            [next(feed)],
+            run.optimizer,
+            run.device,
+            phase=phase,
+            scaler=run.scaler,
+            precision=run.precision,
+            label_smoothing=cfg.label_smoothing,
+            mix=run.mix,
+            lr_at=lambda _: (lr * mult, lr),
+        )
+        return tr["loss"]
+
+    scaler = run.scaler.state_dict() if run.scaler is not None else None
+    try:
+        with preserved(run.model, run.optimizer):
+            set_phase(run.model, phase)
+            return range_test(step, steps)
+    finally:
+        feed.close()
+        if run.scaler is not None:
+            run.scaler.load_state_dict(scaler)
+
+
+def write_lr_find(out: Path, found: LRFindResult) -> None:
+    """RUN_DIR/lr_find.png: the sweep, the valley and the chosen rate."""
+    with writing(out / LR_FIND_PNG):
+        plot_lr_find(
+            found.lrs, found.losses, found.smoothed, found.index, found.rule, out / LR_FIND_PNG, valley=found.valley
+        )
+
+
+def _schedule_settings(settings: dict, run: RunState, found: LRFindResult | None) -> None:
+    """settings.yaml: the learning rate used, how it was chosen, the schedule and the EMA."""
+    opt = settings["resolved"]["optimizer"]
+    opt["lr"] = run.lrs.lr
+    opt["lr_source"] = "--lr auto (range test)" if found is not None else "--lr"
+    opt["schedule"] = run.lrs.to_dict()
+    if found is not None:
+        settings["resolved"]["lr_find"] = {
+            "chosen_lr": found.lr,
+            "rule": found.rule,
+            "steps": found.steps,
+            "planned_steps": found.planned,
+            "stopped": found.stopped,
+            "seconds": round(found.seconds, 2),
+            "sweep": f"{found.lrs[0]:.3g} to {found.lrs[-1]:.3g}",
+            "plot": LR_FIND_PNG,
+        }
+    if run.cfg.ema is not None:
+        settings["resolved"]["ema"] = {
+            "decay": run.cfg.ema,
+            "semantics": "timm ModelEmaV3 (decay warm-up 1-(1+n)^-2/3, buffers copied), updated every step",
+            "best_pt": "the raw or the averaged weights, whichever validates better (ties: raw)"
+            if run.val_loader is not None
+            else "raw weights (no validation images to compare the average on); last.pt keeps the average",
+        }
 
 
 def _write_start(out: Path, settings: dict, data: Data, dist: DistContext) -> None:
@@ -756,6 +937,8 @@ def _loop(
                     best,
                     improved,
                     epoch + 1 == epochs or stopped is not None,
+                    best_model=run.ema.module if run.ema is not None and row["weights"] == "ema" else None,
+                    last_extra={"ema": run.ema.state_dict()} if run.ema is not None else None,
                 )
             if stopped is not None:
                 run.callbacks.on_note(stopped)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 
 import cv2
 import numpy as np
@@ -153,7 +154,7 @@ def plot_lr_find(
     """The range test: loss against learning rate (log x), raw and smoothed, the valley shaded and
     the chosen rate marked with its value and the rule; written atomically."""
     img = np.full((height, width, 3), 255, np.uint8)
-    left, right, top, bottom = 70, width - 20, 40, height - 70
+    left, right, top, bottom = 70, width - 20, 40, height - 80
     xs = [math.log10(v) for v in lrs]
     vals = [v for v in (*losses, *smoothed) if math.isfinite(v)]
     lo, hi = min(vals), max(vals)
@@ -189,5 +190,6 @@ def plot_lr_find(
     cv2.line(img, (cx, top), (cx, bottom), CHOICE_COLOR, 1, cv2.LINE_AA)
     cv2.circle(img, (cx, cy), 6, CHOICE_COLOR, -1, cv2.LINE_AA)
     _text(img, f"lr range test: chosen {lrs[index]:.3g}", (left, 24), 0.6, (20, 20, 20))
-    _text(img, f"rule: {rule}"[:110], (10, height - 12), 0.38)
+    for k, line in enumerate(textwrap.wrap(f"rule: {rule}", 105)[:2]):
+        _text(img, line, (10, height - 24 + 14 * k), 0.38)
     write_image(img, path)

@@ -51,6 +51,11 @@ METRIC_COLUMNS = (
     "lr_head",
     "seconds",
     "images_per_s",
+    "lr_first",  # the head's learning rate at the epoch's first and last step
+    "lr_last",
+    "ema_val_loss",  # --ema: the moving average's validation
+    "ema_val_acc",
+    "weights",  # which weights the epoch offers for best.pt: raw, or ema when the average validated better
 )
 #: how train_acc is counted when batches are mixed (settings.yaml and the summary say so)
 MIXED_ACC = "against each mixed image's dominant label (the larger share)"
@@ -138,26 +143,38 @@ class CheckpointWriter:
         self.writes = 0
 
     def epoch_done(
-        self, model: torch.nn.Module, optimizer, scaler, history: list[dict], best: dict, improved: bool, final: bool
+        self,
+        model: torch.nn.Module,
+        optimizer,
+        scaler,
+        history: list[dict],
+        best: dict,
+        improved: bool,
+        final: bool,
+        best_model: torch.nn.Module | None = None,
+        last_extra: dict | None = None,
     ) -> None:
-        """Call after each epoch (``improved``: this epoch is the new best)."""
+        """Call after each epoch (``improved``: this epoch is the new best). ``best_model``: the
+        weights best.pt takes when they are not ``model``'s (``--ema``); ``last_extra``: more for
+        last.pt (the EMA's state)."""
         if not self.enabled:
             return
         epoch = int(history[-1]["epoch"])
         now = time.perf_counter()
         due = final or self._last_end is None or now - self._last_end >= FLUSH_FACTOR * self._cost
         if improved:  # written now from the model itself, or later from a copy of this epoch's weights
-            net = getattr(model, "module", model)
+            src = best_model if best_model is not None else model
+            net = getattr(src, "module", src)
             weights = net if due else _Weights({k: v.detach().clone() for k, v in net.state_dict().items()})
             self._best = (weights, dict(history[-1]), epoch)
         if due:
             write_s = self.wait()
-            self._cost = write_s + self._flush(model, optimizer, scaler, history, best, epoch)
+            self._cost = write_s + self._flush(model, optimizer, scaler, history, best, epoch, last_extra or {})
             self._last_end = time.perf_counter()
             if final:
                 self._cost += self.wait()
 
-    def _flush(self, model, optimizer, scaler, history, best, epoch) -> float:
+    def _flush(self, model, optimizer, scaler, history, best, epoch, last_extra: dict) -> float:
         """Serialize both checkpoints now and hand them to the writer thread; the seconds it took."""
         t0 = time.perf_counter()
         files = []
@@ -178,6 +195,7 @@ class CheckpointWriter:
                     history=history,
                     best=best,
                     **self.extra,
+                    **last_extra,
                 ),
             )
         )
@@ -227,7 +245,7 @@ def settings_dict(cfg, recipe, data, plan, device: torch.device, precision, thre
                 "lr": cfg.lr,
                 "weight_decay": cfg.weight_decay,
                 "backbone_lr": f"lr x {plan.backbone_lr_mult:g}",
-                "schedule": "constant during head-only warm-up, then cosine decay per epoch",
+                "schedule": cfg.schedule,  # the train loop writes the resolved schedule here
             },
             "loss": _loss_block(cfg, recipe),
             "early_stopping": (
