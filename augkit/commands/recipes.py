@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -10,7 +11,14 @@ from rich.table import Table
 
 from augkit.commands._common import cli_errors, err, out
 from augkit.errors import AugkitError, UsageError
-from augkit.recipe.api import export_albumentations, export_imports, list_builtin, load_recipe
+from augkit.recipe.api import (
+    EXPORT_BOX_FORMATS,
+    EXPORT_KEYPOINT_KINDS,
+    export_albumentations,
+    export_imports,
+    list_builtin,
+    load_recipe,
+)
 from augkit.recipe.batchspec import describe_batch
 from augkit.recipe.ops import get_op, step_names
 from augkit.recipe.passthrough import albumentations_transforms
@@ -82,16 +90,30 @@ def export_cmd(
     recipe: str = typer.Argument(..., help="Recipe name or file."),
     to: str = typer.Option("albumentations", "--to", help="Target format (albumentations)."),
     output: Path = typer.Option(..., "--output", "-o", help="File to write (.json or .yaml)."),
+    labels: Optional[str] = typer.Option(
+        None,
+        "--labels",
+        help="For a labelled dataset of this kind (yolo, coco, voc, masks): add albumentations' bbox_params and keypoint_params in its format, with the recipe's label rules.",
+    ),
 ) -> None:
     """Export the train pipeline as albumentations' own serialized YAML/JSON (albumentations.load reads it)."""
     if to != "albumentations":
         raise UsageError(f"--to {to!r} is not supported (allowed: albumentations)")
     rec = load_recipe(recipe)
-    path = export_albumentations(rec, output)
+    path = export_albumentations(rec, output, labels=labels)
     err.print(
         f"wrote {path}: load with albumentations.load({str(path)!r}); to reproduce augkit's pixels seed it "
         "with augkit.recipe.api.seed_random_state(pipeline, sample_seed)"
     )
+    if labels in EXPORT_KEYPOINT_KINDS:
+        err.print(
+            "call it as pipeline(image=..., bboxes=..., class_labels=..., keypoints=..., keypoint_labels=...); "
+            "note: albumentations 2.0.8 does not swap left/right keypoints under a horizontal flip, as augkit does"
+        )
+    elif labels is not None and EXPORT_BOX_FORMATS.get(labels):
+        err.print("call it as pipeline(image=..., bboxes=..., class_labels=...)")
+    elif labels is not None:
+        err.print("call it as pipeline(image=..., mask=...)")
     needs = export_imports(rec.to_albumentations()) if rec.train else []
     if needs:
         err.print(
