@@ -476,3 +476,107 @@ def test_plain_evaluation_is_titled_plain(run_dir, data_dir):
     assert not r["mistakes"] or r["mistakes"][0]["prob"] >= r["mistakes"][-1]["prob"]
     big = draw_confusion(np.eye(40, dtype=int), [f"class {i}" for i in range(40)])
     assert min(big.shape[:2]) >= 600 and max(big.shape[:2]) <= 1400
+
+
+# ---------------------------------------------------------------- one TTA rule, one options object
+
+
+RECIPE_WITH_TTA = "name: digits-shift\ntrain:\n  - flip: {direction: horizontal}\ntta: {preset: shift, merge: mean}\n"
+
+
+@pytest.fixture(scope="module")
+def recipe_run(tmp_path_factory, run_dir):
+    """run_dir's model, saved as if trained with a recipe whose tta section is ``shift``."""
+    from augkit.models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    meta = ModelMeta.from_dict({**ckpt["meta"], "recipe_text": RECIPE_WITH_TTA, "recipe_name": "digits-shift"})
+    model = build_model("resnet18", 3)
+    model.load_state_dict(ckpt["state_dict"])
+    out = tmp_path_factory.mktemp("recipe_run")
+    save_checkpoint(out / "best.pt", model, meta)
+    return out
+
+
+def _probs(preds) -> np.ndarray:
+    return np.array([[dict(r["top"])[c] for c in CLASSES] for r in preds.rows])
+
+
+def test_predict_defaults_to_the_run_recipes_tta(recipe_run, data_dir):
+    told = []
+    default = predict(recipe_run, [data_dir], top_k=3, on_tta=lambda spec, source: told.append((spec, source)))
+    shift = predict(recipe_run, [data_dir], tta="shift", top_k=3)
+    plain = predict(recipe_run, [data_dir], tta="none", top_k=3)
+    assert np.array_equal(_probs(default), _probs(shift))
+    assert not np.allclose(_probs(default), _probs(plain))  # shift views do change the probabilities
+    assert np.array_equal(_probs(plain), _probs(predict(recipe_run, [data_dir], tta="identity", top_k=3)))
+    assert default.tta.preset == "shift" and "digits-shift" in default.tta_source
+    assert told[0][0].preset == "shift" and "digits-shift" in told[0][1]
+
+
+def test_every_command_prints_the_tta_and_none_turns_it_off(recipe_run, data_dir, tmp_path):
+    common = ["--workers", "0", "--device", "cpu"]
+    res = cli("predict", recipe_run, data_dir, *common)
+    assert res.exit_code == 0, res.output
+    assert "predict: TTA shift (" in res.stderr and "the run's recipe 'digits-shift'" in res.stderr
+    assert "--tta none turns it off" in res.stderr
+    res = cli("predict", recipe_run, data_dir, "--tta", "none", *common)
+    assert res.exit_code == 0 and "predict: TTA none (the plain view), from --tta" in res.stderr
+    assert "predicted 18 of 18 images with TTA none (1 view" in res.stderr
+    rep = tmp_path / "r.json"
+    res = cli("evaluate", recipe_run, data_dir, "--report", rep, *common)
+    assert res.exit_code == 0, res.output
+    assert "evaluate: TTA shift (" in res.stderr and "digits-shift" in res.stderr
+    r = json.loads(rep.read_text())
+    assert r["tta"]["resolved"]["preset"] == "shift" and "digits-shift" in r["tta"]["source"]
+    res = cli("evaluate", recipe_run, data_dir, "--tta", "identity", "--report", tmp_path / "p.json", *common)
+    assert res.exit_code == 0 and "evaluate: TTA none (the plain view)" in res.stderr
+    r = json.loads((tmp_path / "p.json").read_text())
+    assert r["tta"]["views"] == ["identity"] and r["accuracy"]["tta"] == r["accuracy"]["plain"]
+
+
+def test_a_run_without_a_recipe_tta_is_plain_and_says_so(run_dir, data_dir):
+    res = cli("predict", run_dir, data_dir, "--workers", "0", "--device", "cpu")
+    assert res.exit_code == 0 and "TTA none (the plain view): plain: the run's recipe has no tta section" in res.stderr
+    r = evaluate(run_dir, data_dir, device="cpu", workers=0)
+    assert r["tta"]["views"] == ["identity"]  # no longer flip for every model (text and digits must not flip)
+
+
+def test_export_and_predict_on_the_onnx_use_the_same_default(recipe_run, data_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    onnx = tmp_path / "m.onnx"
+    res = cli("export", recipe_run, "-o", onnx)
+    assert res.exit_code == 0, res.output
+    assert "TTA shift (" in res.stderr and "digits-shift" in res.stderr
+    told = []
+    got = predict(onnx, [data_dir], top_k=3, on_tta=lambda s, src: told.append(src))
+    want = predict(recipe_run, [data_dir], top_k=3)
+    assert np.abs(_probs(got) - _probs(want)).max() < 1e-4 and "exported with" in told[0]
+    plain = predict(onnx, [data_dir], tta="none", top_k=3)
+    assert np.abs(_probs(plain) - _probs(predict(recipe_run, [data_dir], tta="none", top_k=3))).max() < 1e-4
+
+
+def test_one_options_object_validated_in_one_place(run_dir, data_dir):
+    from augkit.infer.options import InferOptions
+    from augkit.infer.predict import ENGINES, predict_local
+
+    assert set(ENGINES) == {"local", "ray"} and ENGINES["local"] is predict_local
+    opts = InferOptions(tta="flip", top_k=2, batch_size=4)
+    a = predict(run_dir, [data_dir], opts)
+    b = predict(run_dir, [data_dir], tta="flip", top_k=2, batch_size=4)
+    assert a.rows == b.rows
+    for bad, message in (
+        ({"batch_size": 0}, "--batch-size 0"),
+        ({"top_k": 0}, "--top-k 0"),
+        ({"merge": "median"}, "not a merge mode"),
+        ({"beta": 1.5}, "--beta 1.5"),
+        ({"workers": -1}, "--workers -1"),
+        ({"address": "auto"}, "--address needs --engine ray"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            InferOptions(**bad)
+    with pytest.raises(UsageError, match="did you mean 'ray'"):
+        predict(run_dir, [data_dir], engine="rya")
+    with pytest.raises(TypeError, match="unknown inference option"):
+        predict(run_dir, [data_dir], topk=3)
