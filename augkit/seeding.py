@@ -11,6 +11,9 @@ import hashlib
 
 
 def derive_seed(seed: int, key: str, index: int = 0, salt: str = "") -> int:
-    """A 63-bit seed for one (sample, copy/epoch); stable across Python versions and platforms."""
-    h = hashlib.blake2b(f"{int(seed)}\x00{salt}\x00{key}\x00{int(index)}".encode(), digest_size=8)
+    """A 63-bit seed for one (sample, copy/epoch); stable across Python versions and platforms.
+    A key from a file name that is not valid UTF-8 (``os.fsdecode`` surrogates) hashes its raw bytes."""
+    h = hashlib.blake2b(
+        f"{int(seed)}\x00{salt}\x00{key}\x00{int(index)}".encode("utf-8", "surrogateescape"), digest_size=8
+    )
     return int.from_bytes(h.digest(), "little") >> 1

@@ -208,6 +208,8 @@ def _summary(r: AugmentResult) -> None:
         )
     if r.bad:
         t.add_row("[red]skipped inputs", str(len(r.bad)))
+    if plan.unreadable:
+        t.add_row("[red]unreadable folders", f"{len(plan.unreadable)} (their images were not read)")
     if plan.links_into_dst:
         t.add_row("[yellow]links into DST", f"{len(plan.links_into_dst)} not read (augkit never reads its own outputs)")
     if plan.per_class_counts:
@@ -218,6 +220,8 @@ def _summary(r: AugmentResult) -> None:
             "  [red]skipped[/] "
             + esc(f"{plan.src / b['path']}: {b['reason']}" + (f" ({b['detail']})" if b["detail"] else ""))
         )
+    for rel, why in plan.unreadable[:10]:
+        err.print("  [red]unreadable folder[/] " + esc(f"{plan.src / rel}: {why}"))
     if len(r.bad) > 10:
         err.print(f"  ... {len(r.bad) - 10} more in {plan.dst / ERRORS}")
     if not r.dry_run:

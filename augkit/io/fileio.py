@@ -61,11 +61,24 @@ def read_bytes(path: str | os.PathLike, *, max_bytes: int | None = None) -> byte
 
 def _check_stat(path: str | os.PathLike, st: os.stat_result, max_bytes: int | None) -> None:
     if stat.S_ISDIR(st.st_mode):
-        raise ImageError(path, "is a directory")
+        raise ImageError(path, *_folder_reason(path))
     if not stat.S_ISREG(st.st_mode):
         raise ImageError(path, "not a regular file", _kind(st.st_mode))
     if max_bytes is not None and st.st_size > max_bytes:
         raise ImageError(path, "too large", f"{st.st_size:,} bytes > limit {max_bytes:,}")
+
+
+def _folder_reason(path: str | os.PathLike) -> tuple[str, str]:
+    """Why a folder given as an input is not read: "is a directory", or "permission denied" for a
+    folder a scan could not list (prediction keeps such folders as inputs so that they are reported)."""
+    try:
+        with os.scandir(os.fspath(path)):
+            pass
+    except PermissionError:
+        return "permission denied", "a folder that could not be listed: its images were not read"
+    except OSError:
+        pass
+    return "is a directory", ""
 
 
 def _kind(mode: int) -> str:
@@ -147,4 +160,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """Write UTF-8 text atomically; a path from a non-UTF-8 file name (``os.fsdecode`` surrogates) keeps
+    its original bytes."""
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))

@@ -5,7 +5,9 @@ folders keep their relative path and belong to their first-level class. A folder
 images directly in it and no class folders is *flat* (class ``""``). Hidden files, OS
 litter and non-image files are ignored (and listed). Symlinked folders are followed once;
 loops are cut. An excluded folder (augment's DST) is never entered, also not through a
-symlink to it (augment also drops items whose real path lies inside DST).
+symlink to it (augment also drops items whose real path lies inside DST). A folder that cannot
+be listed (permission denied) is recorded in ``Scan.unreadable`` with the reason, never dropped
+silently: callers report it and count it as skipped input.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Scan:
     empty_classes: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     flat: bool = False
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (relative folder, reason)
 
 
 @dataclass
@@ -51,6 +54,7 @@ class _Walk:
     class_dirs: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     def is_excluded(self, path: Path) -> bool:
         return self.excluded is not None and path.resolve() == self.excluded
@@ -59,8 +63,8 @@ class _Walk:
         here = self.root / rel if rel else self.root
         try:
             st = here.stat()
-        except OSError:
-            self.ignored.append(rel or ".")
+        except OSError as exc:
+            self.unreadable.append((rel or ".", folder_error(exc)))
             return
         if (st.st_dev, st.st_ino) in self.seen:
             return  # symlink loop or second link to the same folder
@@ -68,9 +72,10 @@ class _Walk:
         if self.is_excluded(here):
             return
         try:
-            entries = sorted(os.scandir(here), key=lambda e: e.name)
-        except OSError:
-            self.ignored.append(rel or ".")
+            with os.scandir(here) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            self.unreadable.append((rel or ".", folder_error(exc)))
             return
         for entry in entries:
             self.entry(rel, entry)
@@ -94,6 +99,13 @@ class _Walk:
             self.ignored.append(sub)
 
 
+def folder_error(exc: OSError) -> str:
+    """The reason a folder could not be listed, as recorded in ``Scan.unreadable``."""
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return f"unreadable ({exc.strerror or exc})"
+
+
 def scan_folder(root: str | os.PathLike, *, exclude: str | os.PathLike | None = None) -> Scan:
     """List the image files under ``root`` (layout in the module docstring); ``exclude`` is a
     folder never to descend into."""
@@ -104,6 +116,8 @@ def scan_folder(root: str | os.PathLike, *, exclude: str | os.PathLike | None = 
         raise UsageError(f"{root}: not a folder")
     walk = _Walk(root, Path(exclude).resolve() if exclude else None)
     walk.folder("")
+    if walk.unreadable and walk.unreadable[0][0] == ".":
+        raise UsageError(f"{root}: cannot list the folder: {walk.unreadable[0][1]}")
     return _assemble(walk)
 
 
@@ -111,7 +125,7 @@ def count_images(root: str | os.PathLike, stop_at: int) -> int:
     """How many image files ``root`` and its folders hold, counting by name only and stopping at
     ``stop_at``: a quick size estimate taken before the real scan (errors count as nothing)."""
     n = 0
-    for _, dirs, files in os.walk(root):
+    for _, dirs, files in os.walk(os.fspath(root)):
         dirs[:] = [d for d in dirs if not is_ignored(d)]
         n += sum(map(is_image_name, files))
         if n >= stop_at:
@@ -129,9 +143,10 @@ def _assemble(walk: _Walk) -> Scan:
     for f in walk.files:
         if "/" in f:
             counts[f.split("/", 1)[0]] += 1
-    scan = Scan(root=walk.root, ignored=walk.ignored)
+    scan = Scan(root=walk.root, ignored=walk.ignored, unreadable=walk.unreadable)
     scan.classes = sorted(c for c, n in counts.items() if n)
-    scan.empty_classes = sorted(c for c, n in counts.items() if not n)
+    unlisted = {rel for rel, _ in walk.unreadable}  # reported as unreadable, not as empty
+    scan.empty_classes = sorted(c for c, n in counts.items() if not n and c not in unlisted)
     scan.flat = not scan.classes
     # loose files beside class folders are kept (class ""), so nothing is silently dropped
     scan.items = [(f, f.split("/", 1)[0] if "/" in f else "") for f in sorted(walk.files, key=order)]

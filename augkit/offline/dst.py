@@ -18,12 +18,14 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import yaml
 
 from augkit.errors import AugkitError, UsageError
 from augkit.io.fileio import atomic_write_text, is_temp_name
 
+fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # Windows: no flock; runs are then not guarded against each other
@@ -88,6 +90,18 @@ def _acquire(path: Path) -> int:
             return fd
         os.close(fd)  # the holder removed the file as we locked it: lock the current one
     raise UsageError(f"could not lock {path}: another augkit run keeps replacing it")
+
+
+def json_line(row: dict) -> str:
+    """One JSON line. Readable UTF-8 for ordinary names; a name that is not valid UTF-8 (a 0xFF
+    byte, kept by ``os.fsdecode`` as a lone surrogate) is written escaped (``\\udcff``), which
+    ``json.loads`` turns back into the same name, so the path's bytes survive."""
+    text = json.dumps(row, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(row, ensure_ascii=True)
+    return text + "\n"
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -160,7 +174,7 @@ class Journal:
     def append(self, row: dict) -> None:
         """Raises :class:`RecordError` (disk full, ...): the caller stops the run cleanly."""
         try:
-            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._fh.write(json_line(row))
             self._fh.flush()
         except OSError as exc:
             raise io_error("cannot record progress in", self.path, exc) from None
@@ -171,7 +185,7 @@ class Journal:
 
 
 def _dump(rows: Iterable[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return "".join(map(json_line, rows))
 
 
 def finalize(dst: Path, new_rows: list[dict], errors: list[dict], order: Callable[[dict], int]) -> None:

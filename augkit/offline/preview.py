@@ -71,6 +71,8 @@ def _wrap(text: str, width_px: int, scale: float) -> list[str]:
 
 
 def _label_strip(text: str, width: int, scale: float = 0.4) -> np.ndarray:
+    # a name that is not valid UTF-8 (os.fsdecode surrogates) crashes OpenCV's text functions: escape it
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     lines = _wrap(text, width - 6, scale)
     lh = int(22 * scale / 0.4 * 0.75) + 4
     strip = np.full((lh * len(lines) + 6, width, 3), 255, np.uint8)

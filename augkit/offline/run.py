@@ -110,6 +110,7 @@ class Plan:
     per_class_counts: dict[str, int] = field(default_factory=dict)
     links_into_dst: list[str] = field(default_factory=list)  # inputs that lead into DST: skipped
     recipe_hash: str = ""  # the recipe's hash, computed once (it is in every manifest row)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason): its images not read
 
     def __post_init__(self) -> None:
         self.recipe_hash = self.recipe_hash or self.recipe.hash
@@ -153,7 +154,9 @@ def _split_links_into_dst(src: Path, dst: Path, items: list[tuple[str, str]]):
     d = dst.resolve()
     kept, links = [], []
     for rel, cls in items:
-        real = (src / rel).resolve()
+        # os.path.realpath, not Path.resolve: a self-looping link (x.jpg -> x.jpg) makes resolve raise
+        # RuntimeError; realpath returns the link, and the worker reports the file ("unreadable")
+        real = Path(os.path.realpath(src / rel))
         (links if real == d or d in real.parents else kept).append((rel, cls))
     return kept, [rel for rel, _ in links]
 
@@ -197,6 +200,7 @@ def make_plan(src: str | os.PathLike, dst: str | os.PathLike, recipe: Recipe, op
     if not found:
         raise UsageError(
             f"{src}: no images found (looked for .bmp, .jpg, .png, .tif, .webp in the folder and its class folders)"
+            + "".join(f"; {src / rel}: {why}" for rel, why in scan.unreadable)
         )
     by_class: dict[str, list[str]] = defaultdict(list)
     for rel, cls in found:
@@ -213,7 +217,9 @@ def make_plan(src: str | os.PathLike, dst: str | os.PathLike, recipe: Recipe, op
                 raise UsageError(f"{rel} and {seen[out.lower()]} would both write {out}")
             seen[out.lower()] = rel
             items.append(WorkItem(rel, out, cls, k, derive_seed(options.seed, rel, k, salt="augment")))
-    return Plan(src, dst, recipe, options, items, scan.ignored, [c for c, _ in empty], scan.classes, counts, links)
+    plan = Plan(src, dst, recipe, options, items, scan.ignored, [c for c, _ in empty], scan.classes, counts, links)
+    plan.unreadable = list(scan.unreadable)
+    return plan
 
 
 @dataclass
@@ -234,7 +240,7 @@ class AugmentResult:
     def exit_code(self) -> int:
         if self.fatal or self.aborted:
             return 1
-        return EXIT_SKIPPED if (self.bad or self.existing) else EXIT_OK
+        return EXIT_SKIPPED if (self.bad or self.existing or self.plan.unreadable) else EXIT_OK
 
     @property
     def rate(self) -> float:
@@ -438,6 +444,11 @@ def _finalize(plan: Plan, result: AugmentResult, rows: list[dict]) -> None:
         }
         for p in plan.links_into_dst
     ]
+    errors += [
+        {"path": rel, "reason": why, "detail": "a folder that could not be listed: its images were not read",
+         "kind": "unreadable folder"}
+        for rel, why in plan.unreadable
+    ]  # fmt: skip
     order = {it.out: i for i, it in enumerate(plan.items)}
     try:
         finalize(plan.dst, rows, errors, lambda r: order.get(r["output"], len(order)))

