@@ -311,7 +311,7 @@ def coco_dataset(
     ``segmentation``: "none" (boxes only), "polygon", "rle" (compressed string counts), "rle_raw"
     (uncompressed list counts, ``iscrowd`` 1 as COCO stores crowds) or "mixed" (box and triangle as
     polygons, the ellipse as compressed RLE). ``keypoints``: every object gets the 3 keypoints
-    (``num_keypoints``), and each category ``keypoints``/``skeleton``. ``category_ids``: the COCO ids of
+    (``num_keypoints``; written as COCO pixel indices, the :class:`Shape`'s keypoints minus 0.5), and each category ``keypoints``/``skeleton``. ``category_ids``: the COCO ids of
     the 3 classes (COCO ids need not be 0-based nor contiguous). Image and annotation ids start at 1;
     ``background`` images (no annotations) join the first split."""
     splits = splits or {"train": 3, "val": 1}
@@ -351,8 +351,9 @@ def coco_dataset(
                 elif mode == "rle_raw":
                     a["segmentation"] = {"size": [H, W], "counts": rle_counts(s.mask)}
                     a["iscrowd"] = 1
-                if keypoints:
-                    a["keypoints"] = [round(float(v), 3) for v in s.keypoints.ravel()]
+                if keypoints:  # COCO keypoints are pixel indices (Detectron2 adds 0.5 when it reads them)
+                    kp = s.keypoints - [0.5, 0.5, 0]
+                    a["keypoints"] = [round(float(v), 3) for v in kp.ravel()]
                     a["num_keypoints"] = int((s.keypoints[:, 2] > 0).sum())
                 anns.append(a)
                 ann_id += 1
