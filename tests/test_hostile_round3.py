@@ -165,3 +165,34 @@ def test_e_a_self_looping_link_is_reported_per_file(tmp_path):
     )  # fmt: skip
     assert res.exit_code == 3, res.output
     assert [e["reason"] for e in rows(run / "errors.jsonl")] == ["unreadable"]
+
+
+# ------------------------------------------------------------------ c. a class folder linked to another class
+
+
+def test_c_a_class_folder_linked_to_another_is_an_alias_in_augment_and_train(tmp_path):
+    src = digits_folder(tmp_path / "data", per_class=4, size=32)
+    os.symlink("d1", src / "a_alias")  # sorts before d1: the old walk gave d1's images to the alias
+    dst = tmp_path / "out"
+    res = invoke("augment", src, dst, "--recipe", "digits")
+    assert res.exit_code == 3, res.output
+    assert "has no images" not in res.output and "a_alias" in res.output
+    made = rows(dst / MANIFEST)
+    assert len(made) == 12 and {r["class"] for r in made} == {"d0", "d1", "d2"}
+    assert not (dst / "a_alias").exists()
+    (err,) = rows(dst / ERRORS)
+    assert (err["path"], err["reason"]) == ("a_alias", "class alias") and "d1" in err["detail"]
+    run = tmp_path / "run"
+    res = invoke(
+        "train", src, "-o", run, "--weights", "none", "--epochs", "1", "--image-size", "32",
+        "--batch-size", "8", "--device", "cpu", "--recipe", "digits", "--workers", "0",
+    )  # fmt: skip
+    assert res.exit_code == 3, res.output
+    assert [e["reason"] for e in rows(run / "errors.jsonl")] == ["class alias"]
+    assert yaml_classes(run) == ["d0", "d1", "d2"]
+
+
+def yaml_classes(run: Path) -> list[str]:
+    import torch
+
+    return torch.load(run / "best.pt", weights_only=True, map_location="cpu")["meta"]["classes"]

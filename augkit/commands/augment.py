@@ -116,6 +116,11 @@ def command(
     plan = make_plan(src, dst, rec, opts)
     for cls in plan.empty_classes:
         err.print(f"[yellow]warning:[/] class folder {esc(str(src / cls))} has no images")
+    for alias, target in plan.aliases:
+        err.print(
+            f"[yellow]warning:[/] class folder {esc(str(src / alias))} is a link to {esc(target)}: "
+            f"its images are augmented once, under {esc(target)}"
+        )
     if rec.batch is not None:  # mixup/cutmix mix pairs of images in a training batch: nothing to write here
         err.print(
             f"note: the recipe's batch section ({'/'.join(rec.batch.kinds)}) applies in `augkit train` only; "

@@ -7,7 +7,9 @@ litter and non-image files are ignored (and listed). Symlinked folders are follo
 loops are cut. An excluded folder (augment's DST) is never entered, also not through a
 symlink to it (augment also drops items whose real path lies inside DST). A folder that cannot
 be listed (permission denied) is recorded in ``Scan.unreadable`` with the reason, never dropped
-silently: callers report it and count it as skipped input.
+silently: callers report it and count it as skipped input. A class folder that is a link to
+another class folder (or to a folder inside one) is an *alias* (``Scan.aliases``): its images are
+listed once, under the real folder's class, and the alias is reported, never an empty class.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Scan:
     ignored: list[str] = field(default_factory=list)
     flat: bool = False
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (relative folder, reason)
+    aliases: list[tuple[str, str]] = field(default_factory=list)  # (class folder, the folder it links to)
 
 
 @dataclass
@@ -50,11 +53,12 @@ class _Walk:
 
     root: Path
     excluded: Path | None
-    seen: set[tuple[int, int]] = field(default_factory=set)
+    seen: dict[tuple[int, int], str] = field(default_factory=dict)  # folder identity -> first relative path
     class_dirs: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    aliases: list[tuple[str, str]] = field(default_factory=list)
 
     def is_excluded(self, path: Path) -> bool:
         return self.excluded is not None and path.resolve() == self.excluded
@@ -66,14 +70,19 @@ class _Walk:
         except OSError as exc:
             self.unreadable.append((rel or ".", folder_error(exc)))
             return
-        if (st.st_dev, st.st_ino) in self.seen:
-            return  # symlink loop or second link to the same folder
-        self.seen.add((st.st_dev, st.st_ino))
+        first = self.seen.get((st.st_dev, st.st_ino))
+        if first is not None:  # symlink loop or second link to the same folder
+            if rel and "/" not in rel and first:  # a class folder that is another class (or its folder)
+                self.aliases.append((rel, first))
+            return
+        self.seen[(st.st_dev, st.st_ino)] = rel
         if self.is_excluded(here):
             return
         try:
             with os.scandir(here) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                # class folders that are symlinks come last: a real folder keeps its own name, and a
+                # link to it is reported as an alias (never a second copy of its images, never "empty")
+                entries = sorted(it, key=lambda e: (not rel and _is_link(e), e.name))
         except OSError as exc:
             self.unreadable.append((rel or ".", folder_error(exc)))
             return
@@ -97,6 +106,13 @@ class _Walk:
             self.files.append(sub)
         else:
             self.ignored.append(sub)
+
+
+def _is_link(e: os.DirEntry) -> bool:
+    try:
+        return e.is_symlink()
+    except OSError:
+        return False
 
 
 def folder_error(exc: OSError) -> str:
@@ -143,9 +159,9 @@ def _assemble(walk: _Walk) -> Scan:
     for f in walk.files:
         if "/" in f:
             counts[f.split("/", 1)[0]] += 1
-    scan = Scan(root=walk.root, ignored=walk.ignored, unreadable=walk.unreadable)
+    scan = Scan(root=walk.root, ignored=walk.ignored, unreadable=walk.unreadable, aliases=walk.aliases)
     scan.classes = sorted(c for c, n in counts.items() if n)
-    unlisted = {rel for rel, _ in walk.unreadable}  # reported as unreadable, not as empty
+    unlisted = {rel for rel, _ in walk.unreadable} | {a for a, _ in walk.aliases}  # reported, not empty
     scan.empty_classes = sorted(c for c, n in counts.items() if not n and c not in unlisted)
     scan.flat = not scan.classes
     # loose files beside class folders are kept (class ""), so nothing is silently dropped

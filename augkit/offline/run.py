@@ -111,6 +111,7 @@ class Plan:
     links_into_dst: list[str] = field(default_factory=list)  # inputs that lead into DST: skipped
     recipe_hash: str = ""  # the recipe's hash, computed once (it is in every manifest row)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason): its images not read
+    aliases: list[tuple[str, str]] = field(default_factory=list)  # (class folder, folder it links to): not read twice
 
     def __post_init__(self) -> None:
         self.recipe_hash = self.recipe_hash or self.recipe.hash
@@ -218,7 +219,7 @@ def make_plan(src: str | os.PathLike, dst: str | os.PathLike, recipe: Recipe, op
             seen[out.lower()] = rel
             items.append(WorkItem(rel, out, cls, k, derive_seed(options.seed, rel, k, salt="augment")))
     plan = Plan(src, dst, recipe, options, items, scan.ignored, [c for c, _ in empty], scan.classes, counts, links)
-    plan.unreadable = list(scan.unreadable)
+    plan.unreadable, plan.aliases = list(scan.unreadable), list(scan.aliases)
     return plan
 
 
@@ -240,7 +241,7 @@ class AugmentResult:
     def exit_code(self) -> int:
         if self.fatal or self.aborted:
             return 1
-        return EXIT_SKIPPED if (self.bad or self.existing or self.plan.unreadable) else EXIT_OK
+        return EXIT_SKIPPED if (self.bad or self.existing or self.plan.unreadable or self.plan.aliases) else EXIT_OK
 
     @property
     def rate(self) -> float:
@@ -448,6 +449,11 @@ def _finalize(plan: Plan, result: AugmentResult, rows: list[dict]) -> None:
         {"path": rel, "reason": why, "detail": "a folder that could not be listed: its images were not read",
          "kind": "unreadable folder"}
         for rel, why in plan.unreadable
+    ]  # fmt: skip
+    errors += [
+        {"path": alias, "reason": "class alias", "detail": f"a link to {target}: its images are written once, under {target}",
+         "kind": "ignored input"}
+        for alias, target in plan.aliases
     ]  # fmt: skip
     order = {it.out: i for i, it in enumerate(plan.items)}
     try:

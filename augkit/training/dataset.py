@@ -135,6 +135,10 @@ class AugmentedImageFolder(Dataset):
         self.errors += [
             ImageError(os.path.join(directory, rel), why, "folder not listed") for rel, why in scan.unreadable
         ]
+        self.errors += [  # a class folder linked to another: trained once, under the real folder's class
+            ImageError(os.path.join(directory, a), "class alias", f"a link to {t}: its images count once, as {t}")
+            for a, t in scan.aliases
+        ]
         if scan.flat:
             raise UsageError(f"{directory}: no class folders with images (expected {directory}/<class>/<image>)")
         if scan.empty_classes:
