@@ -122,9 +122,21 @@ def arch_source(arch: str) -> str:
 
 def family_of(arch: str) -> str:
     """The family name shown by ``augkit models`` ("other" for a torchvision model no family names)."""
-    if is_timm(arch):
-        return "timm"
+    if is_timm(arch):  # timm's module: resnet, vision_transformer, convnext, ...
+        return timm_families().get(arch[len(TIMM_PREFIX) :], "timm")
     return next((f.name for f in FAMILIES.values() if f.matches(arch)), "other")
+
+
+@functools.cache
+def timm_families() -> dict[str, str]:
+    """timm model name -> the timm module that defines it (its family), from timm's registry
+    (no model is built: ~20 ms for all of them)."""
+    timm = import_timm()
+    out: dict[str, str] = {}
+    for module in timm.list_modules():
+        for name in timm.list_models(module=module):
+            out.setdefault(name, module)
+    return out
 
 
 def _family(arch: str) -> Family | None:
@@ -151,7 +163,7 @@ def check_arch(arch: object, where: str = "", *, image_size: int | None = None) 
         if not timm.is_model(name):
             raise UsageError(
                 f"{where}unknown arch {arch!r}: timm has no model {name!r}"
-                f"{suggest(name, timm.list_models())} (list: timm.list_models())"
+                f"{suggest(name, timm.list_models())} (list them: augkit models --timm PATTERN)"
             )
     elif arch not in torchvision_archs():
         raise UsageError(
@@ -302,12 +314,13 @@ def num_params(arch: str) -> int:
     return int(torchvision.models.get_model_weights(arch).DEFAULT.meta["num_params"])
 
 
-def describe(arch: str) -> dict[str, Any]:
-    """One row of ``augkit models``: name, family, ImageNet size, parameters, source."""
+def describe(arch: str, *, params: bool = True) -> dict[str, Any]:
+    """One row of ``augkit models``: name, family, ImageNet size, parameters (None when not
+    asked: a timm model's count needs the model built, ~0.3 s each), source."""
     return {
         "name": arch,
         "family": family_of(arch),
         "imagenet_size": imagenet_size(arch),
-        "params": num_params(arch),
+        "params": num_params(arch) if params else None,
         "source": arch_source(arch),
     }

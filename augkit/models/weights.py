@@ -3,7 +3,10 @@ augkit run, or a plain state dict). The architectures themselves live in :mod:`a
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torchvision
@@ -21,7 +24,14 @@ from augkit.models.archs import (
 )
 from augkit.models.checkpoint import FORMAT, check_state_dict, find_checkpoint, load_checkpoint
 
-__all__ = ["ARCHS", "build_model", "imagenet_state_dict", "load_backbone_weights", "weights_file_state_dict"]
+__all__ = [
+    "ARCHS",
+    "build_model",
+    "check_imagenet_reachable",
+    "imagenet_state_dict",
+    "load_backbone_weights",
+    "weights_file_state_dict",
+]
 #: Every torchvision classifier (``timm/<name>`` is accepted too; see :func:`augkit.models.archs.check_arch`).
 ARCHS = torchvision_archs()
 
@@ -46,6 +56,70 @@ def imagenet_state_dict(arch: str) -> dict:
         ) from None
     dropped = drop_keys(arch)
     return {k: v for k, v in state.items() if not k.startswith(dropped)} if dropped else state
+
+
+#: Seconds to wait for the weights' host before saying it is unreachable (a first run offline
+#: must not hang for the system's TCP timeout, minutes, before the message).
+CONNECT_TIMEOUT_S = 5.0
+HF_HOST = "huggingface.co"
+
+
+def imagenet_source(arch: str) -> tuple[str, Path | None, str]:
+    """Where ``arch``'s ImageNet weights come from: (URL or hub id, the cached file when it is
+    there, the cache folder), read from torchvision's or timm's metadata; nothing is downloaded."""
+    if is_timm(arch):
+        cfg = import_timm().get_pretrained_cfg(arch[len(TIMM_PREFIX) :])
+        hub_id = getattr(cfg, "hf_hub_id", None) or ""
+        cached = _hf_cached(hub_id)
+        return f"https://{HF_HOST}/{hub_id}", cached, _hf_cache_dir()
+    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / os.path.basename(urlparse(url).path)
+    return url, path if path.is_file() else None, str(folder)
+
+
+def _hf_cached(hub_id: str) -> Path | None:
+    if not hub_id:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache  # deferred: comes with the timm extra
+    except ImportError:
+        return None
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        hit = try_to_load_from_cache(hub_id, name)
+        if isinstance(hit, str):
+            return Path(hit)
+    return None
+
+
+def _hf_cache_dir() -> str:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE  # deferred: comes with the timm extra
+    except ImportError:
+        return "the Hugging Face cache"
+    return str(HF_HUB_CACHE)
+
+
+def check_imagenet_reachable(arch: str, timeout: float = CONNECT_TIMEOUT_S) -> str:
+    """Before any work: ``arch``'s ImageNet weights are cached, or their host answers; else a
+    :class:`UsageError` that says so and offers ``--weights none`` (a first run offline). Returns
+    "cached" or "downloadable". A host that answers may still fail later (then
+    :func:`imagenet_state_dict` says why)."""
+    url, cached, folder = imagenet_source(arch)
+    if cached is not None:
+        return "cached"
+    host = urlparse(url).hostname or url
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise UsageError(
+            f"--weights imagenet: could not download ImageNet weights for {arch}: none are cached ({folder}) and "
+            f"{host} cannot be reached ({reason}). Train without them with --weights none (from random weights: expect more "
+            f"epochs and lower accuracy), or --weights PATH (a state dict or an earlier augkit run); or "
+            f"download {url} on a machine with internet into {folder}"
+        ) from None
+    return "downloadable"
 
 
 def load_backbone_weights(model: nn.Module, state: dict, source: str) -> list[str]:

@@ -47,7 +47,12 @@ from augkit.io.images import DECODE_POLICY, opencv_threads
 from augkit.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
 from augkit.models.archs import build_model
 from augkit.models.checkpoint import BEST, LAST, ModelMeta, load_checkpoint, versions
-from augkit.models.weights import imagenet_state_dict, load_backbone_weights, weights_file_state_dict
+from augkit.models.weights import (
+    check_imagenet_reachable,
+    imagenet_state_dict,
+    load_backbone_weights,
+    weights_file_state_dict,
+)
 from augkit.recipe.api import Recipe, load_recipe
 from augkit.seeding import derive_seed
 from augkit.training.cache import ImageCache
@@ -661,6 +666,8 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
     precision = choose_precision(cfg.precision, device, cfg.image_size, amp=cfg.amp and device.type == "cuda")
     recipe, out = _resolve_recipe(cfg.recipe), Path(cfg.out)
     _refuse_existing_run(cfg, out)
+    if str(cfg.weights) == "imagenet" and not cfg.resume:  # a first run offline: say so before any work
+        check_imagenet_reachable(cfg.arch)
     with cpu_threads(cfg.workers, device) as threads:  # before the first op: threads + workers <= cores
         cfg = replace(cfg, threads=_set_threads(cfg, dist, device, threads))
         threads = cfg.threads
