@@ -19,6 +19,7 @@ EXIT_INTERRUPTED = 130
 #: command's own docstring. New commands register here.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "recipes": ("recipes", "app", "List, show, check and export recipes."),
+    "labels": ("labels", "app", "Check labelled datasets: YOLO, COCO, Pascal VOC and mask folders."),
     "preview": (
         "preview",
         "command",

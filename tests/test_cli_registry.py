@@ -165,6 +165,15 @@ def _recipes_ops(env: Env) -> None:
     assert "TTA presets (combine with +):" in invoke("recipes", "ops").stdout
 
 
+@happy("labels check")
+def _labels_check(env: Env) -> None:
+    from _labelled import yolo_dataset
+
+    root = yolo_dataset(env.tmp / "yolo").root
+    res = invoke("labels", "check", root)
+    assert res.stdout == "" and "yolo dataset" in res.output and "no problems found" in res.output
+
+
 @happy("preview")
 def _preview(env: Env) -> None:
     out = env.tmp / "p.png"
