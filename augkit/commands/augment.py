@@ -67,6 +67,19 @@ def command(
         "--address",
         help="With --engine ray: the Ray cluster, auto (the one `ray start` started on this node) or ray://HOST:10001 (default: RAY_ADDRESS, else a running cluster on this node, else a Ray started for this run).",
     ),
+    labels: Optional[str] = typer.Option(
+        None,
+        "--labels",
+        help="SRC's kind: yolo, coco, voc, masks (a labelled dataset: labels move with the pixels, DST is the same kind) or folders (class folders). Default: detected from SRC's layout.",
+    ),
+    link: bool = typer.Option(
+        False, "--link", help="Labelled datasets: splits not augmented are linked (symlinks), not copied, into DST."
+    ),
+    augment_splits: Optional[str] = typer.Option(
+        None,
+        "--augment-splits",
+        help="Labelled datasets: the splits to augment, comma-separated (default: train; the others are copied).",
+    ),
 ) -> None:
     """Write augmented copies of SRC into DST, keeping its class folders.
 
@@ -93,10 +106,17 @@ def command(
         TimeRemainingColumn,
     )
 
+    from augkit.offline.labelled import LabelledOptions, make_labelled_plan, resolve_kind
     from augkit.offline.run import AugmentOptions, make_plan, run_plan
     from augkit.recipe.api import load_recipe
 
-    opts = AugmentOptions(
+    kind = resolve_kind(src, labels)  # a labelled-looking SRC is never augmented as class folders silently
+    if kind is None and (link or augment_splits):
+        raise UsageError("--link and --augment-splits need a labelled dataset (--labels yolo|coco|voc|masks)")
+    extra = {"link": link, "augment_splits": _split_list(augment_splits)} if kind else {}
+    opts = (LabelledOptions if kind else AugmentOptions)(
+        labels=kind or labels,
+        **extra,
         copies=copies,
         per_class=per_class,
         seed=seed,
@@ -113,7 +133,12 @@ def command(
         require_change=require_change,
     )
     rec = load_recipe(recipe)
-    plan = make_plan(src, dst, rec, opts)
+    plan = (make_labelled_plan if kind else make_plan)(src, dst, rec, opts)
+    if kind:
+        modes = ", ".join(f"{s} {'copied' if m == 'copy' else m + 'ed'}" for s, m in plan.split_modes.items())
+        err.print(f"{esc(str(src))}: a {kind} dataset ({len(plan.classes)} classes; {esc(modes)})")
+        for w in plan.warnings:
+            err.print(f"[yellow]warning:[/] {esc(w)}")
     for cls in plan.empty_classes:
         err.print(f"[yellow]warning:[/] class folder {esc(str(src / cls))} has no images")
     for alias, target in plan.aliases:
@@ -152,6 +177,15 @@ def command(
         result = run_plan(plan, executor=executor, on_start=on_start, on_progress=on_progress)
     _summary(result)
     raise typer.Exit(code=result.exit_code)
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise UsageError(f"--augment-splits {text!r}: name at least one split (e.g. train,val)")
+    return names
 
 
 def _warm_up(executor, src: Path, copies: int | None) -> None:
@@ -218,7 +252,17 @@ def _summary(r: AugmentResult) -> None:
     if plan.links_into_dst:
         t.add_row("[yellow]links into DST", f"{len(plan.links_into_dst)} not read (augkit never reads its own outputs)")
     if plan.per_class_counts:
-        t.add_row("per class", ", ".join(f"{c or '.'}={n}" for c, n in sorted(plan.per_class_counts.items())))
+        what = "objects per class" if getattr(plan, "info", None) is not None else "per class"
+        t.add_row(what, ", ".join(f"{c or '.'}={n}" for c, n in sorted(plan.per_class_counts.items())))
+    totals = getattr(plan, "totals", None)  # a labelled dataset: what happened to its objects
+    if totals:
+        reasons = ", ".join(f"{k} {n}" for k, n in totals["reasons"].items())
+        t.add_row(
+            "objects",
+            f"{totals['kept']} kept, {totals['clipped']} clipped, {totals['dropped']} dropped"
+            + (f" ({reasons})" if reasons else "")
+            + f" in {totals['augmented']} augmented outputs",
+        )
     err.print(t)
     for b in r.bad[:10]:
         err.print(

@@ -22,6 +22,7 @@ from augkit import __version__
 from augkit.errors import EXIT_OK, EXIT_SKIPPED, UsageError
 from augkit.io.images import DECODE_POLICY, OUTPUT_FORMATS
 from augkit.io.scan import scan_folder
+from augkit.labels.formats import detect_kind
 from augkit.limits import DEFAULT_MAX_PIXELS
 from augkit.offline.dst import (
     ERRORS,
@@ -187,6 +188,20 @@ def _outputs(rel: str, copies: int, originals: bool, fmt: str | None) -> list[tu
     return [(k, parent + name, parent + alt + name[len(p.stem) :]) for k, name in outs]
 
 
+def _not_labelled(src: Path, labels: str | None) -> None:
+    """A labelled dataset is never augmented as class folders unless asked (``labels="folders"``):
+    its images/ and labels/ would become two classes and its labels would be lost."""
+    if labels not in (None, "folders"):
+        raise UsageError(f"labels={labels!r}: use augkit.offline.labelled.augment_labelled for a labelled dataset")
+    kind = None if labels == "folders" else detect_kind(src)
+    if kind is not None:
+        raise UsageError(
+            f"{src} looks like a {kind} dataset: augment it with its labels (augkit augment --labels {kind}; "
+            "Python: augkit.offline.labelled.augment_labelled), or pass --labels folders (labels='folders') "
+            "to treat its sub-folders as classes"
+        )
+
+
 def make_plan(src: str | os.PathLike, dst: str | os.PathLike, recipe: Recipe, options: AugmentOptions) -> Plan:
     """Every output to produce, with its seed. Pure: reads the folder listing, writes nothing."""
     options.validate()
@@ -194,6 +209,7 @@ def make_plan(src: str | os.PathLike, dst: str | os.PathLike, recipe: Recipe, op
     _check_dirs(src, dst)
     if not recipe.train:
         raise UsageError(f"recipe {recipe.name!r} has no train section: nothing to augment with")
+    _not_labelled(src, options.labels)
     scan = scan_folder(src, exclude=dst)
     found, links = _split_links_into_dst(src, dst, scan.items)
     empty, empty_links = _split_links_into_dst(src, dst, [(c, c) for c in scan.empty_classes])
