@@ -196,3 +196,32 @@ def yaml_classes(run: Path) -> list[str]:
     import torch
 
     return torch.load(run / "best.pt", weights_only=True, map_location="cpu")["meta"]["classes"]
+
+
+# ------------------------------------------------------------------ d. a source changed after its outputs
+
+
+def test_d_outputs_of_a_changed_source_are_made_again(tmp_path):
+    import hashlib
+
+    src = digits_folder(tmp_path / "data", per_class=2, size=32)
+    dst = tmp_path / "out"
+    assert invoke("augment", src, dst, "--recipe", "digits", "--copies", "2").exit_code == 0
+    first = {r["output"]: r for r in rows(dst / MANIFEST)}
+    row = first["d0/0_00__aug0.png"]
+    data = (src / "d0" / "0_00.png").read_bytes()
+    assert row["source_file"]["size"] == len(data)
+    assert row["source_file"]["blake2b"] == hashlib.blake2b(data, digest_size=16).hexdigest()
+    old = {o: (dst / o).read_bytes() for o in ("d0/0_00__aug0.png", "d0/0_00__aug1.png", "d1/1_00__aug0.png")}
+    shutil.copyfile(src / "d2" / "2_00.png", src / "d0" / "0_00.png")  # new content, size and mtime
+    res = invoke("augment", src, dst, "--recipe", "digits", "--copies", "2")
+    assert res.exit_code == 0, res.output
+    assert "remade" in res.output and "their source changed" in res.output
+    assert (dst / "d0/0_00__aug0.png").read_bytes() != old["d0/0_00__aug0.png"]
+    assert (dst / "d0/0_00__aug1.png").read_bytes() != old["d0/0_00__aug1.png"]
+    assert (dst / "d1/1_00__aug0.png").read_bytes() == old["d1/1_00__aug0.png"]
+    latest = {r["output"]: r for r in rows(dst / MANIFEST)}
+    assert len(rows(dst / MANIFEST)) == 14  # 12, then the 2 outputs of the changed source
+    assert latest["d0/0_00__aug0.png"]["source_file"]["blake2b"] != row["source_file"]["blake2b"]
+    again = invoke("augment", src, dst, "--recipe", "digits", "--copies", "2")  # now current: nothing to do
+    assert again.exit_code == 0 and "remade" not in again.output and len(rows(dst / MANIFEST)) == 14

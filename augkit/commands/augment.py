@@ -235,6 +235,8 @@ def _summary(r: AugmentResult) -> None:
     if not r.dry_run:
         t.add_row("written", f"{r.written} in {r.seconds:.1f} s ({r.rate:.1f} img/s)")
     t.add_row("already done", str(r.already_done))
+    if r.stale:
+        t.add_row("[yellow]remade", f"{len(r.stale)} (their source changed since they were made)")
     if r.existing:
         t.add_row("[yellow]kept existing", f"{len(r.existing)} (use --overwrite to replace)")
     if not r.dry_run:

@@ -246,6 +246,7 @@ class AugmentResult:
     already_done: int = 0
     bad: list[dict] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)  # outputs present but not from these settings
+    stale: list[str] = field(default_factory=list)  # outputs whose source changed since: made again
     unchanged: int = 0  # augmented copies identical to their source (no step changed a pixel)
     fatal: str | None = None
     aborted: str | None = None
@@ -292,6 +293,8 @@ def _manifest_row(plan: Plan, item: WorkItem, res: ItemResult) -> dict:
         "augkit": __version__,
         "albumentations": _albumentations_version(),
     }
+    if res.get("source"):  # size, mtime and hash of the source as read: a re-run redoes outputs of a changed source
+        row["source_file"] = res["source"]
     if item.copy >= 0:
         row["unchanged"] = bool(res.get("unchanged"))
         if opts.require_change:
@@ -320,15 +323,35 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+def _source_changed(plan: Plan, rel: str, row: dict, stats: dict[str, tuple | None]) -> bool:
+    """Whether the source of a recorded output differs (size or mtime) from when it was made.
+    Rows from an augkit that did not record sources cannot tell: they count as current."""
+    made = row.get("source_file")
+    if not isinstance(made, dict):
+        return False
+    if rel not in stats:
+        try:
+            st = os.stat(plan.src / rel)
+            stats[rel] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stats[rel] = None  # gone or unreadable: redo, and the worker reports it
+    return stats[rel] != (made.get("size"), made.get("mtime_ns"))
+
+
 def _todo(plan: Plan, result: AugmentResult) -> list[WorkItem]:
-    """The items still to run; finished ones count as already done, unrecorded outputs are verified."""
+    """The items still to run; finished ones count as already done (unless their source changed
+    since: then they are made again), unrecorded outputs are verified."""
     opts = plan.options
     done = {} if opts.overwrite or not plan.dst.is_dir() else latest_rows(plan.dst)
     todo = []
+    stats: dict[str, tuple | None] = {}
     for item in plan.items:
         row = done.get(item.out)
         exists = _is_file(plan.dst / item.out) if (row or not opts.overwrite) else False
-        if row is not None and exists and _same_settings(plan, row):
+        if row is not None and exists and _same_settings(plan, row) and _source_changed(plan, item.src, row, stats):
+            result.stale.append(item.out)  # made by augkit from an older version of the source: made again
+            todo.append(item)
+        elif row is not None and exists and _same_settings(plan, row):
             result.already_done += 1
         elif exists and not opts.overwrite:
             # e.g. finished by a killed run before its row reached the journal: recompute and compare

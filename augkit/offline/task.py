@@ -9,6 +9,7 @@ an output folder that cannot be written (disk full, read-only) is ``fatal`` for 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,6 +49,16 @@ class TaskSettings:
     require_change: bool = False
 
 
+def source_record(st: os.stat_result | None, data: bytes) -> dict:
+    """What the manifest keeps of a source: size and mtime (checked by a re-run: a changed source
+    makes its outputs stale) and a content hash (blake2b-128, ~1 GB/s: far below a decode)."""
+    return {
+        "size": len(data),
+        "mtime_ns": st.st_mtime_ns if st is not None else None,
+        "blake2b": hashlib.blake2b(data, digest_size=16).hexdigest(),
+    }
+
+
 def redraw_seed(seed: int, attempt: int) -> int:
     """The seed of the ``attempt``-th redraw of a copy (0: the copy's own seed)."""
     return seed if attempt == 0 else derive_seed(seed, "require-change", attempt, salt="augment")
@@ -76,7 +87,7 @@ class AugmentTask:
         self.src, self.dst = Path(src), Path(dst)
         self.recipe_text, self.recipe_source, self.settings = recipe_text, recipe_source, settings
         self._aug = None
-        self._last = None  # (src, bytes, decoded image) of the last source
+        self._last = None  # (src, bytes, decoded image, source record) of the last source
         self._writer: ThreadPoolExecutor | None = None  # run_chunk's writer thread
 
     def __getstate__(self) -> dict:
@@ -88,16 +99,27 @@ class AugmentTask:
 
     def _decoded(self, src: str, path: Path) -> tuple[bytes, np.ndarray]:
         """Decode once per source: the copies of one image are consecutive work items, so the
-        last decoded image is reused (each executor hands a worker consecutive items in chunks)."""
+        last decoded image is reused (each executor hands a worker consecutive items in chunks).
+        The source's record (:func:`source_record`) is kept beside it: :meth:`_source_record`."""
         last = self._last
         if last is not None and last[0] == src:
             return last[1], last[2]
         self._last = None
         s = self.settings
+        try:
+            st = os.stat(path)  # before the read: a change during the read shows as a newer mtime next time
+        except OSError:
+            st = None  # read_bytes names the reason
         data = read_bytes(path, max_bytes=max_bytes_for(s.max_pixels) if s.max_pixels else None)
         img = decode_image(data, path, max_pixels=s.max_pixels, max_side=s.max_side)
-        self._last = (src, data, img)
+        record = source_record(st, data)
+        self._last = (src, data, img, record)
         return data, img
+
+    def _source_record(self, src: str) -> dict | None:
+        """The record of the source :meth:`_decoded` read last, if it is ``src``."""
+        last = self._last
+        return last[3] if last is not None and last[0] == src else None
 
     def _augment(self, img: np.ndarray, seed: int) -> tuple[np.ndarray, list, int, bool]:
         """(image, applied steps, redraws, unchanged). A copy whose pixels equal its source's is
@@ -159,6 +181,7 @@ class AugmentTask:
             "height": int(img.shape[0]),
             "unchanged": False,
             "redraws": 0,
+            "source": self._source_record(item.src),
         }
         if item.copy < 0:
             payload = data  # the original, byte for byte

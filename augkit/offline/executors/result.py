@@ -38,6 +38,7 @@ class ItemResult(TypedDict, total=False):
     redraws: int
     seconds: float
     verified: bool
+    source: dict  # the source file as read: {"size", "mtime_ns", "blake2b"} (a re-run redoes stale outputs)
 
 
 def failure(item: Any, reason: str, exc: BaseException) -> ItemResult:
