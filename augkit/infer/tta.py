@@ -274,7 +274,7 @@ class TTAWrapper(nn.Module):
             p = torch.softmax(self._logits(batch).float(), dim=-1)
             for j, i in enumerate(idx):
                 probs[i] = p[j * n : (j + 1) * n]
-        return torch.stack(probs)
+        return torch.stack([p for p in probs if p is not None])  # every slot is filled: each view is in a group
 
     def merge_views(self, p: Tensor) -> Tensor:
         """Merge the output of :meth:`view_probs` with this wrapper's merge and beta."""

@@ -18,7 +18,7 @@ import fnmatch
 import functools
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torchvision
@@ -207,7 +207,7 @@ def head_name(model: nn.Module) -> str:
     """The dotted name of ``model``'s classification layer (``fc``, ``classifier.1``, ``heads.head``, ...)."""
     model = getattr(model, "module", model)  # DDP / DataParallel
     if hasattr(model, "get_classifier") and hasattr(model, "reset_classifier"):  # timm
-        head = model.get_classifier()
+        head = cast(Any, model).get_classifier()
         found = next((name for name, m in model.named_modules() if m is head), None)
         if found:
             return found
@@ -226,10 +226,10 @@ def head_name(model: nn.Module) -> str:
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Put a new, randomly initialised ``num_classes``-way layer where the model's head was."""
     if hasattr(model, "reset_classifier"):  # timm
-        model.reset_classifier(num_classes)
+        cast(Any, model).reset_classifier(num_classes)
         return model
     name = head_name(model)
-    old = model.get_submodule(name)
+    old: Any = model.get_submodule(name)
     new = (
         nn.Linear(old.in_features, num_classes)
         if isinstance(old, nn.Linear)

@@ -12,7 +12,9 @@ comes first (five-crop and ten-crop have none).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from augkit.errors import RecipeError
 from augkit.recipe.params import Param, check_params, short, suggest
@@ -94,7 +96,7 @@ def _crop_views(size: float = 0.875) -> list[View]:
     return [make_view(prim("crop", position=pos, size=size)) for pos in ("center", "tl", "tr", "bl", "br")]
 
 
-PRESETS: dict[str, callable] = {
+PRESETS: dict[str, Callable[[], list[View]]] = {
     "identity": lambda: [make_view(prim("identity"))],
     "flip": lambda: [make_view(prim("identity")), make_view(prim("hflip"))],
     "vflip": lambda: [make_view(prim("identity")), make_view(prim("vflip"))],
@@ -161,7 +163,7 @@ def parse_view(obj, *, where: str, source: str | None, line: int | None) -> View
 
 def _parse_prim(obj, *, where: str, source: str | None, line: int | None) -> Primitive:
     if isinstance(obj, str):
-        kind, params = obj, {}
+        kind, params = obj, dict[str, Any]()
     elif isinstance(obj, dict) and len(obj) == 1:
         kind, params = next(iter(obj.items()))
     else:

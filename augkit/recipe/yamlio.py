@@ -61,7 +61,7 @@ class _Loader(yaml.SafeLoader):
     source = "recipe"
     _path: list[str] = []
 
-    def compose_node(self, parent, index):  # type: ignore[override]
+    def compose_node(self, parent, index):
         # PyYAML composes recursively: stop at MAX_DEPTH, long before Python's recursion limit.
         if parent is None:
             self._path = []
@@ -82,18 +82,18 @@ class _Loader(yaml.SafeLoader):
         finally:
             self._path.pop()
 
-    def construct_yaml_int(self, node):  # type: ignore[override]
+    def construct_yaml_int(self, node):
         text = str(node.value)
         if len(text.replace("_", "")) > 24:  # never convert thousands of digits (slow, or ValueError)
             return BadNumber(text, "too large")
         value = super().construct_yaml_int(node)
         return value if abs(value) < _INT_LIMIT else BadNumber(text, "too large")
 
-    def construct_yaml_float(self, node):  # type: ignore[override]
+    def construct_yaml_float(self, node):
         value = super().construct_yaml_float(node)
         return value if math.isfinite(value) else BadNumber(str(node.value), "not a finite number")
 
-    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+    def construct_mapping(self, node, deep=False):
         if not isinstance(node, yaml.MappingNode):
             raise yaml.constructor.ConstructorError(None, None, "expected a mapping", node.start_mark)
         self.flatten_mapping(node)
@@ -118,15 +118,15 @@ class _Loader(yaml.SafeLoader):
             out.key_lines[key] = key_node.start_mark.line + 1
         return out
 
-    def construct_sequence(self, node, deep=False):  # type: ignore[override]
+    def construct_sequence(self, node, deep=False):
         out = LineList(self.construct_object(child, deep=True) for child in node.value)
         out.line = node.start_mark.line + 1
         out.item_lines = [child.start_mark.line + 1 for child in node.value]
         return out
 
 
-_Loader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: loader.construct_mapping(node))
-_Loader.add_constructor("tag:yaml.org,2002:seq", lambda loader, node: loader.construct_sequence(node))
+_Loader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: loader.construct_mapping(node))  # type: ignore[arg-type]
+_Loader.add_constructor("tag:yaml.org,2002:seq", lambda loader, node: loader.construct_sequence(node))  # type: ignore[arg-type]
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 _Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
 
