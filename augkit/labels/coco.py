@@ -420,9 +420,9 @@ class CocoFormat(LabelFormat):
             a["segmentation"] = encode_rle(o.mask, compressed=o.attrs.get("rle", "string") == "string")
             area = float(np.count_nonzero(o.mask))
         elif o.polygons:
-            polys = [np.clip(p, 0, [W, H]) for p in o.polygons if len(p) >= 3]
-            a["segmentation"] = [[round(float(v), 2) for v in p.ravel()] for p in polys]
-            area = sum(polygon_area(p) for p in polys)
+            polys = [np.round(np.clip(p, 0, [W, H]), 2) for p in o.polygons if len(p) >= 3]
+            a["segmentation"] = [[float(v) for v in p.ravel()] for p in polys]
+            area = sum(polygon_area(p) for p in polys)  # of the polygon as written: a re-read gives the same
         else:
             area = (x1 - x0) * (y1 - y0)
         a["area"] = round(area, 2)

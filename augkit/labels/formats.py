@@ -143,6 +143,10 @@ class _Registry(dict):
             _Registry._loaded = True
             for name in BUILTIN_FORMATS:  # by name: those modules import this one
                 importlib.import_module(f"augkit.labels.{name}")
+            # one order whatever was imported first: the built-ins as listed, then others by name
+            order = sorted(dict.items(self), key=lambda kv: (_builtin_rank(kv[0]), kv[0]))
+            dict.clear(self)
+            dict.update(self, order)
 
     def __getitem__(self, key: str) -> LabelFormat:
         self._load()
@@ -177,7 +181,11 @@ class _Registry(dict):
         return super().items()
 
 
-#: name -> format instance, in registration (detection) order
+def _builtin_rank(name: str) -> int:
+    return BUILTIN_FORMATS.index(name) if name in BUILTIN_FORMATS else len(BUILTIN_FORMATS)
+
+
+#: name -> format instance: the built-ins in :data:`BUILTIN_FORMATS` order, then others by name
 FORMATS: dict[str, LabelFormat] = _Registry()
 
 
