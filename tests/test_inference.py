@@ -5,6 +5,7 @@ v2 checkpoints, intra-op threads, and command modules that import no torch."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -264,3 +265,60 @@ def test_command_modules_import_no_torch():
         env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
     )
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# ---------------------------------------------------------------- docs/onnx.md's reference script
+
+
+def _doc_script() -> str:
+    text = (Path(__file__).parent.parent / "docs" / "onnx.md").read_text(encoding="utf-8")
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_onnx_reference_script_equals_augkit_predict(run_dir, digits, tmp_path):
+    """docs/onnx.md's onnxruntime + OpenCV script, run as written, gives augkit predict's
+    probabilities to 1e-4: a photo JPEG that takes the reduced (1/4) decode, a small digit PNG that
+    is enlarged, a grey PNG, and a JPEG of odd aspect ratio and non-ASCII name."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import skimage.data
+
+    from augkit.infer.export import export_onnx
+
+    model = export_onnx(run_dir, tmp_path / "model.onnx", tta="flip").path
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    photo = skimage.data.chelsea()  # 451 x 300: its shorter side / 4 = 75 >= 2 x 32, / 8 = 38 < 64
+    cv2.imwrite(str(imgs / "cat.jpg"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    write_png(imgs / "digit.png", digit_rgb(digits[0][5], 20))
+    cv2.imwrite(str(imgs / "grey.png"), cv2.resize(skimage.data.camera(), (45, 70), interpolation=cv2.INTER_AREA))
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(cv2.resize(photo, (97, 41)), cv2.COLOR_RGB2BGR))
+    (imgs / "кот wide.jpg").write_bytes(buf.tobytes())
+    paths = sorted(str(p) for p in imgs.iterdir())
+    script = tmp_path / "reference.py"
+    script.write_text(_doc_script(), encoding="utf-8")
+    assert len([line for line in _doc_script().splitlines() if line.strip()]) <= 20
+    res = subprocess.run([sys.executable, str(script), str(model), *paths], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    got = {r["path"]: r for r in map(json.loads, res.stdout.splitlines())}
+    preds = predict(model, paths, top_k=3, device="cpu", workers=0)  # the .onnx's own TTA: flip
+    assert preds.tta.preset == "flip" and len(preds.rows) == len(got) == 4
+    for row in preds.rows:
+        want = dict(row["top"])
+        assert max(abs(got[row["path"]]["probs"][c] - want[c]) for c in want) < 1e-4, row["path"]
+        assert got[row["path"]]["label"] == row["label"]
+
+
+def test_onnx_metadata_specifies_the_preprocessing(run_dir, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    from augkit.infer.export import export_onnx
+
+    path = export_onnx(run_dir, tmp_path / "m.onnx", tta="flip+shift").path
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert "EXIF orientation applied" in props["decode"] and "IMREAD_REDUCED_COLOR_k" in props["decode"]
+    assert ">= 64 px" in props["decode"]  # 2 x the 32 px input
+    assert "round(side * scale)" in props["resize"] and "INTER_AREA when shrinking" in props["interpolation"]
+    assert props["crop"].startswith("center 32x32") and "NCHW" in props["layout"] and "RGB" in props["layout"]
+    assert props["normalization"].startswith("inside the graph") and "0.485" in props["normalization"]
+    assert props["tta_inside"].startswith("yes") and "10 view(s)" in props["tta_inside"]

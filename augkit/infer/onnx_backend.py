@@ -23,6 +23,7 @@ import torch
 
 from augkit.errors import UsageError
 from augkit.infer.tta import IDENTITY, merge_probs
+from augkit.io.images import decode_policy_margin, decode_policy_reduces
 from augkit.models.checkpoint import ModelMeta, meta_from_dict
 from augkit.recipe.api import TTASpec, parse_tta
 from augkit.recipe.views import View, parse_view, view_to_yaml
@@ -60,6 +61,33 @@ def metadata_props(meta: ModelMeta, spec: TTASpec, views: list[View]) -> dict[st
         f"as augkit does ({meta.resize_policy})",
         "decode_policy": meta.decode_policy,
         "tta": " | ".join(v.name for v in spec.views) + f" ({spec.merge})",
+        **preprocessing_props(meta, spec),
+    }
+
+
+def preprocessing_props(meta: ModelMeta, spec: TTASpec) -> dict[str, str]:
+    """How to feed the graph without augkit, in words (docs/onnx.md has a runnable script)."""
+    s = meta.image_size
+    if decode_policy_reduces(meta.decode_policy):
+        need = s * decode_policy_margin(meta.decode_policy)
+        jpeg = (
+            f"a JPEG is decoded at 1/k scale (OpenCV IMREAD_REDUCED_COLOR_k; libjpeg gives ceil(side / k)) with k "
+            f"the largest of 8, 4, 2 whose reduced shorter side is still >= {need} px, else at full size"
+        )
+    else:
+        jpeg = "a JPEG is decoded at full size"
+    return {
+        "decode": "RGB uint8 (OpenCV imdecode, BGR to RGB); EXIF orientation applied; alpha composited over white; "
+        f"16-bit divided by 257; grey to 3 channels; {jpeg}",
+        "resize": f"shorter side to {s} px: scale = {s} / shorter side, new sides max({s}, round(side * scale)); "
+        f"unchanged when the shorter side is already {s}",
+        "interpolation": "OpenCV INTER_AREA when shrinking, INTER_LINEAR when enlarging",
+        "crop": f"center {s}x{s}: top = (height - {s}) // 2, left = (width - {s}) // 2",
+        "layout": f"{INPUT}: uint8 0..255, NCHW (N, 3, {s}, {s}), RGB channel order, dynamic batch",
+        "normalization": f"inside the graph: (x / 255 - mean) / std, mean {list(meta.mean)}, std {list(meta.std)}",
+        "tta_inside": f"yes: {OUTPUT} merges {len(spec.views)} view(s) by {spec.merge} inside the graph; "
+        f"{VIEW_OUTPUT} holds each view's probabilities (softmax applied)",
+        "reference": "docs/onnx.md: a reference onnxruntime + OpenCV script",
     }
 
 
