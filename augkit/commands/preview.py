@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -21,13 +22,20 @@ def command(
     ),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed of the first version (then seed+1, ...)."),
     cell: int = typer.Option(160, "--cell", help="Cell size in pixels (48-1024)."),
+    labels: Optional[str] = typer.Option(
+        None,
+        "--labels",
+        help="A labelled dataset folder's kind (yolo, coco, voc, masks; default: detected), drawn on every tile; folders: class folders.",
+    ),
 ) -> None:
     """Draw a grid: rows are source images, columns the original and augmented versions."""
     from augkit.offline.preview import preview  # deferred: OpenCV, numpy and albumentations load only when it runs
     from augkit.recipe.api import load_recipe
 
     rec = load_recipe(recipe)
-    path = preview(rec, sources, output, images=images, versions=versions, seed=seed, extremes=extremes, cell=cell)
+    path = preview(
+        rec, sources, output, images=images, versions=versions, seed=seed, extremes=extremes, cell=cell, labels=labels
+    )
     err.print(f"preview of recipe [bold]{rec.name}[/] written to {path}")
     if rec.batch is not None:  # mixing needs a batch of images: the picture shows the per-image steps
         err.print(

@@ -90,12 +90,20 @@ def _draw_semantic(img: np.ndarray, labels: Labels, alpha: float) -> None:
         else:
             color = class_color(int(v) - 1)
         _blend(img, sem == v, color, alpha)
+        _outline(img, sem == v, color)
+
+
+def _outline(img: np.ndarray, where: np.ndarray, color) -> None:
+    """The edge of a mask region, in a darker shade of its colour (seen even on pixels of that colour)."""
+    contours, _ = cv2.findContours(where.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(img, contours, -1, tuple(int(c * 0.45) for c in color), 1, cv2.LINE_8)
 
 
 def _draw_fill(img: np.ndarray, o: Obj, alpha: float) -> None:
     color = class_color(o.cls)
     if o.mask is not None and o.mask.shape == img.shape[:2]:
         _blend(img, o.mask.astype(bool), color, alpha)
+        _outline(img, o.mask.astype(bool), color)
     elif o.polygons:
         m = np.zeros(img.shape[:2], np.uint8)
         cv2.fillPoly(m, [_pts(p) for p in o.polygons if len(p) >= 3], 1, cv2.LINE_8, _SHIFT)
@@ -107,13 +115,12 @@ def _draw_outline(img: np.ndarray, o: Obj, t: int) -> None:
     for p in o.polygons:
         if len(p) >= 2:
             cv2.polylines(img, [_pts(p)], True, color, max(1, t // 2), cv2.LINE_AA, _SHIFT)
-    x0, y0, x1, y1 = o.box
-    corners = np.array([[x0, y0], [x1, y1]])
-    (a, b), (c, d) = np.round(corners * (1 << _SHIFT)).astype(np.int64).tolist()
-    # box edges: the rectangle runs along the pixel edges x0..x1 (drawn inside them)
-    inset = (t * (1 << _SHIFT)) // 2
-    cv2.rectangle(img, (a + inset, b + inset), (max(a, c - inset - 1), max(b, d - inset - 1)), color, t,
-                  cv2.LINE_8, _SHIFT)  # fmt: skip
+    # the box's outline on its outermost pixels (the box runs along pixel edges: x0 <= x < x1)
+    eps = 1e-3  # float noise (41.99995 is the edge 42)
+    left, top = int(np.floor(o.box[0] + eps)), int(np.floor(o.box[1] + eps))
+    right, bottom = int(np.ceil(o.box[2] - eps)) - 1, int(np.ceil(o.box[3] - eps)) - 1
+    h = t // 2
+    cv2.rectangle(img, (left + h, top + h), (max(left + h, right - h), max(top + h, bottom - h)), color, t, cv2.LINE_8)
 
 
 def _skeleton(info: DatasetInfo | None) -> list[tuple[int, int]]:

@@ -8,6 +8,8 @@ step alone at the low and high ends of its parameter ranges. Every column is lab
 from __future__ import annotations
 
 import os
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -16,7 +18,12 @@ import numpy as np
 from augkit.errors import ImageError, UsageError
 from augkit.io.images import read_image, write_image
 from augkit.io.scan import is_image_name, scan_folder
+from augkit.labels.draw import draw_labels, scale_labels
+from augkit.labels.formats import FORMATS, open_dataset
+from augkit.labels.geometry import build_labelled
+from augkit.labels.model import DatasetInfo, Item
 from augkit.limits import DEFAULT_MAX_PIXELS
+from augkit.offline.labelled import resolve_kind
 from augkit.recipe.api import Recipe, build_compose, seed_random_state, step_extremes
 from augkit.seeding import derive_seed
 
@@ -124,8 +131,13 @@ def preview(
     extremes: bool = False,
     cell: int = 160,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    labels: str | None = None,
 ) -> Path:
-    """Render the preview grid to ``output`` (PNG or JPEG); returns the path."""
+    """Render the preview grid to ``output`` (PNG or JPEG); returns the path.
+
+    A labelled dataset folder (detected, or ``labels`` = yolo, coco, voc, masks) is previewed with its
+    labels drawn on the original and on every augmented tile (:func:`_preview_labelled`);
+    ``labels="folders"`` treats a folder as class folders."""
     if not recipe.train:
         raise UsageError(f"recipe {recipe.name!r} has no train section to preview")
     if not (1 <= versions <= MAX_ROWS_COLS and 1 <= images <= MAX_ROWS_COLS and 48 <= cell <= MAX_CELL):
@@ -133,10 +145,16 @@ def preview(
             f"--versions and --images must be 1-{MAX_ROWS_COLS} and --cell 48-{MAX_CELL} "
             f"(got {versions}, {images}, {cell})"
         )
-    files = pick_images(sources, images)
     output = Path(output)
     if output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise UsageError(f"{output}: preview output must end in .png, .jpg or .webp")
+    kind = resolve_kind(sources[0], labels) if len(sources) == 1 and Path(sources[0]).is_dir() else None
+    if kind is None and labels not in (None, "folders"):
+        raise UsageError(f"--labels {labels}: give one dataset folder to preview (got {len(sources)} sources)")
+    if kind is not None:
+        return _preview_labelled(recipe, Path(sources[0]), kind, output, images, versions, seed, extremes, cell,
+                                 max_pixels)  # fmt: skip
+    files = pick_images(sources, images)
     if extremes:
         columns: list[tuple[str, object]] = []
         for step in recipe.train:
@@ -165,6 +183,72 @@ def preview(
         rows.append(cells)
         labels.append(str(f))
     grid = render_grid(rows, headers, labels, cell)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_image(grid, output, quality=92)
+    return output
+
+
+def _labelled_images(info: DatasetInfo, count: int) -> list[Item]:
+    """Up to ``count`` images of a labelled dataset: the training split first (the one augmented),
+    preferring images with objects."""
+    order = sorted(info.splits, key=lambda s: (s != "train", list(info.splits).index(s)))
+    items = [it for s in order for it in info.splits[s]]
+    if not items:
+        raise UsageError(f"{info.root}: the {info.kind} dataset has no images to preview")
+    return items[:count]
+
+
+def _preview_labelled(
+    recipe: Recipe,
+    src: Path,
+    kind: str,
+    output: Path,
+    images: int,
+    versions: int,
+    seed: int,
+    extremes: bool,
+    cell: int,
+    max_pixels: int | None,
+) -> Path:
+    """The grid of a labelled dataset: each tile shows the image with its labels drawn (boxes and class
+    names, translucent polygons and masks, keypoints and skeleton), moved by the recipe as augment
+    moves them."""
+    info = open_dataset(src, kind)
+    fmt = FORMATS[kind]
+    with warnings.catch_warnings():  # a pixel-only step alone: albumentations notes it moves no keypoints
+        warnings.filterwarnings("ignore", message="Got processor for keypoints")
+        if extremes:
+            columns = []
+            for step in recipe.train:
+                for label, s in step_extremes(step):
+                    pipe = build_labelled(replace(recipe, train=[s]), info)
+                    columns.append((f"{s.where.split(' ')[0]} {label}", pipe))
+            headers = ["original"] + [c[0] for c in columns]
+        else:
+            pipeline = build_labelled(recipe, info)
+            headers = ["original"] + [f"seed {seed + k}" for k in range(versions)]
+    rows, names = [], []
+    for it in _labelled_images(info, images):
+        try:
+            img = read_image(it.image, max_pixels=max_pixels, min_side=cell * 2)
+            lab = fmt.read(info, it)
+        except ImageError as exc:  # LabelError too: the file and line
+            raise UsageError(str(exc)) from None
+        size = fmt.image_rel(info, it)
+        if img.shape[0] > cell * 2:  # augment at preview scale: fast; labels scaled with it
+            h, w = img.shape[:2]
+            img = _thumb(img, cell * 2)
+            lab = scale_labels(lab, img.shape[1] / w, img.shape[0] / h, (img.shape[1], img.shape[0]))
+        cells = [draw_labels(img, lab, info)]
+        for k in range(len(headers) - 1):
+            if extremes:
+                out, out_lab, _, _ = columns[k][1](img.copy(), lab, derive_seed(seed, size, k, salt="preview"))
+            else:
+                out, out_lab, _, _ = pipeline(img.copy(), lab, derive_seed(seed + k, size, 0, salt="preview"))
+            cells.append(draw_labels(out, out_lab, info))
+        rows.append(cells)
+        names.append(f"{size} ({len(lab.objects)} objects)" if lab.semantic is None else size)
+    grid = render_grid(rows, headers, names, cell)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_image(grid, output, quality=92)
     return output
