@@ -311,7 +311,8 @@ def coco_dataset(
     ``segmentation``: "none" (boxes only), "polygon", "rle" (compressed string counts), "rle_raw"
     (uncompressed list counts, ``iscrowd`` 1 as COCO stores crowds) or "mixed" (box and triangle as
     polygons, the ellipse as compressed RLE). ``keypoints``: every object gets the 3 keypoints
-    (``num_keypoints``; written as COCO pixel indices, the :class:`Shape`'s keypoints minus 0.5), and each category ``keypoints``/``skeleton``. ``category_ids``: the COCO ids of
+    (``num_keypoints``; written as COCO pixel indices, the :class:`Shape`'s keypoints minus 0.5), and each
+    category ``keypoints``/``skeleton``. ``category_ids``: the COCO ids of
     the 3 classes (COCO ids need not be 0-based nor contiguous). Image and annotation ids start at 1;
     ``background`` images (no annotations) join the first split."""
     splits = splits or {"train": 3, "val": 1}
