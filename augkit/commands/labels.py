@@ -17,7 +17,7 @@ from augkit.labels.model import KINDS
 
 app = typer.Typer(help="Check labelled datasets: YOLO, COCO, Pascal VOC and mask folders.", no_args_is_help=True)
 
-Kind = Enum("Kind", {k: k for k in KINDS}, type=str)  # --labels choices: the kinds augkit reads
+Kind = Enum("Kind", {k: k for k in KINDS}, type=str)  # type: ignore[misc]  # --labels choices: the kinds augkit reads
 
 
 @app.callback()

@@ -429,7 +429,7 @@ class CocoFormat(LabelFormat):
         a["bbox"] = [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]
         a["iscrowd"] = int(o.attrs.get("iscrowd", 0) or 0)
         if o.keypoints is not None:
-            kp = []
+            kp: list[float] = []
             for x, y, v in o.keypoints:
                 inside = v > 0 and 0 <= x <= W and 0 <= y <= H
                 kp += [round(float(x) - 0.5, 2), round(float(y) - 0.5, 2), int(v)] if inside else [0, 0, 0]
@@ -445,7 +445,8 @@ class CocoFormat(LabelFormat):
             by_json.setdefault(r["json"], []).append(r)
         tops = {m["json"]: m["top"] for m in info.extra["splits"].values()}
         for rel, recs in sorted(by_json.items()):
-            images, anns = [], []
+            images: list[dict] = []
+            anns: list[dict] = []
             for image_id, r in enumerate(sorted(recs, key=lambda r: r["image"]["file_name"]), 1):
                 images.append({"id": image_id, **r["image"]})
                 for a in r["annotations"]:

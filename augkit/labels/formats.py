@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from augkit.errors import ImageError, UsageError
 from augkit.io.scan import is_ignored, is_image_name
@@ -168,15 +169,15 @@ class _Registry(dict):
         self._load()
         return super().get(key, default)
 
-    def keys(self):  # type: ignore[override]
+    def keys(self):
         self._load()
         return super().keys()
 
-    def values(self):  # type: ignore[override]
+    def values(self):
         self._load()
         return super().values()
 
-    def items(self):  # type: ignore[override]
+    def items(self):
         self._load()
         return super().items()
 
@@ -285,7 +286,7 @@ def image_size_of(path: Path) -> tuple[int, int]:
     return w, h
 
 
-def fit_range(values: np.ndarray, hi: float, tol: float = TOLERANCE_PX) -> np.ndarray | None:
+def fit_range(values: ArrayLike, hi: float, tol: float = TOLERANCE_PX) -> np.ndarray | None:
     """``values`` clipped to [0, hi] when none lies more than ``tol`` outside; None (out of range) otherwise.
     NaN and infinity are out of range."""
     v = np.asarray(values, dtype=np.float64)

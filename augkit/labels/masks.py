@@ -118,7 +118,8 @@ class MasksFormat(LabelFormat):
                     LabelError(
                         item.label_file,
                         "class id out of range",
-                        f"values {bad[:8]}; names has {len(info.names)} (0..{len(info.names) - 1}, {MASK_IGNORE} ignore)",
+                        f"values {bad[:8]}; names has {len(info.names)} "
+                        f"(0..{len(info.names) - 1}, {MASK_IGNORE} ignore)",
                     )
                 )
         return Labels(semantic=sem, palette=pal), problems

@@ -171,8 +171,8 @@ class VocFormat(LabelFormat):
         if name is None or name not in index:
             raise _ObjProblem("unknown class", f"name {name!r} is not among the names")
         bb = o.find("bndbox")
-        vals = [_text(bb, t) for t in ("xmin", "ymin", "xmax", "ymax")]
-        if bb is None or any(v is None for v in vals):
+        vals = [v for t in ("xmin", "ymin", "xmax", "ymax") if (v := _text(bb, t)) is not None]
+        if bb is None or len(vals) != 4:
             raise _ObjProblem("bad label line", f"object {name!r} has no complete bndbox")
         try:
             x0, y0, x1, y1 = (float(v) for v in vals)

@@ -163,7 +163,7 @@ class YoloFormat(LabelFormat):
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"{yfile}: cannot read ({exc})") from None
         doc = load_yaml(text, source=str(yfile))
-        if not isinstance(doc, dict):
+        if not isinstance(doc, LineDict):
             raise UsageError(f"{yfile}: must be a mapping with names and train/val paths")
         return doc
 
