@@ -410,3 +410,39 @@ def test_cli_labelled_run_prints_object_totals_and_rejects_max_side(tmp_path):
     assert out.exit_code == 2 and "--max-side" in out.output
     out = runner.invoke(app, ["augment", "samples", str(tmp_path / "f"), "--link"])
     assert out.exit_code == 2 and "need a labelled dataset" in flat(out.output)
+
+
+# ============================================================================= recipes export --labels
+
+
+@pytest.mark.parametrize(("kind", "fmt"), [("yolo", "yolo"), ("coco", "coco"), ("voc", "pascal_voc"), ("masks", None)])
+def test_export_writes_bbox_params_for_the_dataset_format(kind, fmt, tmp_path):
+    import albumentations as A
+
+    out = tmp_path / f"{kind}.json"
+    res = runner.invoke(app, ["recipes", "export", "light", "-o", str(out), "--labels", kind])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["__augkit__"]["labels"] == kind
+    if fmt is None:
+        assert doc["transform"].get("bbox_params") is None
+        return
+    bp = doc["transform"]["bbox_params"]
+    assert bp["format"] == fmt and bp["label_fields"] == ["class_labels"] and bp["clip"] is True
+    assert bp["min_visibility"] == 0.1 and bp["min_area"] == 4.0  # the label rules' defaults
+    assert bool(doc["transform"].get("keypoint_params")) == (kind != "voc")  # VOC has no keypoints
+    pipe = A.load(str(out))
+    box = {"yolo": [0.25, 0.5, 0.1, 0.2], "coco": [20, 30, 10, 12], "pascal_voc": [20, 30, 30, 42]}[fmt]
+    res = pipe(image=np.zeros((60, 80, 3), np.uint8), bboxes=[box], class_labels=[1])
+    assert len(res["bboxes"]) == 1 and list(res["class_labels"]) == [1]
+
+
+def test_export_takes_the_recipes_label_rules(tmp_path):
+    rec = tmp_path / "r.yaml"
+    rec.write_text("name: r\nlabels: {min_visibility: 0.4, min_area: 9}\ntrain:\n  - flip: {p: 1}\n")
+    out = tmp_path / "r.json"
+    assert runner.invoke(app, ["recipes", "export", str(rec), "-o", str(out), "--labels", "voc"]).exit_code == 0
+    bp = json.loads(out.read_text())["transform"]["bbox_params"]
+    assert (bp["min_visibility"], bp["min_area"]) == (0.4, 9.0)
+    res = runner.invoke(app, ["recipes", "export", str(rec), "-o", str(out), "--labels", "kitti"])
+    assert res.exit_code == 2 and "allowed: yolo, coco, voc, masks" in flat(res.output)
