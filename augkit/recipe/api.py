@@ -154,9 +154,10 @@ def build_transform(step: Step, border: str, fill: Any, leaves: list | None = No
         t = spec.build_step(step, kids)
     else:
         prm = dict(step.params)
-        b = prm.pop("border", None) or border if spec.geometric else border
+        own_border, own_fill = spec.own_border or (border, fill)  # an op's own default, else the recipe's
+        b = prm.pop("border", None) or own_border if spec.geometric else border
         f = prm.pop("fill", None) if spec.geometric else None
-        f = fill if f is None else f
+        f = own_fill if f is None else f
         f = tuple(f) if isinstance(f, list) else f
         t = spec.build(prm, step.p, _border_value(b), f)
     if leaves is not None and not spec.composite:

@@ -74,6 +74,9 @@ class OpSpec:
     extremes: Callable[[dict], list[tuple[str, dict]]] | None = None
     manifest: Callable[[dict], dict] | None = None
     listing: str = ""
+    #: (border, fill) a geometric op uses when its step sets none, instead of the recipe's (the
+    #: policies: torchvision's constant fill 0, whatever border the recipe chose for its other steps)
+    own_border: tuple[str, Any] | None = None
 
     def all_params(self) -> dict[str, Param]:
         return {**self.params, **(GEOMETRY_PARAMS if self.geometric else {})}

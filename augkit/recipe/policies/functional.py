@@ -1,11 +1,12 @@
 """The ops of augkit's augmentation policies (``trivial_augment``, ``rand_augment``): tables, kernels, draws.
 
-The op lists and magnitude ranges are torchvision's (``TrivialAugmentWide`` and ``RandAugment``
-with 31 magnitude bins), and each op is a numpy/OpenCV kernel that follows torchvision's tensor
-code on uint8 images (nearest-neighbour warps, shears about the top-left corner, float32 blends
-truncated to uint8), so a policy means what the papers and timm/torchvision users expect; a test
-compares the tables and the pixels with torchvision's. The kernels need no torch, so policies run
-in ``augment`` workers too. Random draws come from the pipeline's generator (the albumentations
+The reference is ``torchvision.transforms.v2`` (``TrivialAugmentWide`` and ``RandAugment`` with 31
+magnitude bins, uint8 tensors, nearest interpolation): the op lists, the magnitude tables (torch's
+float32 ``linspace``, reproduced bit for bit, so TrivialAugment's Translate bin 15 is 15 px, as
+``int(15.999999)`` is in torchvision) and each kernel's arithmetic (float32 products, torch's fused
+multiply-add in ``add_(alpha=...)``, truncation to uint8; Solarize compares in float32). How far each
+op matches v2's pixels is stated in :data:`V2_MATCH` and asserted by tests/test_policies.py. The
+kernels are numpy/OpenCV and need no torch, so policies run in ``augment`` workers too. Random draws come from the pipeline's generator (the albumentations
 transform in :mod:`augkit.recipe.policies.transform`), and each applied op and magnitude goes to the manifest.
 """
 
@@ -50,6 +51,48 @@ _MAX = {
     "Sharpness": (0.99, 0.9),
 }
 _POSTERIZE_SPAN = {"trivial_augment": 6, "rand_augment": 4}
+#: How each op compares with torchvision.transforms.v2 on uint8 RGB photos (nearest interpolation,
+#: fill 0), as tests/test_policies.py asserts it; shown by ``augkit recipes ops``.
+V2_MATCH = {
+    "Identity": "pixel-equal",
+    "ShearX": "pixel-equal except nearest-neighbour ties (rows that land on half pixels): RandAugment bins "
+    "4, 12, 20, 28 up to 14% of pixels (bin 20, shear 0.2), TrivialAugment bins 8 and 24 under 1%",
+    "ShearY": "as ShearX, by columns",
+    "TranslateX": "pixel-equal",
+    "TranslateY": "pixel-equal",
+    "Rotate": "nearest-neighbour ties: up to 3% of pixels; +-90 degrees on an image whose width and height "
+    "differ in parity (one odd, one even): up to 60% (every pixel lands on a half pixel, a tie that "
+    "torch and OpenCV break differently)",
+    "Brightness": "pixel-equal",
+    "Color": "pixel-equal",
+    "Contrast": "pixel-equal",
+    "Sharpness": "pixel-equal",
+    "Posterize": "pixel-equal",
+    "Solarize": "pixel-equal",
+    "AutoContrast": "pixel-equal",
+    "Equalize": "pixel-equal",
+}
+
+#: One line for the op docs (``augkit recipes ops``).
+V2_SUMMARY = (
+    "Matches torchvision.transforms.v2 pixel for pixel except nearest-neighbour ties: Shear up to 14% of "
+    "pixels at RandAugment bins 4/12/20/28 (under 1% at TrivialAugment bins 8/24), Rotate up to 3% "
+    "(+-90 degrees on an odd x even image: up to 60%)."
+)
+
+
+def linspace32(start: float, end: float, steps: int) -> np.ndarray:
+    """``torch.linspace(start, end, steps)`` (float32, CPU) bit for bit: float32 step, the first half
+    counted up from ``start`` and the second down from ``end``, each with one rounding (a fused
+    multiply-add, as torch's kernel does it). numpy's own linspace rounds differently: 32 px x 15/30
+    is 16.0 there, 15.999999 in torch, which torchvision's ``int()`` makes 15 px."""
+    f32 = np.float32
+    s, e = f32(start), f32(end)
+    step = np.float64(f32((e - s) / f32(steps - 1)))
+    i = np.arange(steps)
+    up = (np.float64(s) + step * i).astype(f32)
+    down = (np.float64(e) - step * (steps - 1 - i)).astype(f32)
+    return np.where(i < steps // 2, up, down).astype(f32)
 
 
 @functools.lru_cache(maxsize=64)
@@ -67,10 +110,11 @@ def augmentation_space(
             top *= width
         elif policy == "rand_augment" and name == "TranslateY":
             top *= height
-        space[name] = (np.linspace(0.0, top, bins, dtype=np.float32), True)
+        space[name] = (linspace32(0.0, top, bins), True)
     span = (bins - 1) / _POSTERIZE_SPAN[policy]
     space["Posterize"] = ((8 - np.round(np.arange(bins) / span)).astype(np.int64), False)
-    space["Solarize"] = (np.linspace(255.0, 0.0, bins, dtype=np.float32), False)
+    # v2: threshold = 255 x linspace(1, 0) (in float64; compared in float32 by the kernel)
+    space["Solarize"] = (255.0 * linspace32(1.0, 0.0, bins).astype(np.float64), False)
     space["AutoContrast"] = (None, False)
     space["Equalize"] = (None, False)
     for values, _ in space.values():
@@ -101,39 +145,61 @@ def _warp(img: np.ndarray, inverse: np.ndarray, border: int, fill: Any) -> np.nd
     )
 
 
+def _mul32(x: np.ndarray, factor: float) -> np.ndarray:
+    """torch's ``x.mul(factor)`` on a uint8 or float32 tensor: float32, one rounding."""
+    return x.astype(np.float32) * np.float32(factor)
+
+
+def _fma32(x: np.ndarray, alpha: float, y: np.ndarray | float) -> np.ndarray:
+    """torch's ``x.add_(y, alpha=alpha)`` in float32: ``x + alpha * y`` with one rounding (a fused
+    multiply-add, as torch's vectorised kernel does it; float64 holds the exact product here)."""
+    exact = np.float64(np.float32(alpha)) * np.asarray(y, np.float64)
+    return (np.asarray(x, np.float64) + exact).astype(np.float32)
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    """clamp to [0, 255], then truncate, as torchvision v2 ends its float kernels."""
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
 def _blend(img: np.ndarray, other: np.ndarray | float, ratio: float) -> np.ndarray:
-    """torchvision's _blend on uint8: float32 mix, clamp, truncate."""
-    out = np.float32(ratio) * img.astype(np.float32) + np.float32(1.0 - ratio) * np.asarray(other, np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    """torchvision v2's ``_blend`` on uint8: ``img.mul(r).add_(other, alpha=1 - r)``, clamp, truncate."""
+    return _to_uint8(_fma32(_mul32(img, ratio), 1.0 - float(ratio), other))
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
-    f = img.astype(np.float32)
-    g = np.float32(0.2989) * f[..., 0] + np.float32(0.587) * f[..., 1] + np.float32(0.114) * f[..., 2]
-    return g.astype(np.uint8)[..., None]
+    """v2's grayscale of uint8 RGB (float32, floored), (H, W, 1)."""
+    g = _mul32(img[..., 0], 0.2989)
+    g = _fma32(g, 0.587, img[..., 1].astype(np.float32))
+    g = _fma32(g, 0.114, img[..., 2].astype(np.float32))
+    return np.floor(g)[..., None]
 
 
 def _sharpness(img: np.ndarray, factor: float) -> np.ndarray:
+    """v2: the 3x3 [1 1 1; 1 5 1; 1 1 1] / 13 blur rounded (an integer sum over 13 never ties, so
+    it is computed exactly), then ``x + (1 - factor) * (blur - x)`` inside a 1-pixel frame."""
     import cv2  # see _warp
 
     if img.shape[0] <= 2 or img.shape[1] <= 2:
         return img
     kernel = np.ones((3, 3), np.float32)
     kernel[1, 1] = 5.0
-    kernel /= kernel.sum()
-    blurred = cv2.filter2D(img.astype(np.float32), -1, kernel, borderType=cv2.BORDER_CONSTANT)
-    degenerate = img.copy()
-    degenerate[1:-1, 1:-1] = np.round(blurred[1:-1, 1:-1]).clip(0, 255).astype(np.uint8)
-    return _blend(img, degenerate, factor)
+    total = cv2.filter2D(img.astype(np.float32), -1, kernel, borderType=cv2.BORDER_CONSTANT)  # exact integers
+    blur = np.floor(total[1:-1, 1:-1] / np.float64(13.0) + 0.5)
+    inner = img[1:-1, 1:-1].astype(np.float32)
+    out = img.copy()
+    out[1:-1, 1:-1] = _to_uint8(_fma32(inner, 1.0 - float(factor), blur - inner))
+    return out
 
 
 def _autocontrast(img: np.ndarray) -> np.ndarray:
+    """v2: per channel ``(x - min) / ((max - min) * (1/255))`` in float32; a flat channel is kept."""
     lo = img.min(axis=(0, 1), keepdims=True).astype(np.float32)
     hi = img.max(axis=(0, 1), keepdims=True).astype(np.float32)
     flat = hi == lo
-    scale = np.where(flat, 1.0, 255.0 / np.where(flat, 1.0, hi - lo)).astype(np.float32)
-    lo = np.where(flat, 0.0, lo).astype(np.float32)
-    return np.clip((img.astype(np.float32) - lo) * scale, 0, 255).astype(np.uint8)
+    inv_scale = np.where(flat, np.float32(1.0), (hi - lo) * np.float32(1.0 / 255.0)).astype(np.float32)
+    lo = np.where(flat, np.float32(0.0), lo).astype(np.float32)
+    return _to_uint8((img.astype(np.float32) - lo) / inv_scale)
 
 
 def _equalize(img: np.ndarray) -> np.ndarray:
@@ -153,7 +219,7 @@ def _equalize(img: np.ndarray) -> np.ndarray:
 
 
 def apply_op(img: np.ndarray, name: str, magnitude: float, border: int = 0, fill: Any = 0) -> np.ndarray:
-    """One policy op on an RGB uint8 image, as torchvision's ``_apply_op`` does it on a uint8 tensor."""
+    """One policy op on an RGB uint8 image, as torchvision v2's policies do it on a uint8 tensor."""
     m = float(magnitude)
     if name in ("ShearX", "ShearY"):  # shear about the top-left corner of the top-left pixel
         inv = (
@@ -180,17 +246,17 @@ def apply_op(img: np.ndarray, name: str, magnitude: float, border: int = 0, fill
         inv = np.array([[c, -s, cx - c * cx + s * cy], [s, c, cy - s * cx - c * cy]])
         return _warp(img, inv, border, fill)
     if name == "Brightness":
-        return _blend(img, 0.0, 1.0 + m)
+        return _to_uint8(_mul32(img, 1.0 + m))
     if name == "Color":
         return _blend(img, _gray(img), 1.0 + m)
-    if name == "Contrast":
-        return _blend(img, _gray(img).astype(np.float32).mean(), 1.0 + m)
+    if name == "Contrast":  # the mean of the floored gray, exactly (a sum of integers), as float32
+        return _blend(img, np.float32(_gray(img).sum(dtype=np.float64) / (img.shape[0] * img.shape[1])), 1.0 + m)
     if name == "Sharpness":
         return _sharpness(img, 1.0 + m)
     if name == "Posterize":
         return img & np.uint8((0xFF << (8 - int(m))) & 0xFF)
     if name == "Solarize":
-        return np.where(img >= m, 255 - img, img).astype(np.uint8)
+        return np.where(img >= np.float32(m), 255 - img, img).astype(np.uint8)  # v2 compares in float32
     if name == "AutoContrast":
         return _autocontrast(img)
     if name == "Equalize":
@@ -231,5 +297,8 @@ def draw_ops(
         value = values[b].item()
         if signed and (sign < 0 or (sign == 0 and rng.random() < 0.5)):
             value = -value
+        if name in ("TranslateX", "TranslateY"):
+            value = float(int(value))  # v2's int(): bin 15 of 32 px (15.999999) is 15 px, and the manifest says 15
+        # 6 decimals, as the manifest keeps them, so the record reproduces the pixels
         out.append({"op": name, "magnitude": round(float(value), 6)})
     return out

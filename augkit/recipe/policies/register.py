@@ -12,7 +12,7 @@ from typing import Any
 
 from augkit.recipe.ops import register_op
 from augkit.recipe.params import Param
-from augkit.recipe.policies.functional import NUM_BINS, OP_NAMES, augmentation_space
+from augkit.recipe.policies.functional import NUM_BINS, OP_NAMES, V2_SUMMARY, augmentation_space
 
 # ====================================================================== registration
 
@@ -55,6 +55,9 @@ def _extremes(policy: str, prm: dict) -> list[tuple[str, dict]]:
 
 
 _LIST = ", ".join(OP_NAMES)
+#: torchvision's fill for the policies' warps: constant 0, whatever border the recipe gives its other steps
+POLICY_BORDER = ("constant", 0)
+_BORDER_DOC = "Border: constant 0 (torchvision's) unless the step sets border/fill; the recipe's border is not used. "
 
 
 @register_op(
@@ -65,8 +68,9 @@ _LIST = ", ".join(OP_NAMES)
     doc=f"TrivialAugment Wide (torchvision's TrivialAugmentWide): one op drawn uniformly from {_LIST}, "
     "at a magnitude drawn uniformly from 31 bins (shear 0-0.99, translate 0-32 px, rotate 0-135 degrees, "
     "brightness/color/contrast/sharpness factor 1 +- 0-0.99, posterize 8-2 bits, solarize 255-0), "
-    "sign flipped with probability 1/2.",
+    "sign flipped with probability 1/2. " + _BORDER_DOC + V2_SUMMARY,
     extremes=lambda prm: _extremes("trivial_augment", prm),
+    own_border=POLICY_BORDER,
 )
 def _trivial_augment(prm, p, border, fill):
     return _build("trivial_augment", 1, prm.get("bin"), prm, p, border, fill)
@@ -82,8 +86,9 @@ def _trivial_augment(prm, p, border, fill):
     },
     doc=f"RandAugment (torchvision's RandAugment, 31 magnitude bins): n ops drawn uniformly from {_LIST}, "
     "each at magnitude bin m (at m=30: shear 0.3, translate 0.45 x side, rotate 30 degrees, factor "
-    "1 +- 0.9, posterize 4 bits, solarize 0), sign flipped with probability 1/2.",
+    "1 +- 0.9, posterize 4 bits, solarize 0), sign flipped with probability 1/2. " + _BORDER_DOC + V2_SUMMARY,
     extremes=lambda prm: _extremes("rand_augment", prm),
+    own_border=POLICY_BORDER,
 )
 def _rand_augment(prm, p, border, fill):
     return _build("rand_augment", 1 if "only" in prm else prm["n"], prm.get("bin", prm["m"]), prm, p, border, fill)
