@@ -435,6 +435,9 @@ def test_export_writes_bbox_params_for_the_dataset_format(kind, fmt, tmp_path):
     box = {"yolo": [0.25, 0.5, 0.1, 0.2], "coco": [20, 30, 10, 12], "pascal_voc": [20, 30, 30, 42]}[fmt]
     res = pipe(image=np.zeros((60, 80, 3), np.uint8), bboxes=[box], class_labels=[1])
     assert len(res["bboxes"]) == 1 and list(res["class_labels"]) == [1]
+    if kind != "voc":  # keypoints too, kept in order
+        res = pipe(image=np.zeros((60, 80, 3), np.uint8), bboxes=[box], class_labels=[1], keypoints=[[5, 5], [9, 9]])
+        assert len(res["keypoints"]) == 2
 
 
 def test_export_takes_the_recipes_label_rules(tmp_path):

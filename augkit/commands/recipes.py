@@ -107,7 +107,7 @@ def export_cmd(
     )
     if labels in EXPORT_KEYPOINT_KINDS:
         err.print(
-            "call it as pipeline(image=..., bboxes=..., class_labels=..., keypoints=..., keypoint_labels=...); "
+            "call it as pipeline(image=..., bboxes=..., class_labels=...[, keypoints=...]); "
             "note: albumentations 2.0.8 does not swap left/right keypoints under a horizontal flip, as augkit does"
         )
     elif labels is not None and EXPORT_BOX_FORMATS.get(labels):

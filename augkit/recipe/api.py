@@ -504,8 +504,8 @@ def export_label_params(recipe: Recipe, labels: str) -> dict[str, Any]:
     """``A.Compose`` arguments for a labelled dataset's boxes and keypoints, with the recipe's label
     rules (``labels:`` section, or its defaults): ``bbox_params`` in the format's own box convention
     (clipped to the image, ``min_area``/``min_visibility`` as augkit drops objects) with the class ids
-    in ``class_labels``; ``keypoint_params`` (xy pixels, ``keypoint_labels``, kept when outside the
-    image so the count stays fixed). A mask dataset needs neither: masks go in as ``mask=``."""
+    in ``class_labels``; ``keypoint_params`` (xy pixels, kept in order and when outside the image, so
+    the count stays fixed). A mask dataset needs neither: masks go in as ``mask=``."""
     if labels not in EXPORT_BOX_FORMATS:
         raise UsageError(f"--labels {labels!r} is not supported (allowed: {', '.join(EXPORT_BOX_FORMATS)})")
     box_format = EXPORT_BOX_FORMATS[labels]
@@ -523,7 +523,8 @@ def export_label_params(recipe: Recipe, labels: str) -> dict[str, Any]:
         )
     }
     if labels in EXPORT_KEYPOINT_KINDS:
-        out["keypoint_params"] = A.KeypointParams(format="xy", label_fields=["keypoint_labels"], remove_invisible=False)
+        # no label field: a detection-only call needs no keypoint arguments; kept in order, none removed
+        out["keypoint_params"] = A.KeypointParams(format="xy", remove_invisible=False)
     return out
 
 
