@@ -478,3 +478,39 @@ def test_coco_json_that_is_not_json_names_the_line(tmp_path):
     (root / "annotations" / "instances_val.json").write_text('{"images": [\n  {"id": 1,,}\n]}')
     with pytest.raises(UsageError, match=r"instances_val.json:2: not valid JSON"):
         open_dataset(root)
+
+
+def test_yolo_roboflow_layout_and_image_lists(tmp_path):
+    """Roboflow's export: data.yaml says ``train: ../train/images`` (Ultralytics drops the ``../`` when that
+    is not there) with train/images + train/labels; and splits given as .txt lists of images."""
+    built = yolo_dataset(tmp_path / "b", splits={"train": 2, "valid": 1}, background=0)
+    rf = tmp_path / "rf"
+    for split in ("train", "valid"):
+        shutil.copytree(built.root / "images" / split, rf / split / "images")
+        shutil.copytree(built.root / "labels" / split, rf / split / "labels")
+    (rf / "data.yaml").write_text(
+        "train: ../train/images\nval: ../valid/images\nnc: 3\nnames: ['box', 'triangle', 'ellipse']\n"
+        "path: ../datasets/rf\n"
+    )
+    info = open_dataset(rf)
+    assert {k: len(v) for k, v in info.splits.items()} == {"train": 2, "val": 1}
+    assert all(it.label_file is not None for it in info.items)
+    copy_through(info, tmp_path / "out")
+    data = yaml.safe_load((tmp_path / "out" / "data.yaml").read_text())
+    assert (data["train"], data["val"], data["nc"]) == ("train/images", "valid/images", 3) and "path" not in data
+    assert (tmp_path / "out" / "valid" / "labels" / "valid_00.txt").is_file()
+
+    lst = tmp_path / "lists"
+    shutil.copytree(built.root, lst)
+    (lst / "train.txt").write_text("./images/train/train_00.png\n./images/train/train_01.png\n")
+    (lst / "data.yaml").write_text("train: train.txt\nval: images/valid\nnames: [box, triangle, ellipse]\n")
+    info = open_dataset(lst)
+    assert [it.image.name for it in info.splits["train"]] == ["train_00.png", "train_01.png"]
+    copy_through(info, tmp_path / "out2")
+    data = yaml.safe_load((tmp_path / "out2" / "data.yaml").read_text())
+    assert data["train"] == "train.txt"
+    assert (tmp_path / "out2" / "train.txt").read_text().split() == [
+        "./images/train/train_00.png",
+        "./images/train/train_01.png",
+    ]
+    assert len(open_dataset(tmp_path / "out2").splits["train"]) == 2

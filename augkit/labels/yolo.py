@@ -129,6 +129,8 @@ class YoloFormat(LabelFormat):
             if doc.get("path"):
                 p = Path(str(doc["path"]))
                 base = p if p.is_absolute() else (root / p)
+                if not base.is_dir():
+                    base = root  # Ultralytics' sample files say path: ../datasets/NAME, its own download folder
             for key in SPLIT_KEYS:
                 val = doc.get(key)
                 if val in (None, ""):
@@ -187,6 +189,8 @@ class YoloFormat(LabelFormat):
 
     def _split_items(self, base: Path, entry: str, split: str) -> list[Item]:
         p = Path(entry) if Path(entry).is_absolute() else base / entry
+        if not p.exists() and entry.startswith("../") and (base / entry[3:]).exists():
+            p = base / entry[3:]  # Roboflow's exports say ../train/images; Ultralytics falls back the same way
         if p.suffix.lower() == ".txt" and p.is_file():
             images = []
             for line in p.read_text(encoding="utf-8").splitlines():
@@ -194,7 +198,7 @@ class YoloFormat(LabelFormat):
                 if not line:
                     continue
                 q = Path(line)
-                images.append(q if q.is_absolute() else (p.parent / line).resolve(strict=False))
+                images.append(q if q.is_absolute() else Path(os.path.normpath(p.parent / line)))
         elif p.is_dir():
             images = list_images(p)
         else:
