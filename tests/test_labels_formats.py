@@ -514,3 +514,39 @@ def test_yolo_roboflow_layout_and_image_lists(tmp_path):
         "./images/train/train_01.png",
     ]
     assert len(open_dataset(tmp_path / "out2").splits["train"]) == 2
+
+
+def test_yolo_pose_with_two_values_per_keypoint(tmp_path):
+    """kpt_shape [K, 2]: no visibility column; a labelled point reads as v=2, ``0 0`` as not labelled."""
+    root = yolo_dataset(tmp_path / "y", task="pose", splits={"train": 1}, background=0).root
+    f = root / "labels" / "train" / "train_00.txt"
+    rows = []
+    for row in f.read_text().splitlines():
+        v = row.split()
+        kp = [v[5 + 3 * i : 7 + 3 * i] for i in range(3)]
+        kp[2] = ["0", "0"]  # the third point not labelled
+        rows.append(" ".join(v[:5] + [x for p in kp for x in p]))
+    f.write_text("\n".join(rows) + "\n")
+    (root / "data.yaml").write_text("train: images/train\nnames: [box, triangle, ellipse]\nkpt_shape: [3, 2]\n")
+    info = open_dataset(root)
+    labels = FORMATS["yolo"].read(info, info.items[0])
+    assert [list(o.keypoints[:, 2]) for o in labels.objects] == [[2, 2, 0]] * 3
+    copy_through(info, tmp_path / "out")
+    out_rows = (tmp_path / "out" / "labels" / "train" / "train_00.txt").read_text().splitlines()
+    assert all(len(r.split()) == 1 + 4 + 3 * 2 and r.endswith("0.000000 0.000000") for r in out_rows)
+
+
+def test_coco_roboflow_layout(tmp_path):
+    """Roboflow's COCO export: <split>/_annotations.coco.json beside the split's images."""
+    built = coco_dataset(tmp_path / "b", splits={"train": 2, "valid": 1}, background=0)
+    rf = tmp_path / "rf"
+    for split in ("train", "valid"):
+        shutil.copytree(built.root / "images" / split, rf / split)
+        shutil.copyfile(built.root / "annotations" / f"instances_{split}.json", rf / split / "_annotations.coco.json")
+    assert detect_kind(rf) == "coco"
+    info = open_dataset(rf)
+    assert {k: len(v) for k, v in info.splits.items()} == {"train": 2, "valid": 1}
+    assert all(it.image.is_file() for it in info.items)
+    copy_through(info, tmp_path / "out")
+    doc = json.loads((tmp_path / "out" / "valid" / "_annotations.coco.json").read_text())
+    assert [i["file_name"] for i in doc["images"]] == ["valid_00.png"] and len(doc["annotations"]) == 3

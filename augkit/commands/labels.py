@@ -45,7 +45,7 @@ def check_cmd(
     splits = ", ".join(f"{k} {len(v)}" for k, v in info.splits.items())
     err.print(
         f"{info.kind} dataset {escape(str(src))}: {len(info.items)} images ({escape(splits)}), "
-        f"{len(info.names)} classes",
+        f"{len(info.names)} {'class' if len(info.names) == 1 else 'classes'}",
         soft_wrap=True,
     )
     issues = check_info(info)
