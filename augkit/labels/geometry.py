@@ -37,6 +37,7 @@ a grid shuffle cuts outlines apart; a few albumentations transforms need data au
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +81,18 @@ NEEDS_DATA = {
     "RandomCropNearBBox": "a cropping box",
 }
 _MASK_NEEDED = ("CropNonEmptyMaskIfExists", "MaskDropout")
+#: albumentations transforms that resize masks with cv2.resize: OpenCV's INTER_NEAREST there samples
+#: pixel (floor(i * scale)), up to a pixel off the image; INTER_NEAREST_EXACT samples pixel centres
+RESIZERS = (
+    "Resize",
+    "RandomResizedCrop",
+    "RandomSizedCrop",
+    "CropAndPad",
+    "LongestMaxSize",
+    "SmallestMaxSize",
+    "RandomScale",
+)
+_CV2_INTER_NEAREST, _CV2_INTER_NEAREST_EXACT = 0, 6
 #: OpenCV border modes that copy image content into the frame (cv2.BORDER_REFLECT, _WRAP, _REFLECT_101)
 _COPYING_CV2 = {2: "reflect", 3: "wrap", BORDER_MODES["reflect"]: "reflect", BORDER_MODES["wrap"]: "wrap"}
 _EPS = 1e-6
@@ -340,19 +353,23 @@ class LabelledPipeline:
         self.recipe, self.info = recipe, info
         self.spec = recipe.labels or LabelSpec()
         self.kinds = tuple(kinds) if kinds is not None else label_kinds(info)
-        self.compose, self._leaves = build_compose(
-            recipe.train,
-            self.spec.border,
-            recipe.fill,
-            keypoint_params=A.KeypointParams(format="xy", label_fields=["point_ids"], remove_invisible=False),
-        )
+        with warnings.catch_warnings():  # a pixel-only recipe has no step that moves points: fine here
+            warnings.filterwarnings("ignore", message="Got processor for keypoints", category=UserWarning)
+            self.compose, self._leaves = build_compose(
+                recipe.train,
+                self.spec.border,
+                recipe.fill,
+                keypoint_params=A.KeypointParams(format="xy", label_fields=["point_ids"], remove_invisible=False),
+            )
         _check_leaves(recipe, self._leaves, self.kinds)
         self.warnings = label_warnings(recipe, self._leaves)
         self._all = leaf_transforms(self.compose)
-        for step, t in self._leaves:  # masks: out-of-image pixels get the ignore value
+        for step, t in self._leaves:
             for leaf in leaf_transforms(t):
                 if getattr(leaf, "fill_mask", None) is not None and "fill_mask" not in step.params:
-                    leaf.fill_mask = self.spec.ignore_value
+                    leaf.fill_mask = self.spec.ignore_value  # masks: out-of-image pixels get the ignore value
+                if type(leaf).__name__ in RESIZERS and getattr(leaf, "mask_interpolation", None) == _CV2_INTER_NEAREST:
+                    leaf.mask_interpolation = _CV2_INTER_NEAREST_EXACT
 
     def __call__(
         self, image: np.ndarray, labels: Labels, seed: int
@@ -382,11 +399,13 @@ class LabelledPipeline:
         if len(ids):
             moved[ids] = np.asarray(out["keypoints"], dtype=np.float64).reshape(len(ids), -1)[:, :2] + 0.5
         mirror, scale = _orientation(points[probes], moved[probes])
+        # no step moved anything (pixel-only steps, or none applied): boxes stay as given, not re-derived
+        still = (H2, W2) == (H, W) and bool(np.allclose(moved, points, atol=1e-3))
         masks = out.get("masks")
         result = Labels(semantic=out.get("mask"), palette=labels.palette)
         stats = LabelStats()
         for i, (obj, span) in enumerate(zip(labels.objects, spans)):
-            new, fate = self._object(i, obj, span, moved, masks, (W2, H2), mirror, scale)
+            new, fate = self._object(i, obj, span, moved, masks, (W2, H2), mirror, scale, still)
             stats.objects.append(fate)
             if new is not None:
                 result.objects.append(new)
@@ -419,7 +438,9 @@ class LabelledPipeline:
         pts[~np.isfinite(pts)] = 0.0  # NaN/inf would stop albumentations; such objects are dropped as invalid
         return pts, spans, probes
 
-    def _object(self, i: int, obj: Obj, span: _Span, moved: np.ndarray, masks, size, mirror: bool, scale: float):
+    def _object(
+        self, i: int, obj: Obj, span: _Span, moved: np.ndarray, masks, size, mirror: bool, scale: float, still: bool
+    ):
         W, H = size
         spec = self.spec
         drop = lambda reason, vis=0.0: (None, ObjectFate(i, obj.cls, "dropped", reason, vis))  # noqa: E731
@@ -436,7 +457,7 @@ class LabelledPipeline:
         clipped_polys = [c for c in (clip_polygon(p, W, H) for p in polys) if len(c) >= 3 and polygon_area(c) > 0]
         mask = None if span.mask is None else np.asarray(masks[span.mask]) == 1
         source = "corners"
-        if spec.box_from == "auto":
+        if spec.box_from == "auto" and not still:
             source = "mask" if mask is not None else ("polygon" if polys else "corners")
         if source == "mask":
             box = box_from_mask(mask)
