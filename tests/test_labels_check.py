@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,16 @@ from augkit.labels.check import LabelIssue, check_dataset
 from augkit.labels.formats import FORMATS, REASONS, LabelError, open_dataset
 
 runner = CliRunner()
+
+
+def png_header(w: int, h: int) -> bytes:
+    """A PNG that announces a w x h greyscale image and carries no pixels (a bomb's header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def set_line(path: Path, line: int, text: str) -> None:
@@ -297,3 +308,28 @@ def test_cli_refuses_what_is_not_a_labelled_dataset(tmp_path):
     assert res.exit_code == 2 and "does not look like a yolo dataset" in res.output
     res = runner.invoke(cli.app, ["labels", "check", str(root), "--labels", "voc"])
     assert res.exit_code == 0, res.output
+
+
+def test_hostile_values_are_reported_not_raised(tmp_path):
+    """Ids that are lists, a class of inf, a huge mask header: each a reported problem, never a traceback."""
+    root = coco_dataset(tmp_path / "c").root
+    j = root / "annotations" / "instances_train.json"
+
+    def spoil(d: dict) -> None:
+        d["annotations"][0]["id"] = [1, 2]
+        d["annotations"][1]["image_id"] = {"x": 1}
+        d["annotations"][2]["category_id"] = [3]
+        d["images"][1]["id"] = "two"
+
+    edit_json(j, spoil)
+    reasons = {i.reason for i in check_dataset(root)}
+    assert {"unknown image id", "unknown class", "bad label line"} <= reasons
+    y = yolo_dataset(tmp_path / "y").root
+    (y / "data.yaml").write_text("train: images/train\nval: images/val\n")  # no names: from the class ids
+    set_line(y / "labels" / "train" / "train_00.txt", 1, "inf 0.5 0.5 0.1 0.1")
+    (issue,) = check_dataset(y)
+    assert issue.reason == "bad label line" and issue.line == 1
+    m = masks_dataset(tmp_path / "m", splits={"train": 1}).root
+    (m / "masks" / "train" / "train_00.png").write_bytes(png_header(20_000, 10_000))  # 200 Mpx said, none sent
+    issues = check_dataset(m)
+    assert any(i.reason == "unreadable label file" and "too large" in i.detail for i in issues)

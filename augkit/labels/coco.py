@@ -231,18 +231,18 @@ class CocoFormat(LabelFormat):
             "top": {k: v for k, v in doc.items() if k not in ("images", "annotations")},
         }
         problems = info.extra["problems"]
-        id_counts = Counter(e.get("id") for e in images)
-        name_counts = Counter(e.get("file_name") for e in images)
+        id_counts = Counter(_key(e.get("id")) for e in images)
+        name_counts = Counter(_key(e.get("file_name")) for e in images)
         for k, n in id_counts.items():
             if n > 1:
                 problems.append(LabelError(j, "duplicate id", f"image id {k} is used by {n} images"))
         for k, n in name_counts.items():
             if n > 1 and k is not None:
                 problems.append(LabelError(j, "duplicate id", f"file_name {k!r} is listed {n} times"))
-        for k, n in Counter(a.get("id") for a in anns if isinstance(a, dict)).items():
+        for k, n in Counter(_key(a.get("id")) for a in anns if isinstance(a, dict)).items():
             if n > 1:
                 problems.append(LabelError(j, "duplicate id", f"annotation id {k} is used {n} times"))
-        for k, n in Counter(c.get("id") for c in doc.get("categories", []) if isinstance(c, dict)).items():
+        for k, n in Counter(_key(c.get("id")) for c in doc.get("categories", []) if isinstance(c, dict)).items():
             if n > 1:
                 problems.append(LabelError(j, "duplicate id", f"category id {k} is used {n} times"))
         by_image: dict[Any, list[dict]] = {}
@@ -250,7 +250,7 @@ class CocoFormat(LabelFormat):
             if not isinstance(a, dict) or "image_id" not in a:
                 problems.append(LabelError(j, "bad label line", f"annotations[{i}] has no image_id"))
                 continue
-            by_image.setdefault(a["image_id"], []).append(a)
+            by_image.setdefault(_key(a["image_id"]), []).append(a)
         known = set(id_counts)
         for image_id, group in by_image.items():
             if image_id not in known:
@@ -259,8 +259,8 @@ class CocoFormat(LabelFormat):
                 )
         items = []
         for i, e in enumerate(doc["images"]):
-            if not isinstance(e, dict) or not isinstance(e.get("file_name"), str) or "id" not in e:
-                problems.append(LabelError(j, "bad label line", f"images[{i}] needs an id and a file_name"))
+            if not isinstance(e, dict) or not isinstance(e.get("file_name"), str) or not isinstance(e.get("id"), int):
+                problems.append(LabelError(j, "bad label line", f"images[{i}] needs an integer id and a file_name"))
                 continue
             w, h = e.get("width"), e.get("height")
             size = (w, h) if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0 else None
@@ -306,7 +306,7 @@ class CocoFormat(LabelFormat):
 
     def _annotation(self, info: DatasetInfo, a: dict, index: dict[int, int], W: int, H: int) -> Obj:
         cid = a.get("category_id")
-        if cid not in index:
+        if not isinstance(cid, int) or cid not in index:
             raise _AnnProblem("unknown class", f"category_id {cid!r} is not among the categories")
         attrs: dict[str, Any] = {"id": a.get("id"), "iscrowd": a.get("iscrowd", 0)}
         attrs["extra"] = {k: v for k, v in a.items() if k not in _OWN_FIELDS}
@@ -481,6 +481,11 @@ class _AnnProblem(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(reason)
         self.reason, self.detail = reason, detail
+
+
+def _key(v: Any) -> Any:
+    """``v`` as a dict key: ids are ints in COCO, but a hostile file may give a list or an object."""
+    return v if v is None or isinstance(v, (int, float, str)) else json.dumps(v, sort_keys=True)
 
 
 def _load_json(path: Path) -> Any:

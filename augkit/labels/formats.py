@@ -281,6 +281,8 @@ def image_size_of(path: Path) -> tuple[int, int]:
             w, h = im.size
             if im.format == "JPEG" and im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 w, h = h, w  # rotated by 90 degrees when decoded
+    except Image.DecompressionBombError as exc:
+        raise ImageError(path, "too large", str(exc)) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(path, "not an image", str(exc)) from None
     return w, h

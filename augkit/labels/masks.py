@@ -28,6 +28,7 @@ from augkit.labels.formats import (
     register_format,
 )
 from augkit.labels.model import MASK_IGNORE, DatasetInfo, Item, Labels
+from augkit.limits import DEFAULT_MAX_PIXELS
 
 
 def mask_rel_for(image_rel: str | Path) -> Path:
@@ -47,6 +48,9 @@ def read_mask(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
     try:
         with Image.open(path) as im:
+            if im.size[0] * im.size[1] > DEFAULT_MAX_PIXELS:  # before decoding, as for images
+                w, h = im.size
+                raise LabelError(path, "unreadable label file", f"too large: {w}x{h} > {DEFAULT_MAX_PIXELS:,} pixels")
             im.load()
             mode = im.mode
             if mode == "P":
@@ -64,6 +68,8 @@ def read_mask(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 return arr.astype(np.uint8), None
     except FileNotFoundError:
         raise LabelError(path, "missing label file", "the mask file is gone") from None
+    except Image.DecompressionBombError as exc:
+        raise LabelError(path, "unreadable label file", f"too large: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise LabelError(path, "unreadable label file", str(exc)) from None
     raise LabelError(

@@ -219,7 +219,7 @@ class YoloFormat(LabelFormat):
                     tok = line.split()
                     if tok:
                         top = max(top, int(float(tok[0])))
-            except (OSError, UnicodeDecodeError, ValueError):
+            except (OSError, UnicodeDecodeError, ValueError, OverflowError):
                 continue  # parse() reports it
         return [str(i) for i in range(top + 1)]
 
