@@ -189,3 +189,74 @@ def test_recipes_check_exits_2_on_a_bad_batch_section(tmp_path):
     res = CliRunner().invoke(cli.app, ["recipes", "check", str(f)])
     assert res.exit_code == 2
     assert "bad.yaml:4: batch.cutmix: alpha: 0.0 must be greater than 0" in res.output.replace("\n", "")
+
+
+# ---------------------------------------------------------------- against timm's Mixup (issue 17)
+
+
+class _Centre:
+    """Stands in for a generator: ``integers`` returns the given box centre (y, then x)."""
+
+    def __init__(self, cy: int, cx: int):
+        self._next = [cy, cx]
+
+    def integers(self, lo, hi):
+        return self._next.pop(0)
+
+
+def test_cutmix_box_is_timms_for_odd_and_even_sides(monkeypatch):
+    timm_mixup = pytest.importorskip("timm.data.mixup")
+    from augkit.training.mixing import rand_bbox
+
+    for h, w in ((32, 32), (31, 45), (17, 8)):
+        for lam in (0.05, 0.3, 0.51, 0.77, 0.99):
+            for cy, cx in ((0, 0), (h // 2, w // 3), (h - 1, w - 1)):
+                seq = iter([cy, cx])
+                monkeypatch.setattr(timm_mixup.np.random, "randint", lambda lo, hi, size=None: next(seq))
+                ref = tuple(int(v) for v in timm_mixup.rand_bbox((3, h, w), lam))
+                assert rand_bbox(h, w, lam, _Centre(cy, cx)) == ref, (h, w, lam, cy, cx)
+    # an odd cut side keeps its length (the old box was 1 px short): 32 px, sqrt(1 - lam) = 23/32 -> 23 x 23
+    y0, y1, x0, x1 = rand_bbox(32, 32, 1 - (23 / 32) ** 2, _Centre(16, 16))
+    assert (y1 - y0, x1 - x0) == (23, 23)
+
+
+@pytest.mark.parametrize("op", ["cutmix", "mixup"])
+def test_a_batch_of_two_is_mixed_exactly_as_timm_does_it(batch, op, monkeypatch):
+    """Same lambda and box centre: the same pixels and the same soft targets (for two images timm's
+    flip(0) pairing and augkit's roll(1) are the same pairing)."""
+    timm_mixup = pytest.importorskip("timm.data.mixup")
+    x, t = batch[0][[0, 6]], batch[1][[0, 6]]
+    lam, cy, cx = 0.63, 9, 20
+    kw = {"cutmix": 1.0} if op == "cutmix" else {"mixup": 1.0}
+    mine = aug(**kw, eps=0.1)
+    monkeypatch.setattr(mine, "draw", lambda epoch, step: (op, lam, _Centre(cy, cx)))
+    out, y, info = mine(x, t, epoch=0, step=0)
+    ref = timm_mixup.Mixup(
+        mixup_alpha=1.0 if op == "mixup" else 0.0,
+        cutmix_alpha=1.0 if op == "cutmix" else 0.0,
+        prob=1.0,
+        mode="batch",
+        label_smoothing=0.1,
+        num_classes=K,
+    )
+    monkeypatch.setattr(timm_mixup.np.random, "rand", lambda *a: 0.0)  # always mix
+    monkeypatch.setattr(timm_mixup.np.random, "beta", lambda a, b: lam)
+    seq = iter([cy, cx])
+    monkeypatch.setattr(timm_mixup.np.random, "randint", lambda lo, hi, size=None: next(seq))
+    ref_x, ref_y = ref(x.float().clone(), t)
+    assert torch.equal(out, ref_x) and torch.allclose(y, ref_y, atol=1e-7), info
+    if op == "cutmix":
+        assert info["lam"] != lam  # the corrected lambda, as timm's correct_lam
+
+
+def test_odd_batches_pair_every_image_with_another_one(batch):
+    """timm refuses odd batches (flip(0) would mix the middle image with itself); roll(1) needs no
+    such rule: every image of a batch of 5 gets another image's pixels and label."""
+    x, t = batch[0][:5], batch[1][:5]
+    out, y, info = aug(mixup=1.0)(x, t, epoch=0, step=3)
+    lam = info["lam"]
+    assert 0 < lam < 1
+    partner = torch.arange(5).roll(1)
+    assert (partner != torch.arange(5)).all()
+    assert torch.allclose(out, lam * x.float() + (1 - lam) * x[partner].float(), atol=1e-4)
+    assert torch.allclose(y, lam * onehot(t) + (1 - lam) * onehot(t[partner]), atol=1e-6)

@@ -4,7 +4,20 @@ Every random draw of a batch (whether it is mixed, mixup or cutmix, lambda, the 
 comes from a generator seeded with ``derive_seed(seed, "batch:<step>", epoch)``: never from
 torch's or numpy's global RNG, so the same seed gives the same training at any worker count,
 on any device. Images are paired with the batch rolled by one (image i with image i-1, as
-torchvision's ``v2.MixUp``), so no image is mixed with itself when the batch has two or more.
+torchvision's ``v2.MixUp``/``v2.CutMix``), so no image is mixed with itself when the batch has two or more.
+
+Compared with timm's ``Mixup`` (mode ``batch``, ``correct_lam=True``), checked by tests/test_batchaug.py:
+
+* the same lambda draw (Beta(alpha, alpha)), the same cutmix box (side ``int(side * sqrt(1 - lam))``,
+  centre uniform, ``cut // 2`` before and ``(cut + 1) // 2`` after it, clipped to the image) and the
+  same lambda correction (1 - box area / image area), pixels and targets mixed with the same arithmetic:
+  a batch of two gives timm's result exactly for the same lambda and box centre;
+* pairing: timm pairs image i with image N-1-i (``flip(0)``), augkit with i-1 (``roll(1)``, as
+  torchvision). Same for N = 2; for larger batches each image meets another partner, equally random;
+* odd batch sizes: timm refuses them (with ``flip(0)`` the middle image would be mixed with itself);
+  augkit accepts them (``roll(1)`` pairs every image with another one), so an epoch's last, smaller
+  batch needs no ``drop_last``; a batch of one is left unmixed;
+* the draws come from augkit's seeded generator, not numpy's global one.
 
 Mixing is linear with weights summing to 1, so it commutes with per-channel normalization:
 mix uint8 pixels (returned as float32 on the 0-255 scale) or normalized floats alike.
@@ -41,12 +54,15 @@ def soft_target_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) 
 
 
 def rand_bbox(height: int, width: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """timm's cutmix box: side ratio sqrt(1 - lam), centre uniform, clipped to the image (y0, y1, x0, x1)."""
+    """timm's cutmix box: side ratio sqrt(1 - lam), centre uniform, clipped to the image (y0, y1, x0, x1).
+
+    As timm's ``rand_bbox``: ``cut // 2`` before the centre and ``(cut + 1) // 2`` after it, so an odd
+    cut side keeps its full length (before timm 1.0 both halves were ``cut // 2``, 1 px short)."""
     ratio = np.sqrt(1.0 - lam)
     cut_h, cut_w = int(height * ratio), int(width * ratio)
     cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
-    y0, y1 = int(np.clip(cy - cut_h // 2, 0, height)), int(np.clip(cy + cut_h // 2, 0, height))
-    x0, x1 = int(np.clip(cx - cut_w // 2, 0, width)), int(np.clip(cx + cut_w // 2, 0, width))
+    y0, y1 = int(np.clip(cy - cut_h // 2, 0, height)), int(np.clip(cy + (cut_h + 1) // 2, 0, height))
+    x0, x1 = int(np.clip(cx - cut_w // 2, 0, width)), int(np.clip(cx + (cut_w + 1) // 2, 0, width))
     return y0, y1, x0, x1
 
 
