@@ -225,3 +225,24 @@ def test_d_outputs_of_a_changed_source_are_made_again(tmp_path):
     assert latest["d0/0_00__aug0.png"]["source_file"]["blake2b"] != row["source_file"]["blake2b"]
     again = invoke("augment", src, dst, "--recipe", "digits", "--copies", "2")  # now current: nothing to do
     assert again.exit_code == 0 and "remade" not in again.output and len(rows(dst / MANIFEST)) == 14
+
+
+# ------------------------------------------------------------------ f. two train runs into one RUN_DIR
+
+
+def test_f_a_second_train_into_a_locked_run_dir_is_refused(tmp_path):
+    from augkit.offline.dst import LOCK, locked
+
+    src = digits_folder(tmp_path / "data", per_class=2, size=32)
+    run = tmp_path / "run"
+    args = ("train", src, "-o", run, "--weights", "none", "--epochs", "1", "--image-size", "32",
+            "--batch-size", "8", "--device", "cpu", "--recipe", "digits", "--workers", "0")  # fmt: skip
+    with locked(run, what="RUN_DIR"):  # what a first `augkit train` holds while it runs
+        res = invoke(*args)
+        assert res.exit_code == 2, res.output
+        assert "another augkit run is using" in res.output and "RUN_DIR" in res.output
+        assert str(run) in res.output.replace("\n", "")
+        assert sorted(p.name for p in run.iterdir()) == [LOCK]  # nothing of the second run written
+    res = invoke(*args)  # once the first is done, the folder is free
+    assert res.exit_code == 0, res.output
+    assert (run / "best.pt").is_file() and not (run / LOCK).exists()

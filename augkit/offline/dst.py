@@ -49,24 +49,29 @@ def io_error(what: str, path: str | os.PathLike, exc: OSError) -> RecordError:
 
 
 @contextlib.contextmanager
-def locked(dst: Path) -> Iterator[None]:
+def locked(dst: Path, what: str = "DST") -> Iterator[None]:
     """Create DST and hold its lock for the block; a second run on the same DST gets a
     :class:`UsageError`. The lock file is removed at the end (so DST holds only outputs and
-    records); a run that locked a file removed meanwhile tries again on the new one."""
+    records); a run that locked a file removed meanwhile tries again on the new one. A folder
+    this call created and the block left empty is removed too. ``what`` names the folder in the
+    message (``augkit train`` locks its RUN_DIR the same way)."""
+    created = not dst.exists()
     try:
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise io_error("cannot create the output folder", dst, exc) from None
-    fd = _acquire(dst / LOCK)
+    fd = _acquire(dst / LOCK, what)
     try:
         yield
     finally:
         with contextlib.suppress(OSError):
             os.unlink(dst / LOCK)  # while still holding it: nobody else can be inside
+            if created:
+                os.rmdir(dst)  # only if empty: a run refused before writing leaves nothing behind
         os.close(fd)  # closing releases the lock
 
 
-def _acquire(path: Path) -> int:
+def _acquire(path: Path, what: str = "DST") -> int:
     for _ in range(10):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -80,7 +85,7 @@ def _acquire(path: Path) -> int:
             os.close(fd)
             raise UsageError(
                 f"another augkit run is using {path.parent} (it holds {path}); "
-                "wait for it to finish or choose another DST"
+                f"wait for it to finish or choose another {what}"
             ) from None
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(path))

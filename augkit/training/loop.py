@@ -72,6 +72,7 @@ from augkit.training.dataset import MEMORY_CACHE_BYTES, AugmentedImageFolder
 from augkit.training.distributed import DistContext, local_world_size
 from augkit.training.distributed import setup as dist_setup
 from augkit.training.ema import ModelEma
+from augkit.training.feed import FeedMeter, FeedStats
 from augkit.training.freeze import FreezePlan, choose_freeze, set_phase, split_params, train_mode
 from augkit.training.lr_find import LRFindResult, preserved, range_test, sweep_steps
 from augkit.training.mixing import BatchAugment, soft_target_cross_entropy
@@ -80,6 +81,7 @@ from augkit.training.precision import Precision, choose_precision
 from augkit.training.run_files import (
     CheckpointWriter,
     make_run_dir,
+    run_dir_lock,
     settings_dict,
     write_curves,
     write_errors,
@@ -408,8 +410,9 @@ def train_one_epoch(
     total = correct = 0
     loss_sum = 0.0
     lr_first = lr_last = None
+    meter = FeedMeter()  # who waited: the time spent in the loader's next()
     start = time.perf_counter()
-    for step, (x, y) in enumerate(loader):
+    for step, (x, y) in enumerate(meter.iterate(loader)):
         if lr_at is not None:
             set_lrs(optimizer, lr_at(step))
         lr_last = optimizer.param_groups[-1]["lr"]
@@ -437,6 +440,7 @@ def train_one_epoch(
         "acc": correct / max(1, total),
         "images": total,
         "seconds": seconds,
+        "wait_seconds": meter.wait_seconds,
         "lr_first": lr_first,
         "lr_last": lr_last,
     }
@@ -536,6 +540,7 @@ def _run_epoch(epoch: int, run: RunState) -> dict:
         "ema_val_acc": ema_va["acc"] if ema_va else None,
     }
     row["weights"] = "ema" if ema_va and _val_score(ema_va) > _val_score(va) else "raw"
+    row.update(FeedStats(tr["images"], seconds, tr.get("wait_seconds", 0.0), cfg.workers or 0).row())
     cb.on_epoch_end(row)
     return row
 
@@ -650,7 +655,14 @@ def _start_state(cfg: TrainConfig, out: Path, key: dict, classes: list[str], not
 
 
 def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
-    """Run (or resume) a training run; see the module docstring for what it writes.
+    """Run (or resume) a training run; see the module docstring for what it writes. The run
+    folder is locked for the whole run: a second run into it is refused (exit 2)."""
+    with run_dir_lock(Path(cfg.out)):
+        return _train(cfg, callbacks)
+
+
+def _train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
+    """:func:`train` under the run folder's lock.
 
     Everything that can be wrong (options, data, weights, an existing run) is found before the
     run folder is written (only ``--cache`` without a cache folder creates ``RUN_DIR/cache`` first).

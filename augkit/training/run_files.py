@@ -12,6 +12,7 @@
   epochs after it exactly (the order and augmentations depend only on seed and epoch);
   ``best.pt`` is written before ``last.pt``, so the two always agree.
 * ``curves.png`` when the run ends, finished or interrupted (drawing it every epoch bought nothing).
+* ``.augkit.lock`` while the run lasts (:func:`run_dir_lock`): one run per folder at a time.
 
 Every write is atomic; an OS error (disk full, read-only folder) ends the run with one line
 naming the path and the error (:class:`RunDirError`, exit code 1).
@@ -37,7 +38,9 @@ from augkit.io.fileio import atomic_write_bytes, atomic_write_text
 from augkit.io.images import DECODE_POLICY
 from augkit.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
 from augkit.models.checkpoint import BEST, LAST, ModelMeta, checkpoint_bytes, versions
+from augkit.offline.dst import locked
 from augkit.training.config import CURVES, ERRORS, METRICS, SETTINGS  # noqa: F401  (re-exported)
+from augkit.training.distributed import is_main
 from augkit.training.plot import plot_curves
 
 METRIC_COLUMNS = (
@@ -56,6 +59,9 @@ METRIC_COLUMNS = (
     "ema_val_loss",  # --ema: the moving average's validation
     "ema_val_acc",
     "weights",  # which weights the epoch offers for best.pt: raw, or ema when the average validated better
+    "data_wait",  # the share of the epoch the step waited for data (augkit.training.feed)
+    "loader_img_s",
+    "model_img_s",
 )
 #: how train_acc is counted when batches are mixed (settings.yaml and the summary say so)
 MIXED_ACC = "against each mixed image's dominant label (the larger share)"
@@ -73,6 +79,19 @@ def writing(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise RunDirError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def run_dir_lock(out: Path) -> Iterator[None]:
+    """Hold RUN_DIR's lock (``RUN_DIR/.augkit.lock``, as augment's DST) for a whole run: a second
+    run into the same folder is refused (a :class:`~augkit.errors.UsageError`, exit 2, naming the
+    folder) instead of replacing the first one's model. Under torchrun only rank 0 locks: the
+    ranks share the folder. A run refused before writing leaves no folder behind."""
+    if not is_main():
+        yield
+        return
+    with locked(out, what="RUN_DIR"):
+        yield
 
 
 def make_run_dir(out: Path) -> None:
