@@ -28,6 +28,11 @@ def cli(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def flat(text: str) -> str:
+    """stderr with table borders and line wraps removed (a wrapped cell reads as one line)."""
+    return " ".join(text.replace("│", " ").split())
+
+
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No cached weights (an empty torch hub folder) and no network: every connection fails as an
@@ -110,3 +115,86 @@ def test_timm_did_you_mean_points_to_augkits_command():
         check_arch("timm/resnet18x")
     res = cli("models", "--timm", "resnt18")
     assert res.exit_code == 2 and "did you mean" in res.stderr and "augkit models --timm" in res.stderr
+
+
+# ---------------------------------------------------------------- status lines that are true
+
+
+def test_ctrl_c_in_train_says_the_exact_command_to_resume_and_it_works(tmp_path, monkeypatch):
+    import shlex
+
+    import augkit.training.loop as trainmod
+
+    data = digits_folder(tmp_path / "data", per_class=4)
+    args = ["train", str(data), "-o", str(tmp_path / "run"), "--weights", "none", *FAST]
+    args[args.index("--epochs") + 1] = "2"
+    monkeypatch.setattr("sys.argv", ["augkit", *args])
+    real = trainmod._run_epoch
+
+    def ctrl_c_in_epoch_2(e, *a, **k):
+        if e == 1:
+            raise KeyboardInterrupt
+        return real(e, *a, **k)
+
+    monkeypatch.setattr(trainmod, "_run_epoch", ctrl_c_in_epoch_2)
+    res = cli(*args)
+    assert res.exit_code == 130, res.output
+    msg = " ".join(res.stderr.split())
+    assert "run the same command again" not in msg and "last.pt" in msg
+    command = msg.split("resume with: ", 1)[1]
+    assert command.startswith("augkit train ") and command.endswith(" --resume")
+    monkeypatch.setattr(trainmod, "_run_epoch", real)
+    res = cli(*shlex.split(command)[1:])  # exactly what it said
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 3  # header + epochs 1 and 2
+
+
+def test_ctrl_c_before_the_first_epoch_says_start_again(tmp_path):
+    from augkit.commands.train import resume_hint
+
+    hint = resume_hint(tmp_path, ["train", "data", "-o", str(tmp_path)])
+    assert "--resume" not in hint and "start again with: augkit train data -o" in hint
+
+
+def test_the_train_summary_names_the_engine(monkeypatch):
+    from augkit.commands.train import engine_line
+    from augkit.training.distributed import ENV_KEYS
+
+    assert engine_line("cpu").startswith("one process")
+    for key in ENV_KEYS:
+        monkeypatch.setenv(key, "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert engine_line("cpu") == "distributed: 2 processes (torchrun, DistributedDataParallel, gloo)"
+
+
+def test_augment_counts_add_up_no_0_of_0_and_a_recipe_mix_is_reported(tmp_path):
+    from _imgs import class_folder
+
+    from augkit.offline.run import augment
+
+    src, dst = class_folder(tmp_path / "src", per_class=2), tmp_path / "dst"
+    first = augment(src, dst, "light", copies=2, workers=1)
+    assert first.to_process == first.written == first.processed == 12 and first.already_done == 0
+    res = cli("augment", src, dst, "-r", "light", "-n", "2", "-w", "1")  # a no-op
+    assert res.exit_code == 0, res.output
+    text = flat(res.stderr)
+    assert "0/0" not in text and "nothing to do: all 12 planned outputs are already done" in text
+    assert "local (this process" in text
+    # another recipe into the same folder: nothing of the old one counts as "already done" for this one
+    again = augment(src, dst, "heavy", copies=3, workers=1)
+    assert again.already_done == again.verified  # only outputs recomputed under heavy and found identical
+    assert again.processed == again.to_process == 18
+    assert again.written + again.verified + len(again.existing) == 18
+    assert set(name for name, _ in again.recipes.values()) == {"light", "heavy"}
+    res = cli("augment", src, dst, "-r", "heavy", "-n", "3", "-w", "1")
+    text = flat(res.stderr)
+    assert "mixes augmented outputs of 2 recipes" in text and "light" in text and "heavy" in text
+    assert "6 (recorded with these settings" in text and "12 to process" in text and "12 existing kept" in text
+
+
+def test_the_augment_summary_names_the_engine():
+    from augkit.commands.augment import _engine_text
+    from augkit.offline.run import AugmentOptions
+
+    assert _engine_text(AugmentOptions(engine="ray")).startswith("ray (Ray Data actors")
+    assert _engine_text(AugmentOptions(workers=2)).startswith("local (this process, plus up to 2 worker")

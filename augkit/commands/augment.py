@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -166,7 +167,8 @@ def command(
 
     def on_start(n: int) -> None:
         nonlocal task_id
-        task_id = progress.add_task("augment", total=n, rate="")
+        if n:  # nothing to write: no "0/0" bar (the summary says everything was already done)
+            task_id = progress.add_task("augment", total=n, rate="")
 
     def on_progress(res: dict) -> None:
         t = progress.tasks[0]
@@ -177,6 +179,14 @@ def command(
         result = run_plan(plan, executor=executor, on_start=on_start, on_progress=on_progress)
     _summary(result)
     raise typer.Exit(code=result.exit_code)
+
+
+def _engine_text(opts) -> str:
+    """The engine that ran, as the summary names it."""
+    if opts.engine == "ray":
+        return "ray (Ray Data actors; --engine local: this machine's processes)"
+    n = opts.workers or os.cpu_count() or 1
+    return f"local (this process, plus up to {n} worker process(es) when the work repays them)"
 
 
 def _split_list(text: str | None) -> list[str] | None:
@@ -233,8 +243,20 @@ def _summary(r: AugmentResult) -> None:
     )
     t.add_row("planned outputs", str(len(plan.items)))
     if not r.dry_run:
-        t.add_row("written", f"{r.written} in {r.seconds:.1f} s ({r.rate:.1f} img/s)")
-    t.add_row("already done", str(r.already_done))
+        t.add_row("engine", _engine_text(plan.options))
+        t.add_row("already done", f"{r.already_done - r.verified} (recorded with these settings: not touched)")
+        if r.to_process:  # the progress bar's total, accounted for: written + verified + kept + skipped
+            parts = [f"{r.written} written in {r.seconds:.1f} s ({r.rate:.1f} img/s)"]
+            parts += [f"{r.verified} recomputed and identical (kept)"] if r.verified else []
+            parts += [f"{len(r.existing)} existing kept"] if r.existing else []
+            parts += [f"{len(r.bad)} skipped"] if r.bad else []
+            left = r.to_process - r.processed
+            parts += [f"{left} not reached (the run stopped)"] if left > 0 else []
+            t.add_row("this run", f"{r.to_process} to process: " + ", ".join(parts))
+        else:
+            t.add_row("this run", f"nothing to do: all {r.already_done} planned outputs are already done")
+    else:
+        t.add_row("already done", str(r.already_done))
     if r.stale:
         t.add_row("[yellow]remade", f"{len(r.stale)} (their source changed since they were made)")
     if r.existing:
@@ -266,6 +288,16 @@ def _summary(r: AugmentResult) -> None:
             + f" in {totals['augmented']} augmented outputs",
         )
     err.print(t)
+    if len(r.recipes) > 1:
+        mix = "; ".join(f"{name} ({h[:12]}): {n}" for h, (name, n) in sorted(r.recipes.items(), key=lambda x: -x[1][1]))
+        err.print(
+            "[yellow]warning:[/] "
+            + esc(
+                f"{plan.dst} mixes augmented outputs of {len(r.recipes)} recipes ({mix}); training on it mixes "
+                "them too. Use a new DST per recipe, or --overwrite to remake every output with this one"
+            ),
+            soft_wrap=True,
+        )
     for b in r.bad[:10]:
         err.print(
             "  [red]skipped[/] "

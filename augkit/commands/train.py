@@ -7,6 +7,7 @@ its top level, so ``augkit --help`` stays instant.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from enum import Enum
 from pathlib import Path
@@ -216,7 +217,12 @@ def command(
         config.validate()
         code = launch(nproc, relaunch_args(sys.argv[1:]))
         raise typer.Exit(code=EXIT_SKIPPED if code == 0 and _skipped_files(output) else code)
-    result = train(config, console=err)
+    try:
+        result = train(config, console=err)
+    except KeyboardInterrupt:
+        if not under_torchrun():
+            err.print(f"[yellow]interrupted[/]: {esc(resume_hint(output, sys.argv[1:]))}", soft_wrap=True)
+        raise typer.Exit(code=130) from None
     if result.skipped and not under_torchrun():  # torchrun takes any non-zero exit for a failure
         raise typer.Exit(code=EXIT_SKIPPED)
 
@@ -237,6 +243,16 @@ def train(config: TrainConfig, console: Console | None = None) -> Any:
     if is_main():
         console.print(summary_table(result))
     return result
+
+
+def resume_hint(run_dir: Path, argv: list[str]) -> str:
+    """What to type after a Ctrl-C: the same command with ``--resume`` once an epoch was saved
+    (without it the run folder is refused), else the same command."""
+    args = list(argv) + ([] if "--resume" in argv or not (Path(run_dir) / "last.pt").is_file() else ["--resume"])
+    command = "augkit " + shlex.join(args)
+    if (Path(run_dir) / "last.pt").is_file():
+        return f"the finished epochs are in {Path(run_dir) / 'last.pt'}; resume with: {command}"
+    return f"no epoch was finished; start again with: {command}"
 
 
 def _skipped_files(run_dir: Path) -> bool:
@@ -318,6 +334,16 @@ class Reporter(TrainCallbacks):
             self._progress = None
 
 
+def engine_line(device: str) -> str:
+    """How the run ran: one process, or DistributedDataParallel under torchrun (``--nproc N``)."""
+    from augkit.training.distributed import env_world_size, under_torchrun  # deferred: imports torch
+
+    if not under_torchrun():
+        return "one process (--nproc N: DistributedDataParallel in N processes)"
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    return f"distributed: {env_world_size()} processes (torchrun, DistributedDataParallel, {backend})"
+
+
 def summary_table(result: Any) -> Table:
     """Best and last epoch, time, throughput and settings of a finished run."""
     t = Table(title=f"augkit train: {result.run_dir}", title_justify="left")
@@ -340,6 +366,7 @@ def summary_table(result: Any) -> Table:
         f"{ips:.0f} img/s on {result.device} ({result.precision}, {result.threads} "
         f"thread(s), {result.workers} worker(s))",
     )
+    t.add_row("engine", "", engine_line(str(result.device)))
     t.add_row("freeze", "", result.plan.mode)
     lr = getattr(result, "lr", None)
     if lr is not None:

@@ -253,6 +253,17 @@ class AugmentResult:
     seconds: float = 0.0
     dry_run: bool = False
     todo: list[WorkItem] = field(default_factory=list)  # what a dry run would do
+    #: this run's share: items handed to the executor (the progress bar's total), and those of them
+    #: that were recomputed and found byte-identical to the output already there (in already_done too)
+    to_process: int = 0
+    verified: int = 0
+    #: recipe hash -> (recipe name, outputs) of the augmented outputs DST holds after the run
+    recipes: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    @property
+    def processed(self) -> int:
+        """Items of this run accounted for: written + verified + kept existing + skipped."""
+        return self.written + self.verified + len(self.existing) + len(self.bad)
 
     @property
     def exit_code(self) -> int:
@@ -400,10 +411,25 @@ def run_plan(
         todo = _todo(plan, result)
         remove_stale_temps({(plan.dst / it.out).parent for it in plan.items} | {plan.dst})
         append_run(plan.dst, _run_entry(plan, executor))
+        result.to_process = len(todo)
         if on_start:
             on_start(len(todo))
         _execute(plan, executor, task, todo, result, on_progress)
+        result.recipes = recipes_in(plan.dst)
     return result
+
+
+def recipes_in(dst: Path) -> dict[str, tuple[str, int]]:
+    """Recipe hash -> (name, count) of the augmented outputs that DST's manifest records and that
+    still exist: more than one means DST mixes outputs of different recipes."""
+    out: dict[str, tuple[str, int]] = {}
+    for rel, row in latest_rows(dst).items():
+        if row.get("kind") == "original" or not _is_file(dst / rel):
+            continue
+        key = str(row.get("recipe_hash", "?"))
+        name, n = out.get(key, (str(row.get("recipe", "?")), 0))
+        out[key] = (name, n + 1)
+    return out
 
 
 def _record(plan: Plan, result: AugmentResult, res: ItemResult, journal: Journal, rows: list[dict]) -> None:
@@ -416,6 +442,7 @@ def _record(plan: Plan, result: AugmentResult, res: ItemResult, journal: Journal
         result.unchanged += bool(res.get("unchanged"))
         if res.get("verified"):
             result.already_done += 1
+            result.verified += 1
         else:
             result.written += 1
     elif status == Status.EXISTS:
