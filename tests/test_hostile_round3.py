@@ -246,3 +246,40 @@ def test_f_a_second_train_into_a_locked_run_dir_is_refused(tmp_path):
     res = invoke(*args)  # once the first is done, the folder is free
     assert res.exit_code == 0, res.output
     assert (run / "best.pt").is_file() and not (run / LOCK).exists()
+
+
+# ------------------------------------------------------------------ g. a plan too big to build
+
+
+@pytest.mark.parametrize("option", ["--copies", "--per-class"])
+def test_g_a_huge_plan_is_refused_before_it_is_built(tmp_path, option, monkeypatch):
+    import tracemalloc
+
+    src = digits_folder(tmp_path / "data", per_class=2, size=32)
+    tracemalloc.start()
+    try:
+        res = invoke("augment", src, tmp_path / "out", "--recipe", "digits", option, "1000000000")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert res.exit_code == 2, res.output
+    assert "outputs" in res.output and "5,000,000" in res.output
+    assert peak < 200e6  # the old code built every item first (9 GB, then MemoryError)
+    assert not (tmp_path / "out").exists()
+
+
+def test_g_a_plan_bigger_than_the_free_space_is_refused(tmp_path, monkeypatch):
+    import augkit.offline.run as run_mod
+
+    src = digits_folder(tmp_path / "data", per_class=2, size=32)
+    size = sum(p.stat().st_size for p in src.rglob("*.*"))
+    free = shutil.disk_usage(tmp_path).free
+    copies = free // size + 1  # just over what fits
+    monkeypatch.setattr(run_mod, "MAX_PLANNED_OUTPUTS", 10**18)  # only the bytes bound here
+    with pytest.raises(Exception, match="GB free") as info:
+        from augkit.offline.run import AugmentOptions, make_plan
+        from augkit.recipe.api import load_recipe
+
+        monkeypatch.setattr(run_mod, "_outputs", lambda *a: pytest.fail("the plan was built"))
+        make_plan(src, tmp_path / "out", load_recipe("digits"), AugmentOptions(copies=int(copies)))
+    assert info.type.__name__ == "UsageError"

@@ -9,6 +9,7 @@ records (manifest history, errors, run history, journal, lock) are described in
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -202,6 +203,46 @@ def _not_labelled(src: Path, labels: str | None) -> None:
         )
 
 
+#: The most outputs one plan may hold: a plan keeps one small record per output in memory (~0.5 KB
+#: each: 5 million is ~2.5 GB), so a typo such as ``--copies 1000000000`` is refused before it is built.
+MAX_PLANNED_OUTPUTS = 5_000_000
+
+
+def _check_size(
+    src: Path, dst: Path, found: list[tuple[str, str]], copies_of: dict[str, int], originals: bool, options
+) -> None:
+    """Refuse a plan too big to build or to write, before building it: more outputs than
+    :data:`MAX_PLANNED_OUTPUTS`, or, for a first run into a new DST with outputs in the sources'
+    format and size, more bytes than DST's file system has free (a resumed run skips what is done,
+    and a disk that fills during the run still ends it cleanly)."""
+    per_source = {rel: copies_of[rel] + originals for rel, _ in found}
+    total = sum(per_source.values())
+    if total > MAX_PLANNED_OUTPUTS:
+        what = f"--per-class {options.per_class}" if options.per_class is not None else f"--copies {options.copies}"
+        raise UsageError(
+            f"{what} asks for {total:,} outputs from {len(found):,} images, more than the {MAX_PLANNED_OUTPUTS:,} "
+            "one run may plan; ask for fewer, or run in parts (one class folder at a time)"
+        )
+    if options.format is not None or options.max_side is not None or dst.exists():
+        return  # outputs of another format or size: their bytes cannot be told from the sources'
+    need = 0
+    for rel, n in per_source.items():
+        try:
+            need += os.stat(src / rel).st_size * n
+        except OSError:
+            continue  # reported per file when read
+    probe = next((p for p in (dst, *dst.parents) if p.exists()), None)
+    try:
+        free = shutil.disk_usage(probe).free if probe is not None else None
+    except OSError:
+        free = None
+    if free is not None and need > free:
+        raise UsageError(
+            f"the plan would write about {need / 1e9:,.1f} GB ({total:,} outputs of the sources' sizes) "
+            f"but {probe} has {free / 1e9:,.1f} GB free; ask for fewer copies, or use --max-side/--format"
+        )
+
+
 def make_plan(src: str | os.PathLike, dst: str | os.PathLike, recipe: Recipe, options: AugmentOptions) -> Plan:
     """Every output to produce, with its seed. Pure: reads the folder listing, writes nothing."""
     options.validate()
@@ -224,6 +265,7 @@ def make_plan(src: str | os.PathLike, dst: str | os.PathLike, recipe: Recipe, op
         by_class[cls].append(rel)
     copies_of, counts = _copies_per_file(by_class, options)
     originals = options.originals or options.per_class is not None  # a balanced folder holds the originals
+    _check_size(src, dst, found, copies_of, originals, options)
     items: list[WorkItem] = []
     seen: dict[str, str] = {}
     for rel, cls in found:
