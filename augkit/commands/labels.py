@@ -15,7 +15,9 @@ from augkit.labels.check import check_info, count_reasons
 from augkit.labels.formats import open_dataset
 from augkit.labels.model import KINDS
 
-app = typer.Typer(help="Check labelled datasets: YOLO, COCO, Pascal VOC and mask folders.", no_args_is_help=True)
+app = typer.Typer(
+    help="Check labelled datasets: YOLO, COCO, Pascal VOC and mask folders.", no_args_is_help=True, add_completion=False
+)
 
 Kind = Enum("Kind", {k: k for k in KINDS}, type=str)  # type: ignore[misc]  # --labels choices: the kinds augkit reads
 
@@ -37,9 +39,7 @@ def check_cmd(
 ) -> None:
     """Validate a labelled dataset without writing anything: each problem with its file and line; exit 3 if any.
 
-    Lists label files without images and images without required labels, class ids beyond the names,
-    coordinates out of range, degenerate boxes, polygons under 3 points, keypoint counts that differ from
-    kpt_shape, sizes that differ from the image files, and duplicate ids.
+    Checks: orphan and missing label files, class ids, coordinates, boxes, polygons, keypoint counts, sizes, ids.
     """
     info = open_dataset(src, labels.value if labels else None)
     splits = ", ".join(f"{k} {len(v)}" for k, v in info.splits.items())
