@@ -333,3 +333,11 @@ def test_hostile_values_are_reported_not_raised(tmp_path):
     (m / "masks" / "train" / "train_00.png").write_bytes(png_header(20_000, 10_000))  # 200 Mpx said, none sent
     issues = check_dataset(m)
     assert any(i.reason == "unreadable label file" and "too large" in i.detail for i in issues)
+
+
+def test_yolo_split_with_one_missing_folder_of_two(tmp_path):
+    root = yolo_dataset(tmp_path / "y").root
+    (root / "data.yaml").write_text("train: [images/train, images/extra]\nval: images/val\nnames: [a, b, c]\n")
+    (issue,) = check_dataset(root)
+    assert issue.reason == "missing image" and issue.detail == "train: images/extra not found"
+    assert issue.file == str(root / "data.yaml")

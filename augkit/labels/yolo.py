@@ -123,6 +123,7 @@ class YoloFormat(LabelFormat):
         yfile = _yaml_file(root)
         info = DatasetInfo(kind=self.name, root=root, names=[])
         split_src: dict[str, list[str]] = {}
+        empty: list[tuple[str, str]] = []  # (split, entry) of data.yaml entries that gave no image
         if yfile is not None:
             doc = self._load_yaml(yfile)
             base = root
@@ -139,7 +140,10 @@ class YoloFormat(LabelFormat):
                 split_src[key] = entries
                 items: list[Item] = []
                 for e in entries:
-                    items += self._split_items(base, e, key)
+                    found = self._split_items(base, e, key)
+                    if not found:
+                        empty.append((key, e))
+                    items += found
                 info.splits[key] = sorted(items, key=lambda it: str(it.image))
             if "names" in doc:
                 info.names = _names(doc["names"], str(yfile), doc.line_of("names"))
@@ -155,6 +159,7 @@ class YoloFormat(LabelFormat):
                 split_src[split] = [d.relative_to(root).as_posix()]
                 info.splits[split] = self._split_items(root, split_src[split][0], split)
         info.extra["split_src"] = split_src
+        info.extra["empty_entries"] = empty
         if not info.names:
             info.names = read_names_file(root) or read_names_file(root / "labels") or self._names_from_ids(info)
         return info
@@ -390,14 +395,10 @@ class YoloFormat(LabelFormat):
     def check(self, info: DatasetInfo) -> list[LabelError]:
         problems = []
         yname = info.extra.get("yaml_name")
-        for split, entries in info.extra.get("split_src", {}).items():
-            for e in entries:
-                if not info.splits.get(split):
-                    p = Path(e) if Path(e).is_absolute() else info.root / e
-                    what = "not found" if not p.exists() else "has no images"
-                    problems.append(
-                        LabelError(info.root / (yname or "images"), "missing image", f"{split}: {e} {what}")
-                    )
+        for split, e in info.extra.get("empty_entries", []):
+            p = Path(e) if Path(e).is_absolute() else info.root / e
+            what = "not found" if not p.exists() else "has no images"
+            problems.append(LabelError(info.root / (yname or "images"), "missing image", f"{split}: {e} {what}"))
         expected = {it.label_file or label_path_for(it.image) for it in info.items}
         dirs = {p.parent for p in expected}
         found: set[Path] = set()
