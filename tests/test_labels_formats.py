@@ -34,6 +34,7 @@ from _labelled import (
 )
 
 from augkit.errors import UsageError
+from augkit.io.images import decode_image
 from augkit.labels.coco import (
     counts_to_mask,
     decode_rle,
@@ -425,6 +426,9 @@ def test_image_size_follows_exif_orientation(tmp_path):
     img.save(tmp_path / "r.jpg", exif=exif)
     img.save(tmp_path / "n.jpg")
     assert image_size_of(tmp_path / "r.jpg") == (30, 40) and image_size_of(tmp_path / "n.jpg") == (40, 30)
+    for name in ("r.jpg", "n.jpg"):  # the size augkit's decode policy gives
+        h, w = decode_image((tmp_path / name).read_bytes()).shape[:2]
+        assert image_size_of(tmp_path / name) == (w, h)
 
 
 # ============================================================================= detection and errors
