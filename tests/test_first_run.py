@@ -5,6 +5,7 @@ points to augkit's own command."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -198,3 +199,66 @@ def test_the_augment_summary_names_the_engine():
 
     assert _engine_text(AugmentOptions(engine="ray")).startswith("ray (Ray Data actors")
     assert _engine_text(AugmentOptions(workers=2)).startswith("local (this process, plus up to 2 worker")
+
+
+# ---------------------------------------------------------------- held-out data
+
+
+@pytest.fixture(scope="module")
+def augmented(tmp_path_factory):
+    """Digits augmented by augkit itself: 6 sources a class, 3 copies each plus the original."""
+    from augkit.offline.run import augment
+
+    root = tmp_path_factory.mktemp("held_out")
+    src = digits_folder(root / "src", per_class=6)
+    augment(src, root / "dst", "digits", copies=3, originals=True, workers=1)
+    return root / "dst"
+
+
+def _sources(dst, keys) -> set[str]:
+    from augkit.offline.dst import latest_rows
+
+    rows = latest_rows(dst)
+    return {rows[k]["source"] for k in keys}
+
+
+def test_a_split_of_augmented_data_keeps_each_source_on_one_side(augmented):
+    from augkit.training.config import TrainConfig
+    from augkit.training.loop import load_data, stratified_split
+
+    cfg = TrainConfig(data=augmented, out=augmented.parent / "unused", recipe=None, val_split=0.25, image_size=32)
+    data = load_data(cfg, None)
+    train, val = _sources(augmented, data.train.keys), _sources(augmented, data.val.keys)
+    assert len(data.train) + len(data.val) == 3 * 6 * 4 and train and val
+    assert not train & val  # no source photo on both sides
+    assert "grouped by source: 18 source images of 72" in data.layout
+    assert len(val) == 6 and len(data.val) == 6 * 4  # round(6 sources x 0.25): two sources a class, 4 files each
+    # what the plain stratified split did: copies of one photo on both sides
+    full = load_data(TrainConfig(data=augmented, out="x", recipe=None, val_split=0, image_size=32), None).train
+    tr, va = stratified_split(full.targets, 0.25, 0)
+    keys = full.keys
+    assert _sources(augmented, [keys[i] for i in tr]) & _sources(augmented, [keys[i] for i in va])
+
+
+def test_an_unused_test_folder_is_named_and_test_evaluates_it(tmp_path):
+    data = tmp_path / "data"
+    for split, start in (("train", 0), ("val", 8), ("test", 12)):
+        digits_folder(data / split, per_class=4 if split != "train" else 8, start=start)
+    run = tmp_path / "run"
+    res = cli("train", data, "-o", run, "--weights", "none", *FAST)
+    assert res.exit_code == 0, res.output
+    text = flat(res.stderr)
+    assert f"{data / 'test'} was not used" in text and f"--test {data / 'test'}" in text
+    assert f"augkit evaluate {run} {data / 'test'}" in text
+    run2 = tmp_path / "run2"
+    res = cli("train", data, "-o", run2, "--weights", "none", "--test", data / "test", *FAST)
+    assert res.exit_code == 0, res.output
+    text = flat(res.stderr)
+    assert "was not used" not in text and "12 held-out images" in text
+    report = json.loads((run2 / "test_report.json").read_text())
+    from augkit.infer.evaluate import evaluate
+
+    again = evaluate(run2, data / "test", device="cpu", workers=0)
+    assert report["accuracy"] == again["accuracy"] and report["counts"]["evaluated"] == 12
+    res = cli("train", data, "-o", tmp_path / "run3", "--weights", "none", "--test", tmp_path / "nope", *FAST)
+    assert res.exit_code == 2 and "--test" in res.stderr and not (tmp_path / "run3").exists()

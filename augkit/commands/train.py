@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from augkit.commands._common import cli_errors, err
-from augkit.errors import EXIT_SKIPPED
+from augkit.errors import EXIT_SKIPPED, UsageError
 from augkit.limits import DEFAULT_MAX_PIXELS
 from augkit.training.config import (
     CHECKS,
@@ -173,6 +173,12 @@ def command(
         "this machine (relaunches itself under torchrun; one GPU each on cuda, gloo on "
         "cpu); --batch-size is per process. Multi-node: run torchrun yourself (README, Scaling out).",
     ),
+    test: Optional[Path] = typer.Option(
+        None,
+        "--test",
+        help="A held-out folder (TEST/<class>/<image>, never trained or validated on): the best weights are "
+        "evaluated on it at the end (plain and with the run's TTA), written to RUN_DIR/test_report.json.",
+    ),
 ) -> None:
     """Train an image classifier on DATA with a recipe's augmentations applied online.
 
@@ -213,9 +219,13 @@ def command(
     # deferred: augkit.training.distributed imports torch (seconds); `augkit --help` must not pay for it
     from augkit.training.distributed import launch, relaunch_args, under_torchrun
 
+    if test is not None and not test.is_dir():
+        raise UsageError(f"--test {test}: not a folder (give TEST/<class>/<image>, held out from DATA)")
     if nproc > 1 and not under_torchrun():  # the same command line in N processes, minus --nproc
         config.validate()
         code = launch(nproc, relaunch_args(sys.argv[1:]))
+        if code == 0:
+            held_out(data, test, output, device.value)
         raise typer.Exit(code=EXIT_SKIPPED if code == 0 and _skipped_files(output) else code)
     try:
         result = train(config, console=err)
@@ -223,8 +233,43 @@ def command(
         if not under_torchrun():
             err.print(f"[yellow]interrupted[/]: {esc(resume_hint(output, sys.argv[1:]))}", soft_wrap=True)
         raise typer.Exit(code=130) from None
+    if not under_torchrun():
+        held_out(data, test, output, device.value)
     if result.skipped and not under_torchrun():  # torchrun takes any non-zero exit for a failure
         raise typer.Exit(code=EXIT_SKIPPED)
+
+
+TEST_REPORT = "test_report.json"
+
+
+def held_out(data: Path, test: Path | None, run_dir: Path, device: str) -> None:
+    """After training: evaluate the best weights on ``--test``; without it, name an unused
+    ``DATA/test`` and say how to use it (train reads DATA/train + DATA/val, never DATA/test)."""
+    if test is None:
+        unused = Path(data) / "test"
+        if (Path(data) / "train").is_dir() and unused.is_dir():
+            err.print(
+                "[yellow]note:[/] "
+                + esc(
+                    f"{unused} was not used (train reads {Path(data) / 'train'} and a val folder or split). "
+                    f"Evaluate the best weights on it: add --test {unused} to this command (at the end of "
+                    f"training), or run augkit evaluate {run_dir} {unused}"
+                ),
+                soft_wrap=True,
+            )
+        return
+    from augkit.infer.evaluate import evaluate, write_report  # deferred: imports torch
+
+    rep = evaluate(run_dir, test, device=device, workers=0)
+    write_report(rep, Path(run_dir) / TEST_REPORT)
+    acc, n = rep["accuracy"], rep["counts"]["evaluated"]
+    err.print(
+        esc(
+            f"test {test}: {n} held-out images, accuracy {acc['plain']:.2%} plain, {acc['tta']:.2%} with TTA "
+            f"{rep['tta']['spec']} ({rep['tta']['source']}); report: {Path(run_dir) / TEST_REPORT}"
+        ),
+        soft_wrap=True,
+    )
 
 
 def train(config: TrainConfig, console: Console | None = None) -> Any:

@@ -53,6 +53,7 @@ from augkit.models.weights import (
     load_backbone_weights,
     weights_file_state_dict,
 )
+from augkit.offline.dst import MANIFEST, latest_rows
 from augkit.recipe.api import Recipe, load_recipe
 from augkit.seeding import derive_seed
 from augkit.training.cache import ImageCache
@@ -228,10 +229,19 @@ def load_data(cfg: TrainConfig, recipe: Recipe | None, cache: ImageCache | None 
         if (root / "val").is_dir():
             return _with_val_folder(root, full, common)
         layout = f"{root}/train, split with val_split={cfg.val_split}"
+        groups = source_groups(root / "train", full.keys) or source_groups(root, full.keys, "train/")
     else:
         full = AugmentedImageFolder(root, recipe, **common)
         layout = f"{root}, split with val_split={cfg.val_split}"
-    train_idx, val_idx = stratified_split(full.targets, cfg.val_split, cfg.seed)
+        groups = source_groups(root, full.keys)
+    if groups is not None and cfg.val_split > 0:  # augkit augment's outputs: a source's copies stay together
+        train_idx, val_idx = grouped_split(full.targets, groups, cfg.val_split, cfg.seed)
+        layout += (
+            f", grouped by source: {len(set(groups))} source images of {len(groups)} (from {MANIFEST}; "
+            "no source on both sides)"
+        )
+    else:
+        train_idx, val_idx = stratified_split(full.targets, cfg.val_split, cfg.seed)
     val = full.subset(val_idx, recipe=None) if val_idx else None
     data = Data(full.subset(train_idx), val, full.classes, layout, full.errors, full.ignored)
     _require_images(data, full)
@@ -260,6 +270,43 @@ def _require_images(data: Data, full: AugmentedImageFolder | None = None) -> Non
             f"class(es) with no usable training image: {', '.join(empty)}"
             + (f" (unreadable files: {bad}{' ...' if len(data.errors) > 3 else ''})" if bad else "")
         )
+
+
+def source_groups(folder: Path, keys: list[str], prefix: str = "") -> list[str] | None:
+    """The source image of every item (``keys``: paths relative to the scanned folder), read from
+    the ``manifest.jsonl`` that ``augkit augment`` wrote in ``folder`` (its outputs' paths start
+    with ``prefix`` there); an item the manifest does not know is its own source. None when there
+    is no manifest, or no two items share a source (nothing to group)."""
+    if not (folder / MANIFEST).is_file():
+        return None
+    rows = latest_rows(folder)
+    out = []
+    for key in keys:
+        row = rows.get(prefix + key)
+        src = row.get("source") if isinstance(row, dict) else None
+        out.append(f"source:{src}" if isinstance(src, str) else f"item:{key}")
+    return out if len(set(out)) < len(out) else None
+
+
+def grouped_split(targets: list[int], groups: list[str], val_split: float, seed: int) -> tuple[list[int], list[int]]:
+    """:func:`stratified_split` over groups (the copies of one source image): per class, whole
+    groups go to val, in a seeded order, until about ``round(n * val_split)`` images; at least one
+    group always stays in train. No group is on both sides."""
+    by_class: dict[int, dict[str, list[int]]] = {}
+    for i, (t, g) in enumerate(zip(targets, groups)):
+        by_class.setdefault(t, {}).setdefault(g, []).append(i)
+    train, val = [], []
+    for t, members in sorted(by_class.items()):
+        n = sum(len(m) for m in members.values())
+        k = max(round(n * val_split), 1 if val_split > 0 else 0)
+        names = sorted(members)
+        random.Random(derive_seed(seed, str(t), 0, salt="group-split")).shuffle(names)
+        taken = 0
+        for j, name in enumerate(names):
+            side = val if taken < k and j < len(names) - 1 else train
+            side.extend(members[name])
+            taken += len(members[name]) if side is val else 0
+    return sorted(train), sorted(val)
 
 
 def stratified_split(targets: list[int], val_split: float, seed: int) -> tuple[list[int], list[int]]:
@@ -990,5 +1037,12 @@ def stop_reason(history: list[dict], best: dict, patience: int | None) -> str | 
     since = int(history[-1]["epoch"]) - int(best["epoch"])
     if since < patience:
         return None
-    metric = "train_loss" if best.get("val_acc") is None else "val_acc"
-    return f"early stop: no improvement in {metric} for {since} epochs after epoch {int(best['epoch'])}"
+    return f"early stop: no improvement in {improvement_rule(best)} for {since} epochs after epoch {int(best['epoch'])}"
+
+
+def improvement_rule(best: dict) -> str:
+    """The rule :func:`_better` applies (what picks ``best.pt`` and what ``--patience`` waits for), in words."""
+    if best.get("val_acc") is None:
+        return "train_loss (lower is better)"
+    ema = " of the weights best.pt keeps (raw or EMA)" if best.get("ema_val_acc") is not None else ""
+    return f"val_acc{ema} (an equal val_acc with a lower val_loss counts as an improvement)"
