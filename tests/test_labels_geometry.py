@@ -162,7 +162,7 @@ def check_output(img, out: Labels, shapes, config: str, keypoints: bool, stats: 
     checked = 0
     if config == "semantic":
         assert out.semantic is not None and out.semantic.shape == (H, W), what
-        for k, s in enumerate(shapes):
+        for k in range(len(shapes)):
             region = color_mask(img, OBJ_COLORS[k], TOL)
             if region.sum() >= 50:
                 got = mask_iou(out.semantic == k + 1, region, edge_band(img, OBJ_COLORS[k]))
