@@ -283,3 +283,75 @@ def test_g_a_plan_bigger_than_the_free_space_is_refused(tmp_path, monkeypatch):
         monkeypatch.setattr(run_mod, "_outputs", lambda *a: pytest.fail("the plan was built"))
         make_plan(src, tmp_path / "out", load_recipe("digits"), AugmentOptions(copies=int(copies)))
     assert info.type.__name__ == "UsageError"
+
+
+# ------------------------------------------------------------------ h. SIGTERM
+
+
+def term_on_call(monkeypatch, owner, name: str, at: int) -> None:
+    """Send this process SIGTERM when ``owner.name`` is called the ``at``-th time (1-based)."""
+    import signal
+
+    real, calls = getattr(owner, name), []
+
+    def call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, call)
+
+
+def test_h_sigterm_in_augment_writes_the_records_and_exits_143(tmp_path, monkeypatch):
+    from augkit.offline.dst import JOURNAL
+    from augkit.offline.task import AugmentTask
+
+    src = digits_folder(tmp_path / "data", per_class=4, size=32)
+    dst = tmp_path / "out"
+    term_on_call(monkeypatch, AugmentTask, "_make", 5)
+    res = invoke("augment", src, dst, "--recipe", "digits", "--workers", "1")
+    assert res.exit_code == 143, res.output
+    assert "terminated (SIGTERM)" in res.output and "finished outputs are kept" in res.output
+    done = rows(dst / MANIFEST)
+    assert 3 <= len(done) < 12 and all((dst / r["output"]).is_file() for r in done)
+    assert (dst / ERRORS).is_file() and not (dst / JOURNAL).exists()
+    monkeypatch.undo()
+    again = invoke("augment", src, dst, "--recipe", "digits")  # resumes
+    assert again.exit_code == 0 and len(rows(dst / MANIFEST)) == 12
+
+
+def test_h_sigterm_in_train_draws_the_curves_and_exits_143(tmp_path, monkeypatch):
+    import augkit.training.loop as trainmod
+
+    src = digits_folder(tmp_path / "data", per_class=3, size=32)
+    run = tmp_path / "run"
+    term_on_call(monkeypatch, trainmod, "_run_epoch", 2)
+    res = invoke(
+        "train", src, "-o", run, "--weights", "none", "--epochs", "3", "--image-size", "32",
+        "--batch-size", "8", "--device", "cpu", "--recipe", "digits", "--workers", "0",
+    )  # fmt: skip
+    assert res.exit_code == 143, res.output
+    assert "terminated (SIGTERM)" in res.output and "--resume" in res.output
+    assert (run / "curves.png").is_file() and (run / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_h_an_interrupted_predict_says_that_nothing_was_written(digits_ff, run_ff, tmp_path, monkeypatch, sig):
+    import signal
+
+    import augkit.infer.engine as engine
+
+    real = engine.DecodedImages.__getitem__
+
+    def getitem(self, i):
+        if i == 3:
+            os.kill(os.getpid(), getattr(signal, sig))
+        return real(self, i)
+
+    monkeypatch.setattr(engine.DecodedImages, "__getitem__", getitem)
+    out = tmp_path / "p.csv"
+    res = invoke("predict", run_ff, digits_ff, "-o", out, "--device", "cpu", "--workers", "0")
+    assert res.exit_code == (143 if sig == "SIGTERM" else 130), res.output
+    assert "no predictions were written" in res.output and "kept" not in res.output
+    assert not out.exists()

@@ -8,11 +8,12 @@ from typing import Optional
 import typer
 from rich.markup import escape as esc
 
-from augkit.commands._common import cli_errors
+from augkit.commands._common import cli_errors, on_interrupt
 from augkit.commands._infer import TTA_HELP, say
 
 
 @cli_errors
+@on_interrupt("nothing was written (the .onnx file is written whole or not at all); run the command again")
 def command(
     run: Path = typer.Argument(..., help="Run folder (uses its best.pt) or a checkpoint file."),
     output: Path = typer.Option(..., "--output", "-o", help="The .onnx file to write."),

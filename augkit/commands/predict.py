@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.markup import escape as esc
 
-from augkit.commands._common import cli_errors
+from augkit.commands._common import cli_errors, on_interrupt
 from augkit.commands._infer import (
     BETA_HELP,
     MERGE_HELP,
@@ -31,6 +31,7 @@ Format = Enum("Format", {f: f for f in FORMATS}, type=str)
 
 
 @cli_errors
+@on_interrupt("no predictions were written (predict writes its output once every input is done); run the command again")
 def command(
     run: Path = typer.Argument(
         ...,

@@ -7,10 +7,11 @@ from typing import Optional
 
 import typer
 
-from augkit.commands._common import cli_errors, err
+from augkit.commands._common import cli_errors, err, on_interrupt
 
 
 @cli_errors
+@on_interrupt("no preview was written; run the command again")
 def command(
     sources: list[Path] = typer.Argument(..., help="Image files and/or folders (class folders are sampled in turn)."),
     recipe: str = typer.Option("default", "--recipe", "-r", help="Built-in recipe name or a recipe .yaml file."),

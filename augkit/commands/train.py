@@ -19,7 +19,7 @@ from rich.markup import escape as esc
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from augkit.commands._common import cli_errors, err
+from augkit.commands._common import cli_errors, err, interrupted_exit
 from augkit.errors import EXIT_SKIPPED, UsageError
 from augkit.limits import DEFAULT_MAX_PIXELS
 from augkit.training.config import (
@@ -229,10 +229,10 @@ def command(
         raise typer.Exit(code=EXIT_SKIPPED if code == 0 and _skipped_files(output) else code)
     try:
         result = train(config, console=err)
-    except KeyboardInterrupt:
-        if not under_torchrun():
-            err.print(f"[yellow]interrupted[/]: {esc(resume_hint(output, sys.argv[1:]))}", soft_wrap=True)
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): exit 130 / 143
+        if under_torchrun():
+            raise typer.Exit(code=130) from None
+        raise interrupted_exit(exc, resume_hint(output, sys.argv[1:])) from None
     if not under_torchrun():
         held_out(data, test, output, device.value)
     if result.skipped and not under_torchrun():  # torchrun takes any non-zero exit for a failure
