@@ -449,3 +449,19 @@ def test_export_takes_the_recipes_label_rules(tmp_path):
     assert (bp["min_visibility"], bp["min_area"]) == (0.4, 9.0)
     res = runner.invoke(app, ["recipes", "export", str(rec), "-o", str(out), "--labels", "kitti"])
     assert res.exit_code == 2 and "allowed: yolo, coco, voc, masks" in flat(res.output)
+
+
+def test_a_changed_image_is_made_again_and_the_rest_is_kept(tmp_path):
+    built = yolo_dataset(tmp_path / "src", splits={"train": 3, "val": 1}, background=0)
+    dst = tmp_path / "dst"
+    augment(built.root, dst, FLIP, copies=1, workers=1)
+    before = files(dst)
+    img = built.root / "images/train/train_01.png"
+    pic = cv2.imread(str(img))
+    cv2.imwrite(str(img), 255 - pic)  # the same objects' places, other pixels
+    r = augment(built.root, dst, FLIP, copies=1, workers=1)
+    assert r.stale == ["images/train/train_01__aug0.png"] and r.written == 1
+    after = files(dst)
+    changed = {k for k in after if after[k] != before.get(k)}
+    assert changed <= {"images/train/train_01__aug0.png", "manifest.jsonl", "errors.jsonl"}
+    assert "images/train/train_01__aug0.png" in changed

@@ -262,8 +262,8 @@ def make_labelled_plan(
     links: list[str] = []
     seen: dict[str, str] = {}
     for split, rels in images.items():
-        for rel in rels:
-            real = (info.root / rel).resolve()
+        for rel, it in zip(rels, info.splits[split]):
+            real = Path(os.path.realpath(it.image))  # realpath: a self-looping link does not raise
             if real == d or d in real.parents:
                 links.append(rel)
                 continue
@@ -421,7 +421,7 @@ class LabelledTask(AugmentTask):
             return _bad(item, "name too long", f"output name {out_path.name!r} is over {NAME_MAX} bytes; rename it")
         it = self._items[item.src]
         try:
-            data, img = self._decoded(item.src, self.src / item.src)
+            data, img = self._decoded(item.src, Path(it.image))  # (data.yaml may name images outside SRC)
         except ImageError as exc:
             return _bad(item, exc.reason, exc.detail)
         size = (int(img.shape[1]), int(img.shape[0]))
@@ -432,9 +432,16 @@ class LabelledTask(AugmentTask):
             labels = self.fmt.read(self.info, it)
         except LabelError as exc:
             return _label_error(item, exc)
-        rec: ItemResult = {"status": Status.OK, "item": item, "transforms": [], "width": size[0], "height": size[1]}
+        rec: ItemResult = {
+            "status": Status.OK,
+            "item": item,
+            "transforms": [],
+            "width": size[0],
+            "height": size[1],
+            "source": self._source_record(item.src),  # a re-run remakes outputs of a changed image
+        }
         if item.copy < 0:
-            link_to = (self.src / item.src).resolve() if self.link else None
+            link_to = Path(it.image).resolve() if self.link else None
             files = list(self.fmt.label_paths(self.info, it))
             pending = _Pending(None if link_to else data, link_to, it, labels, size, files)
             if self.link:
