@@ -35,6 +35,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "List the architectures --arch takes: every torchvision classifier, or timm models.",
     ),
     "export": ("export", "command", "Export a run's model to ONNX, with normalization and TTA views inside the graph."),
+    "report": (
+        "report",
+        "command",
+        "Write one self-contained HTML report of a run: settings, curves, evaluation, confusion, mistakes, TTA views.",
+    ),
 }
 
 _APP: Any = None

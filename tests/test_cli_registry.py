@@ -228,6 +228,15 @@ def _export(env: Env) -> None:
     assert probs[0].shape == (3, len(CLASSES)) and np.allclose(probs[0].sum(1), 1, atol=1e-4)
 
 
+@happy("report")
+def _report(env: Env) -> None:
+    report, page = env.tmp / "r.json", env.tmp / "run.html"
+    invoke("evaluate", env.run, env.data, "--tta", "flip", "--report", report, "--device", "cpu", "--workers", "0")
+    invoke("report", env.run, report, "-o", page)
+    text = page.read_text()
+    assert "Per class" in text and "data:image/png;base64," in text and "http" not in text.split("<body>")[1]
+
+
 @happy("models")
 def _models(env: Env) -> None:
     assert "resnet18" in invoke("models", "resnet18").stdout

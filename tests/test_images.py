@@ -170,10 +170,12 @@ def test_scan_ignores_litter_and_keeps_imagefolder_order(tmp_path):
     (tmp_path / "a" / "notes.txt").write_text("hi")
     (tmp_path / ".ipynb_checkpoints" / "c").mkdir(parents=True)
     write(tmp_path / ".ipynb_checkpoints" / "c" / "x.png", photo())
+    (tmp_path / "__pycache__").mkdir()  # Python leaves one beside a script in the data folder
+    (tmp_path / "__pycache__" / "make.cpython-311.pyc").write_bytes(b"x")
     write(tmp_path / "a" / "sub" / "a9.png", photo())
     (tmp_path / "empty").mkdir()
     s = scan_folder(tmp_path)
-    assert s.classes == ["a", "b"]  # never a class: .ipynb_checkpoints, empty
+    assert s.classes == ["a", "b"]  # never a class: .ipynb_checkpoints, __pycache__, empty
     assert s.empty_classes == ["empty"]
     assert [r for r, _ in s.items] == ["a/a0.jpg", "a/a1.png", "a/sub/a9.png", "b/b0.jpg", "b/b1.png"]
     assert {"a/.DS_Store", "a/Thumbs.db", "a/._a0.jpg", "a/notes.txt"} <= set(s.ignored)

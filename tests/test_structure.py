@@ -92,6 +92,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("labels",),
     ("models", "offline"),
     ("training", "infer"),
+    ("report",),
     ("commands",),
 ]
 #: top-level modules that belong to the command line, not to the shared basics

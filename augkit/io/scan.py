@@ -21,11 +21,11 @@ from pathlib import Path
 from augkit.errors import UsageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "__macosx", ".ipynb_checkpoints"})
+IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "__macosx", ".ipynb_checkpoints", "__pycache__"})
 
 
 def is_ignored(name: str) -> bool:
-    """Hidden files (``.x``, AppleDouble ``._x``), OS litter and notebook checkpoints."""
+    """Hidden files (``.x``, AppleDouble ``._x``), OS litter, notebook checkpoints and Python bytecode folders."""
     return name.startswith(".") or name.lower() in IGNORED_NAMES
 
 
