@@ -91,7 +91,7 @@ def default_workers(device: torch.device | str, role: str = "train", cores: int 
 def compute_threads(loader_workers: int, device: torch.device | str = "cpu") -> int:
     """Intra-op threads for the main process: the usable cores minus the busy loader workers, at
     least 1. torch's threads spin-wait, so threads + busy workers above the core count collapse
-    throughput (measured here: 295 -> 11 img/s worst case). On a GPU the main process needs 1."""
+    throughput (benchmarks/README.md has the figures). On a GPU the main process needs 1."""
     if device_type(device) != "cpu":
         return 1
     return max(1, usable_cores() - max(0, loader_workers))

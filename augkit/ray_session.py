@@ -86,8 +86,8 @@ class RaySession:
         """A Ray Dataset of ``actor(*args)`` applied to ``records`` in numpy batches by ``pool``.
 
         Batches hold at most ``batch_size`` records, fewer for small inputs (about four batches per
-        actor), one block per batch. Ray's per-batch overhead is a few ms: on 2 CPUs batches of 8
-        ran the augment items at ~0.5x the local executor's rate, batches of 32 at about 1x."""
+        actor), one block per batch: Ray's per-batch overhead is a few ms, so batches must not be
+        tiny (benchmarks/README.md, "Ray")."""
         ray = self.ray
         per_call = max(1, min(batch_size, math.ceil(len(records) / (4 * pool.size))))
         ds = ray.data.from_items(records, override_num_blocks=max(1, math.ceil(len(records) / per_call)))

@@ -130,7 +130,7 @@ def family_of(arch: str) -> str:
 @functools.cache
 def timm_families() -> dict[str, str]:
     """timm model name -> the timm module that defines it (its family), from timm's registry
-    (no model is built: ~20 ms for all of them)."""
+    (no model is built)."""
     timm = import_timm()
     out: dict[str, str] = {}
     for module in timm.list_modules():

@@ -27,7 +27,7 @@ from augkit.ray_session import check_pool_options, import_ray, ray_session
 
 
 def _item_to_dict(item) -> dict:
-    return asdict(item) if is_dataclass(item) else dict(item)
+    return asdict(item) if is_dataclass(item) and not isinstance(item, type) else dict(item)
 
 
 class _Worker:
@@ -71,8 +71,7 @@ class RayExecutor:
     num_cpus: CPUs reserved per actor (default: 1, or a fraction when the pool would otherwise
     take every CPU of the cluster; Ray Data needs a little CPU left for its own tasks).
     batch_size: items per ``map_batches`` call, at most (smaller for small plans, so that each actor
-    gets several batches). Ray's per-batch overhead is a few ms: on 2 CPUs batches of 8 ran at
-    ~0.5x the local executor's rate, batches of 32 at about 1x.
+    gets several batches; Ray's per-batch overhead makes tiny batches slow: benchmarks/README.md).
     """
 
     def __init__(
