@@ -23,14 +23,17 @@ import numpy as np
 import pytest
 from _imgs import photo
 from _labelled import FLIP_IDX, KPT_COLORS, KPT_NAMES, NAMES, _keypoints, make_scene
+from typer.testing import CliRunner
 
-from augkit.errors import RecipeError
+from augkit import cli
+from augkit.errors import RecipeError, UsageError
 from augkit.labels.geometry import (
     LabelStats,
     build_labelled,
     check_labelled,
     clip_polygon,
     flip_index,
+    kinds_of_format,
     label_kinds,
     label_warnings,
     polygon_area,
@@ -492,7 +495,9 @@ def test_clip_polygon_and_area():
 
 def test_step_that_cannot_move_a_label_kind_is_a_recipe_error():
     elastic = "train:\n  - flip: {}\n  - albumentations: {transform: ElasticTransform, p: 1}\n"
-    with pytest.raises(RecipeError, match=r"<string>:3: train\[1\] albumentations: .*ElasticTransform.*keypoints"):
+    with pytest.raises(
+        RecipeError, match=r"<string>:3: train\[1\] albumentations: ElasticTransform cannot move the keypoints"
+    ):
         check_labelled(parse_recipe(elastic), ("keypoints",))
     with pytest.raises(RecipeError, match="ElasticTransform.*boxes"):
         build_labelled(parse_recipe(elastic), info_for("boxes"))
@@ -580,3 +585,24 @@ def test_labels_section_parses_with_documented_defaults_and_strict_errors():
         parse_recipe("train: [{flip: {}}]\nlabels: {box_from: mask}\n")
     with pytest.raises(RecipeError, match="labels must be a mapping"):
         parse_recipe("train: [{flip: {}}]\nlabels: [1, 2]\n")
+
+
+def test_recipes_check_labels_cli(tmp_path):
+    elastic = tmp_path / "elastic.yaml"
+    elastic.write_text("train:\n  - flip: {}\n  - albumentations: {transform: ElasticTransform}\n")
+    reflect = tmp_path / "reflect.yaml"
+    reflect.write_text("border: reflect\ntrain:\n  - rotate: {degrees: 10}\n")
+    runner = CliRunner()
+    res = runner.invoke(cli.app, ["recipes", "check", str(elastic), str(reflect), "--labels", "coco"])
+    assert res.exit_code == 2
+    assert "elastic.yaml:3: train[1] albumentations: ElasticTransform cannot move the boxes" in res.output
+    assert "reflect.yaml: ok" in res.output and "warning:" in res.output and "no labels" in res.output
+    res = runner.invoke(cli.app, ["recipes", "check", str(elastic), "--labels", "masks"])
+    assert res.exit_code == 0, res.output  # a semantic mask follows an elastic warp exactly
+    res = runner.invoke(cli.app, ["recipes", "check", str(elastic)])
+    assert res.exit_code == 0  # without --labels: a classification recipe
+    res = runner.invoke(cli.app, ["recipes", "check", str(elastic), "--labels", "yol"])
+    assert res.exit_code == 2 and "did you mean 'yolo'" in res.output
+    assert kinds_of_format("yolo") == ("boxes", "polygons", "keypoints")
+    with pytest.raises(UsageError):
+        kinds_of_format("folders")

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from augkit.commands._common import cli_errors, err, out
 from augkit.errors import AugkitError, UsageError
+from augkit.labels.geometry import check_labelled, kinds_of_format
 from augkit.recipe.api import (
     EXPORT_BOX_FORMATS,
     EXPORT_KEYPOINT_KINDS,
@@ -67,12 +68,23 @@ def show_cmd(recipe: str = typer.Argument(..., help="Recipe name or file.")) -> 
 
 @app.command("check")
 @cli_errors
-def check_cmd(files: list[Path] = typer.Argument(..., help="Recipe files to validate.")) -> None:
+def check_cmd(
+    files: list[Path] = typer.Argument(..., help="Recipe files to validate."),
+    labels: Optional[str] = typer.Option(
+        None,
+        "--labels",
+        help="Also check the recipe for a labelled dataset of this kind (yolo, coco, voc, masks): every step "
+        "must move the labels it holds (boxes, polygons, keypoints, masks).",
+    ),
+) -> None:
     """Validate recipe files: each gets a line (ok, or the error naming the line, step and key); exit 2 if any failed."""
     code = 0
+    kinds = kinds_of_format(labels) if labels is not None else None
     for f in files:
         try:
             r = load_recipe(f)
+            for w in check_labelled(r, kinds) if kinds is not None else []:
+                err.print(f"[yellow]warning:[/] {f}: {escape(w)}", soft_wrap=True)
         except AugkitError as exc:
             err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             code = max(code, exc.exit_code)

@@ -48,7 +48,8 @@ from augkit.errors import RecipeError, UsageError
 from augkit.labels.model import DatasetInfo, Labels, Obj, box_area, box_from_mask, box_from_points
 from augkit.recipe.api import Recipe, applied_steps, build_compose, leaf_transforms, seed_random_state
 from augkit.recipe.labelspec import COPYING_BORDERS, LabelSpec
-from augkit.recipe.ops import BORDER_MODES
+from augkit.recipe.ops import ALBU_OP, BORDER_MODES
+from augkit.recipe.params import suggest
 
 #: the label kinds a step may have to move: boxes, polygons and keypoints travel as points,
 #: masks (one per object, COCO RLE) and semantic (one class-index mask per image) as masks
@@ -107,6 +108,17 @@ def label_kinds(info: DatasetInfo) -> tuple[str, ...]:
     kinds = set(FORMAT_KINDS.get(info.kind, ("boxes", "polygons", "masks")))
     if info.kpt_shape or info.keypoint_names:
         kinds.add("keypoints")
+    return tuple(k for k in LABEL_KINDS if k in kinds)
+
+
+def kinds_of_format(kind: str) -> tuple[str, ...]:
+    """Every label kind a dataset of format ``kind`` may hold (YOLO and COCO with keypoints), for checking
+    a recipe before any dataset is at hand (``augkit recipes check --labels KIND``)."""
+    if kind not in FORMAT_KINDS:
+        raise UsageError(
+            f"unknown label format {kind!r}{suggest(kind, FORMAT_KINDS)} (allowed: {', '.join(FORMAT_KINDS)})"
+        )
+    kinds = set(FORMAT_KINDS[kind]) | ({"keypoints"} if kind in ("yolo", "coco") else set())
     return tuple(k for k in LABEL_KINDS if k in kinds)
 
 
@@ -174,8 +186,9 @@ def _check_leaves(recipe: Recipe, leaves: list, kinds: tuple[str, ...]) -> None:
             if bad is not None:
                 kind, why = bad
                 name = type(leaf).__name__
+                what = name if step.op == ALBU_OP else f"{step.op} ({name})"
                 raise RecipeError(
-                    f"{step.op} ({name}) cannot move the {kind} of a labelled dataset: {why}",
+                    f"{what} cannot move the {kind} of a labelled dataset: {why}",
                     source=recipe.source,
                     where=step.where,
                     line=step.line,
