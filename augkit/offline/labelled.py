@@ -10,7 +10,7 @@ byte-identical files and a killed run resumes to the files of an uninterrupted o
   split. ``augment_splits`` names the splits to augment instead.
 - **Work items** are images; a worker reads the image and its labels (:func:`augkit.labels.formats`'
   ``read``), moves the labels through the recipe (:mod:`augkit.labels.geometry`) and writes the
-  image and its label file (the format's ``write``), each atomically, the label file first.
+  image and its label file (the format's ``write``), each atomically.
 - **Records.** Each manifest row says, per output, how many objects were kept, clipped and dropped
   (with each dropped object's reason), and carries the format's record of the output (for COCO the
   image entry and its annotations): after the run, the format's ``finish`` writes the dataset-level
@@ -26,7 +26,8 @@ import json
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from augkit.errors import ImageError, UsageError
@@ -400,9 +401,10 @@ class LabelledTask(AugmentTask):
         super().__init__(src, dst, recipe_text, recipe_source, settings)
         self.info, self.link = info, link
         self._items: dict[str, Item] | None = None
+        self._label_writer: ThreadPoolExecutor | None = None  # _write's second thread
 
     def __getstate__(self) -> dict:
-        return dict(super().__getstate__(), _items=None)
+        return dict(super().__getstate__(), _items=None, _label_writer=None)
 
     def setup(self) -> None:
         if self._aug is None:
@@ -429,7 +431,8 @@ class LabelledTask(AugmentTask):
             mismatch = check_item_size(it, size)
             if mismatch is not None:
                 raise mismatch
-            labels = self.fmt.read(self.info, it)
+            # the size as decoded: a format that does not store it (YOLO) need not read the header again
+            labels = self.fmt.read(self.info, it if it.size is not None else replace(it, size=size))
         except LabelError as exc:
             return _label_error(item, exc)
         rec: ItemResult = {
@@ -478,7 +481,7 @@ class LabelledTask(AugmentTask):
 
     def _verify(self, item: WorkItem, out_path: Path, pending: _Pending, rec: ItemResult) -> ItemResult:
         """An output found without a manifest row (a killed run): kept if it is what this run would
-        write, and its label file (written before the image) is written again."""
+        write, and its label file is written again (the run may have died before or while writing it)."""
         try:
             same = (
                 os.readlink(out_path) == str(pending.link_to)
@@ -493,17 +496,20 @@ class LabelledTask(AugmentTask):
         return ItemResult(done, verified=True) if done.get("status") == Status.OK else done
 
     def _write(self, item: WorkItem, out_path: Path, pending: _Pending, rec: ItemResult, image: bool = True):
-        """The label file first (the format's writer), then the image: a resumed run finds an image
-        only where its labels are in place."""
+        """The label file (the format's writer) and the image, each atomically, the label file in a
+        second thread meanwhile: both wait for the disk (fsync), and their waits overlap. The result
+        (and so the manifest row) comes back only once both are in place; an image found without a
+        row by a resumed run is verified and its label file written again (:meth:`_verify`)."""
+        if self._label_writer is None:
+            self._label_writer = ThreadPoolExecutor(1, thread_name_prefix="augkit-labels")
         try:
             out_path.parent.mkdir(parents=True, exist_ok=True)
-            rec["label_record"] = self.fmt.write(
-                self.info, self.dst, pending.item, item.out, pending.labels, pending.size
-            )
-            for f in pending.copy_label_files:  # unchanged labels: the source's own bytes (or a link)
-                self._place(self.dst / Path(f).relative_to(self.info.root), f)
-            if image:
-                self._place(out_path, pending.link_to, pending.payload)
+            labels = self._label_writer.submit(self._write_labels, item, pending)
+            try:
+                if image:
+                    self._place(out_path, pending.link_to, pending.payload)
+            finally:
+                rec["label_record"] = labels.result()  # raises what the label write raised
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
                 return _bad(item, "name too long", f"{out_path}: {exc.strerror}")
@@ -514,6 +520,12 @@ class LabelledTask(AugmentTask):
                 "detail": f"{exc.filename or out_path}: {exc.strerror or exc}",
             }
         return rec
+
+    def _write_labels(self, item: WorkItem, pending: _Pending) -> dict:
+        record = self.fmt.write(self.info, self.dst, pending.item, item.out, pending.labels, pending.size)
+        for f in pending.copy_label_files:  # unchanged labels: the source's own bytes (or a link)
+            self._place(self.dst / Path(f).relative_to(self.info.root), f)
+        return record
 
     def _place(self, path: Path, source: Path | None, payload: bytes | None = None) -> None:
         """Write ``payload`` to ``path``, or put there a copy of (``link``: a symbolic link to) ``source``;
