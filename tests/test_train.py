@@ -728,7 +728,10 @@ def test_patience_stops_at_the_right_epoch_and_resumes(data, tmp_path, monkeypat
     out = tmp_path / "p"
     res = train(_cfg(data, out, epochs=8, patience=2, val_split=0.2, progress=False))
     assert res.epochs == 4 and res.best_epoch == 2
-    assert res.stopped == "early stop: no improvement in val_acc for 2 epochs after epoch 2"
+    assert res.stopped == (
+        "early stop: no improvement in val_acc (an equal val_acc with a lower val_loss counts as an improvement) "
+        "for 2 epochs after epoch 2"
+    )
     assert load_checkpoint(out / "best.pt")["epoch"] == 2 and load_checkpoint(out / "last.pt")["epoch"] == 4
     assert yaml.safe_load((out / "settings.yaml").read_text())["resolved"]["outcome"]["stopped"] == res.stopped
     again = train(_cfg(data, out, epochs=8, patience=2, val_split=0.2, resume=True, progress=False))
@@ -743,6 +746,22 @@ def test_patience_stops_at_the_right_epoch_and_resumes(data, tmp_path, monkeypat
 
 @pytest.mark.parametrize(
     "opt,value,match", [("--label-smoothing", "1", "label-smoothing"), ("--patience", "0", "patience")]
+def test_patience_counts_an_equal_val_acc_with_a_lower_val_loss_as_improvement_and_says_so(data, tmp_path, monkeypatch):
+    """The rule that picks best.pt is the rule --patience waits for, and the message states it: val_acc
+    0.5, 0.5 (loss 0.9 < 1.0: better), 0.5, 0.5 (loss 0.95, 0.9: no better) with --patience 2 stops
+    after epoch 4 with best.pt from epoch 2 (a val_acc-only rule would have stopped after epoch 3)."""
+    rows = iter([(0.5, 1.0), (0.5, 0.9), (0.5, 0.95), (0.5, 0.9), (0.5, 0.8), (0.5, 0.8)])
+    monkeypatch.setattr(trainmod, "validate", lambda *a, **k: dict(zip(("acc", "loss"), next(rows)), images=6))
+    monkeypatch.setattr(
+        trainmod, "train_one_epoch", lambda *a, **k: {"loss": 1.0, "acc": 0.5, "images": 24, "seconds": 0.01}
+    )
+    res = train(_cfg(data, tmp_path / "tie", epochs=6, patience=2, val_split=0.2, progress=False))
+    assert res.epochs == 4 and res.best_epoch == 2
+    assert load_checkpoint(tmp_path / "tie" / "best.pt")["epoch"] == 2
+    assert "no improvement in val_acc (an equal val_acc with a lower val_loss counts" in res.stopped
+    assert res.stopped.endswith("for 2 epochs after epoch 2")
+
+
 )
 def test_bad_smoothing_or_patience_exit_2(data, tmp_path, opt, value, match):
     res = cli(data, "-o", tmp_path / "bad", *FAST, opt, value)

@@ -85,10 +85,14 @@ def precision_recall_f1(y: np.ndarray, pred: np.ndarray, k: int) -> dict[str, np
     return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
 
 
-def macro(prf: dict[str, np.ndarray]) -> dict[str, float]:
-    """Unweighted means over the classes present in the data (support > 0)."""
-    present = prf["support"] > 0
-    return {key: float(prf[key][present].mean()) if present.any() else 0.0 for key in ("precision", "recall", "f1")}
+def macro(prf: dict[str, np.ndarray], *, present_only: bool = False) -> dict[str, float]:
+    """Unweighted means over all the model's classes, as scikit-learn's
+    ``precision_recall_fscore_support(..., labels=range(k), average="macro", zero_division=0)``: a
+    class with no image in the data has recall 0 (and precision 0, or less than 1 if predicted), so
+    a subset of the classes scores lower than on its own. ``present_only``: over the classes with
+    at least one image (support > 0) instead."""
+    keep = prf["support"] > 0 if present_only else np.ones(len(prf["support"]), dtype=bool)
+    return {key: float(prf[key][keep].mean()) if keep.any() else 0.0 for key in ("precision", "recall", "f1")}
 
 
 def _acc(ok: np.ndarray) -> float:
@@ -279,8 +283,10 @@ def score(
 ) -> dict:
     """All the metrics of a report from per-view probabilities ``(V, N, K)`` and labels ``(N,)``.
 
-    Top-k is left out (None) when ``top_k`` >= the number of classes: it would be 100%.
-    Precision, recall and F1 are those of the merged (TTA) predictions, as the confusion matrix."""
+    Top-k is left out (None) when ``top_k`` >= the number of classes: it would be 100%. Per class:
+    precision, recall and F1 of the merged (TTA) predictions (as the confusion matrix) and of the
+    plain ones (``plain_precision``, ...); macro averages over all the model's classes (see
+    :func:`macro`), and over the classes present in the data."""
     k_classes = len(classes)
     k = top_k if top_k < k_classes else None
     plain = view_probs[plain_index]
@@ -313,6 +319,9 @@ def score(
                     "precision": float(prf["precision"][c]),
                     "recall": float(prf["recall"][c]),
                     "f1": float(prf["f1"][c]),
+                    "plain_precision": float(plain_prf["precision"][c]),
+                    "plain_recall": float(plain_prf["recall"][c]),
+                    "plain_f1": float(plain_prf["f1"][c]),
                 }
             )
     chosen = select_views(view_probs, y, merge) if len(y) else []
@@ -338,7 +347,10 @@ def score(
         "macro": {
             "tta": macro(prf),
             "plain": macro(plain_prf),
-            "over": "classes present in the data (unweighted means)",
+            "over": f"all {k_classes} classes of the model (unweighted means, as scikit-learn's average='macro' "
+            "with labels=all classes, zero_division=0; a class without images counts 0)",
+            "classes_without_images": int(np.sum(prf["support"] == 0)),
+            "present": {"tta": macro(prf, present_only=True), "plain": macro(plain_prf, present_only=True)},
         },
         "confusion": {
             "rows": "true class",

@@ -12,8 +12,11 @@ per class, and fine-tuning with the backbone at 1x lr (77.7/93.2/97.2% at 5/10/3
 :data:`BACKBONE_LR_MULT` stays 0.1, the usual choice for ImageNet features, which could not be
 measured here.
 So with pretrained weights ``auto`` fine-tunes: the head alone for :data:`WARMUP_FRACTION` of
-the epochs (so a random head does not send large gradients into good features), then
-everything, the backbone at :data:`BACKBONE_LR_MULT` x lr. ``--freeze head`` keeps the frozen
+the epochs, rounded, at least one when the run has two epochs or more (so a random head does not
+send large gradients into good features), then everything, the backbone at :data:`BACKBONE_LR_MULT`
+x lr. A one-epoch run has no head-only epoch: it trains all layers from the start (backbone at
+:data:`BACKBONE_LR_MULT` x lr), as a frozen backbone for the whole run would be ``--freeze head``,
+which the measurements above do not favour; the plan says so. ``--freeze head`` keeps the frozen
 backbone (BatchNorm statistics included) for those who want it, e.g. features that the small
 set could only damage. Without pretrained weights (``--weights none``) there is nothing to
 keep, so ``auto`` trains everything.
@@ -51,6 +54,11 @@ class FreezePlan:
     def describe(self) -> str:
         if self.mode == "head":
             return "head only (backbone and BatchNorm statistics frozen)"
+        if self.mode == "finetune" and self.warmup_epochs == 0:
+            return (
+                f"fine-tune: all layers from the first epoch, a one-epoch run having no head-only epoch "
+                f"(backbone lr x{self.backbone_lr_mult:g})"
+            )
         if self.mode == "finetune":
             return (
                 f"fine-tune: head alone for {self.warmup_epochs} epoch(s), then all layers "
@@ -92,7 +100,8 @@ def choose_freeze(freeze: str, n_train: int, n_classes: int, epochs: int, pretra
 
 
 def _warmup(epochs: int) -> int:
-    """Head-only epochs before the whole network trains (none in a one-epoch run)."""
+    """Head-only epochs before the whole network trains: 20% of the epochs, rounded, at least one
+    when there are two epochs or more; none in a one-epoch run (which then trains all layers)."""
     return max(1, round(WARMUP_FRACTION * epochs)) if epochs >= 2 else 0
 
 
