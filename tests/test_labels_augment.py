@@ -391,7 +391,7 @@ def test_a_labelled_folder_is_never_silently_augmented_as_classes(tmp_path):
     # the CLI detects it; --labels folders is the explicit way to treat its folders as classes
     out = runner.invoke(app, ["augment", str(built.root), str(tmp_path / "cli"), "--recipe", "light", "-n", "1"])
     assert out.exit_code == 0, out.output
-    assert "a yolo dataset" in flat(out.output) and (tmp_path / "cli/data.yaml").exists()
+    assert "yolo dataset: 4 images" in flat(out.output) and (tmp_path / "cli/data.yaml").exists()
     out = runner.invoke(app, ["augment", str(built.root), str(tmp_path / "cls"), "--labels", "folders"])
     assert out.exit_code == 0, out.output
     assert not (tmp_path / "cls/data.yaml").exists() and (tmp_path / "cls/images").is_dir()
@@ -405,7 +405,7 @@ def test_cli_labelled_run_prints_object_totals_and_rejects_max_side(tmp_path):
     built = coco_dataset(tmp_path / "src", splits={"train": 2, "val": 1})
     out = runner.invoke(app, ["augment", str(built.root), str(tmp_path / "d"), "-r", "light", "--link"])
     assert out.exit_code == 0, out.output
-    assert "objects" in out.output and "kept" in out.output and "val linked" in flat(out.output)
+    assert "objects" in out.output and "kept" in out.output and "val 1 linked" in flat(out.output)
     out = runner.invoke(app, ["augment", str(built.root), str(tmp_path / "e"), "--max-side", "50"])
     assert out.exit_code == 2 and "--max-side" in out.output
     out = runner.invoke(app, ["augment", "samples", str(tmp_path / "f"), "--link"])

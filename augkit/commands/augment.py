@@ -136,8 +136,7 @@ def command(
     rec = load_recipe(recipe)
     plan = (make_labelled_plan if kind else make_plan)(src, dst, rec, opts)
     if kind:
-        modes = ", ".join(f"{s} {'copied' if m == 'copy' else m + 'ed'}" for s, m in plan.split_modes.items())
-        err.print(f"{esc(str(src))}: a {kind} dataset ({len(plan.classes)} classes; {esc(modes)})")
+        err.print(f"{esc(str(src))}: {esc(_inputs(plan))}")
         for w in plan.warnings:
             err.print(f"[yellow]warning:[/] {esc(w)}")
     for cls in plan.empty_classes:
@@ -198,6 +197,15 @@ def _split_list(text: str | None) -> list[str] | None:
     return names
 
 
+def _inputs(plan) -> str:
+    info = getattr(plan, "info", None)  # a labelled dataset: its splits and what happens to each
+    if info is None:
+        return f"{len({i.src for i in plan.items})} images in {len(plan.classes) or 1} class(es)"
+    modes = {"augment": "augmented", "copy": "copied", "link": "linked"}
+    splits = ", ".join(f"{s} {len(v)} {modes[plan.split_modes[s]]}" for s, v in info.splits.items())
+    return f"{info.kind} dataset: {len(info.items)} images ({splits}), {len(info.names)} classes"
+
+
 def _warm_up(executor, src: Path, copies: int | None) -> None:
     """When a quick count of SRC says the job will be big, start the local pool's fork server
     now: it imports OpenCV and albumentations for the workers while this process does the same.
@@ -238,8 +246,7 @@ def _summary(r: AugmentResult) -> None:
     t.add_row("recipe", f"{plan.recipe.name} ({plan.recipe.hash})")
     t.add_row(
         "inputs",
-        f"{len({i.src for i in plan.items})} images in {len(plan.classes) or 1} class(es)"
-        + (f", {len(plan.ignored)} other files ignored" if plan.ignored else ""),
+        _inputs(plan) + (f", {len(plan.ignored)} other files ignored" if plan.ignored else ""),
     )
     t.add_row("planned outputs", str(len(plan.items)))
     if not r.dry_run:
