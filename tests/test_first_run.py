@@ -262,3 +262,40 @@ def test_an_unused_test_folder_is_named_and_test_evaluates_it(tmp_path):
     assert report["accuracy"] == again["accuracy"] and report["counts"]["evaluated"] == 12
     res = cli("train", data, "-o", tmp_path / "run3", "--weights", "none", "--test", tmp_path / "nope", *FAST)
     assert res.exit_code == 2 and "--test" in res.stderr and not (tmp_path / "run3").exists()
+
+
+# ---------------------------------------------------------------- pictures that explain
+
+
+def test_curves_log_loss_axis_best_epoch_and_early_stop_marked_legend_outside(tmp_path, monkeypatch):
+    import numpy as np
+
+    import augkit.training.plot as plot
+    from augkit.io.images import read_image
+
+    labels = []
+    real_text = plot._text
+    monkeypatch.setattr(plot, "_text", lambda img, s, org, *a, **k: (labels.append(s), real_text(img, s, org, *a, **k)))
+    losses = [(2.3, 1.5), (0.9, 0.7), (0.4, 0.5), (0.25, 0.55), (0.2, 0.6)]
+    rows = [
+        dict(epoch=i + 1, train_loss=t, val_loss=v, train_acc=0.5, val_acc=0.5, lr_first=1e-3, lr_last=1e-3)
+        for i, (t, v) in enumerate(losses)
+    ]
+    path = tmp_path / "curves.png"
+    plot.plot_curves(rows, path, best_epoch=3, stopped="early stop: no improvement in val_acc for 2 epochs")
+    img = read_image(path)
+    assert "loss (log scale)" in labels and "1e0" in labels and "1e-1" in labels
+    assert "best 3" in labels and "early stop" in labels
+
+    def has(color, region) -> bool:
+        return bool(np.all(region == np.array(color, np.uint8), axis=-1).any())
+
+    third, top = 1200 // 3, 55
+    left, right = 60, third - 15
+    best_x = round(left + (right - left) * 2 / 4)  # epoch 3 of 5
+    assert has(plot.BEST_COLOR, img[top:-45, best_x - 1 : best_x + 2])
+    assert has(plot.CHOICE_COLOR, img[top:-45, right - 1 : right + 2])  # the early stop, at the last epoch
+    legend = img[25:top, :third]
+    assert has(plot.TRAIN_COLOR, legend) and has(plot.VAL_COLOR, legend)  # the legend sits above the chart
+    plot.plot_curves(rows, tmp_path / "plain.png")  # no best epoch given: no mark
+    assert not has(plot.BEST_COLOR, read_image(tmp_path / "plain.png"))

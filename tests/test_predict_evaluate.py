@@ -582,3 +582,38 @@ def test_one_options_object_validated_in_one_place(run_dir, data_dir):
         predict(run_dir, [data_dir], engine="rya")
     with pytest.raises(TypeError, match="unknown inference option"):
         predict(run_dir, [data_dir], topk=3)
+
+
+# ---------------------------------------------------------------- pictures that explain
+
+
+def test_gallery_tiles_are_named_by_file_and_the_title_is_whole(monkeypatch, data_dir):
+    import augkit.infer.gallery as gallery
+
+    drawn = []
+    real = cv2.putText
+    monkeypatch.setattr(
+        gallery.cv2, "putText", lambda img, text, *a, **k: (drawn.append(text), real(img, text, *a, **k))
+    )
+    files = sorted(str(p) for p in (data_dir / "one").iterdir())[:3]
+    mistakes = [{"path": f, "true": "one", "predicted": "seven", "prob": 0.9} for f in files]
+    mistakes[0]["path"] = str(Path(files[0]).with_name("IMG_20240101_123456_a_very_long_camera_name.png"))
+    title = "most confident mistakes (TTA predictions: flip+shift, merge mean, beta 0.25): 3 of 17 wrong of 1800 " * 2
+    img = gallery.draw_gallery(mistakes, title)
+    for f in files[1:]:
+        assert Path(f).name in drawn  # each tile names its file
+    long = next(t for t in drawn if t.startswith("IMG_2024"))
+    assert long.endswith("name.png") and "~" in long  # a long name keeps its start and its end
+    words = " ".join(t for t in drawn if "confident" in t or "wrong" in t or "merge" in t)
+    assert words.split() == title.split()  # the title is wrapped, never cut
+    assert img.shape[1] >= 600
+
+
+def test_confusion_shading_makes_a_small_confusion_visible():
+    from augkit.infer.evaluate import CONFUSED, draw_confusion
+
+    img = draw_confusion(np.array([[95, 5], [0, 100]]), ["cat", "dog"])
+    cell = img[72 + 20 : 72 + 30, :]  # a band across the first row's cells
+    reddish = (cell[..., 0].astype(int) - cell[..., 2].astype(int) > 25) & (cell[..., 1] < 215)
+    assert reddish.any()  # 5% of the row confused: a visible red tint, not near-white
+    assert CONFUSED[0] > CONFUSED[2]

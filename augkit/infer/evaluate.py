@@ -377,6 +377,7 @@ def write_report(report: dict, path: str | os.PathLike) -> None:
 
 
 MIN_PICTURE = 600  # px: the confusion picture's smallest side (readable at any class count)
+DIAGONAL, CONFUSED = (8, 48, 107), (180, 20, 20)  # RGB at a full row: right answers, confusions
 
 
 def draw_confusion(
@@ -393,18 +394,21 @@ def draw_confusion(
     font = cv2.FONT_HERSHEY_SIMPLEX
     label_w = max((cv2.getTextSize(s[:18], font, scale, 1)[0][0] for s in labels), default=0)
     margin = min(260, 12 + label_w) if show_text and labels else 10
-    top = 56
-    subtitle = "rows: true class, columns: predicted class; shade: share of the row"
+    top = 72
+    subtitle = "rows: true class, columns: predicted class"
+    scale_note = "shade: share of the row (square-root scale); blue: right, red: confused"
     h, w = top + k * cell + margin + 8, margin + k * cell + 10
     img = np.full((max(h, MIN_PICTURE), max(w, MIN_PICTURE), 3), 255, np.uint8)
     cv2.putText(img, title[:90], (10, 22), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, subtitle, (10, 44), font, 0.42, (70, 70, 70), 1, cv2.LINE_AA)
+    cv2.putText(img, scale_note, (10, 62), font, 0.42, (70, 70, 70), 1, cv2.LINE_AA)
     rows = m.sum(1, keepdims=True)
     frac = np.divide(m, rows, out=np.zeros(m.shape, float), where=rows > 0)
     for i in range(k):
         for j in range(k):
-            f = frac[i, j]
-            color = tuple(int(round(255 - f * (255 - c))) for c in (8, 48, 107))
+            f = math.sqrt(frac[i, j])  # square root: a 5% confusion is a visible 22% tint, not near-white
+            base = DIAGONAL if i == j else CONFUSED  # right answers blue, confusions red
+            color = tuple(int(round(255 - f * (255 - c))) for c in base)
             y0, x0 = top + i * cell, margin + j * cell
             cv2.rectangle(img, (x0, y0), (x0 + cell - 1, y0 + cell - 1), color, -1)
             if show_text and m[i, j]:

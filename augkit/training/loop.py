@@ -1025,7 +1025,7 @@ def _loop(
         if main:
             write_metrics(out / METRICS, history)
     if main:
-        write_curves(out, history)
+        write_curves(out, history, int(best["epoch"]) if best.get("epoch") else None, stopped)
     return history, best, stopped or COMPLETED
 
 

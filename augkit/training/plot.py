@@ -16,6 +16,7 @@ VAL_COLOR = (255, 127, 14)
 EMA_COLOR = (44, 160, 44)
 LR_COLOR = (148, 103, 189)
 CHOICE_COLOR = (214, 39, 40)
+BEST_COLOR = (0, 130, 60)  # the best epoch's mark
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -45,10 +46,13 @@ def _panel(
     y_range=None,
     percent=False,
     log=False,
+    marks: list[tuple[int, str, tuple]] = (),
 ) -> None:
-    """One chart of per-epoch series; ``log``: a log10 y axis (values <= 0 are left out)."""
+    """One chart of per-epoch series; ``log``: a log10 y axis (values <= 0 are left out). The
+    legend sits in a strip above the chart, never over the data; ``marks``: (epoch, label, color)
+    drawn as vertical lines (the best epoch, an early stop)."""
     x0, y0, x1, y1 = box
-    left, right, top, bottom = x0 + 60, x1 - 15, y0 + 35, y1 - 45
+    left, right, top, bottom = x0 + 60, x1 - 15, y0 + 55, y1 - 45
     _text(img, title, (x0 + 60, y0 + 22), 0.6, (20, 20, 20), 1)
     if log:
         series = [(name, _log10(ys), color) for name, ys, color in series]
@@ -82,7 +86,14 @@ def _panel(
             _text(img, f"{int(t)}", (x - 4, bottom + 18), 0.4)
     cv2.rectangle(img, (left, top), (right, bottom), (90, 90, 90), 1)
     _text(img, "epoch", ((left + right) // 2 - 20, y1 - 8), 0.45)
-    for k, (name, ys, color) in enumerate(series):
+    for epoch, label, color in marks:
+        if 1 <= epoch <= xmax:
+            x = px(epoch - 1, lo)[0]
+            for ya in range(top, bottom, 8):  # dashed
+                cv2.line(img, (x, ya), (x, min(ya + 4, bottom)), color, 1, cv2.LINE_8)  # exact color: findable
+            _text(img, label, (min(x + 3, right - 8 * len(label)), bottom - 6), 0.4, color)
+    lx, ly = left, y0 + 42  # the legend: one row between the title and the chart
+    for name, ys, color in series:
         pts = [px(i, v) for i, v in enumerate(ys) if v is not None and math.isfinite(v)]
         if not pts:
             continue
@@ -90,16 +101,28 @@ def _panel(
             cv2.polylines(img, [np.array(pts, np.int32)], False, color, 2, cv2.LINE_AA)
         for p in pts:
             cv2.circle(img, p, 3, color, -1, cv2.LINE_AA)
-        lx = right - 120
-        ly = top + 18 + 18 * k
         cv2.line(img, (lx, ly - 4), (lx + 20, ly - 4), color, 2, cv2.LINE_AA)
         _text(img, name, (lx + 26, ly), 0.45)
+        lx += 40 + cv2.getTextSize(name, _FONT, 0.45, 1)[0][0]
 
 
-def plot_curves(rows: list[dict], path: str | os.PathLike, width: int = 1200, height: int = 380) -> None:
-    """Loss and accuracy per epoch for train and val (and the EMA weights' val with ``--ema``), and
-    the head's learning rate at the first and last step of each epoch (log scale); written atomically."""
+def plot_curves(
+    rows: list[dict],
+    path: str | os.PathLike,
+    width: int = 1200,
+    height: int = 400,
+    *,
+    best_epoch: int | None = None,
+    stopped: str | None = None,
+) -> None:
+    """Loss (log scale: epoch 1 no longer flattens the rest) and accuracy per epoch for train and
+    val (and the EMA weights' val with ``--ema``), and the head's learning rate at the first and
+    last step of each epoch (log scale); the best epoch (what best.pt holds) and an early stop
+    (``stopped``: the reason) marked; written atomically."""
     img = np.full((height, width, 3), 255, np.uint8)
+    marks = [(int(best_epoch), f"best {int(best_epoch)}", BEST_COLOR)] if best_epoch else []
+    if stopped and stopped.startswith("early stop") and rows:
+        marks.append((len(rows), "early stop", CHOICE_COLOR))
 
     def col(key):
         return [r.get(key) if r.get(key) not in ("", None) else None for r in rows]
@@ -112,12 +135,14 @@ def plot_curves(rows: list[dict], path: str | os.PathLike, width: int = 1200, he
     _panel(
         img,
         (0, 0, third, height),
-        "loss",
+        "loss (log scale)",
         [
             ("train", col("train_loss"), TRAIN_COLOR),
             ("val", col("val_loss"), VAL_COLOR),
             *ema("ema_val_loss", "val EMA"),
         ],
+        log=True,
+        marks=marks,
     )
     _panel(
         img,
@@ -126,6 +151,7 @@ def plot_curves(rows: list[dict], path: str | os.PathLike, width: int = 1200, he
         [("train", col("train_acc"), TRAIN_COLOR), ("val", col("val_acc"), VAL_COLOR), *ema("ema_val_acc", "val EMA")],
         y_range=(0.0, 1.0),
         percent=True,
+        marks=marks,
     )
     first, last = col("lr_first"), col("lr_last")
     if not any(v is not None for v in first):  # metrics written before per-step schedules

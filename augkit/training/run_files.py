@@ -127,10 +127,10 @@ def write_errors(path: Path, errors: list[ImageError]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def write_curves(out: Path, history: list[dict]) -> None:
+def write_curves(out: Path, history: list[dict], best_epoch: int | None = None, stopped: str | None = None) -> None:
     if history:
         with writing(out / CURVES):
-            plot_curves(history, out / CURVES)
+            plot_curves(history, out / CURVES, best_epoch=best_epoch, stopped=stopped)
 
 
 class _Weights:
