@@ -222,8 +222,8 @@ def test_bad_schedule_options_are_usage_errors(data, tmp_path):
     for kwargs, match in (
         (dict(warmup=5.0, epochs=3), "--warmup must be >= 0 and less than --epochs"),
         (dict(ema=1.0), "--ema must be a decay between 0 and 1"),
-        (dict(lr="fast"), "--lr must be a number > 0 or auto"),
-        (dict(lr=-1.0), "--lr must be a number > 0 or auto"),
+        (dict(lr="fast"), "--lr must be > 0 \\(a number\\) or auto"),
+        (dict(lr=-1.0), "--lr must be > 0 \\(a number\\) or auto"),
     ):
         with pytest.raises(UsageError, match=match):
             TrainConfig(data=data, out=tmp_path / "r", **kwargs).validate()

@@ -113,7 +113,7 @@ class TrainConfig:
             (self.check in CHECKS, f"--check {self.check!r} is not one of {', '.join(CHECKS)}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (_lr_ok(self.lr), f"--lr must be a number > 0 or {LR_AUTO}, got {self.lr!r}"),
+            (_lr_ok(self.lr), f"--lr must be > 0 (a number) or {LR_AUTO}, got {self.lr!r}"),
             (self.schedule in SCHEDULES, f"--schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}"),
             (
                 self.warmup is None or (math.isfinite(self.warmup) and 0 <= self.warmup < self.epochs),
