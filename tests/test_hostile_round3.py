@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from _digits import digits_folder
+from _imgs import class_folder
 from typer.testing import CliRunner
 
 from augkit import cli
@@ -355,3 +356,52 @@ def test_h_an_interrupted_predict_says_that_nothing_was_written(digits_ff, run_f
     assert res.exit_code == (143 if sig == "SIGTERM" else 130), res.output
     assert "no predictions were written" in res.output and "kept" not in res.output
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ i. a damaged --cache store
+
+
+def test_i_cache_never_serves_changed_or_swapped_pixels_and_rebuilds_a_damaged_index(tmp_path):
+    import numpy as np
+
+    from augkit.io.images import read_image
+    from augkit.io.preprocess import resize_short
+    from augkit.training.cache import INDEX, PIXELS, ImageCache
+
+    src = class_folder(tmp_path / "data", per_class=2, classes=("cat", "coffee"), size=(48, 40))
+    paths = sorted(str(p) for p in src.rglob("*.*"))
+    truth = {p: resize_short(read_image(p), 32) for p in paths}
+    folder = tmp_path / "cache"
+    assert ImageCache(folder, 32).prepare(paths) == []
+
+    def fresh(notes=None):
+        c = ImageCache(folder, 32, on_note=(notes.append if notes is not None else None))
+        assert c.prepare(paths) == []
+        return c
+
+    def all_right(c) -> bool:
+        return all(np.array_equal(c.get(p), truth[p]) for p in paths)
+
+    assert all_right(fresh())
+    # pixels overwritten in the store: a reader that prepared before still gets the right pixels
+    reader = fresh()
+    raw = bytearray((folder / PIXELS).read_bytes())
+    raw[: len(raw) // 2] = bytes(len(raw) // 2)  # zeroes over the first half
+    (folder / PIXELS).write_bytes(bytes(raw))
+    assert all_right(reader)
+    notes: list[str] = []
+    assert all_right(fresh(notes)) and any("did not match their checksum" in n for n in notes)
+    # two entries swapped in the index: each image keeps its own pixels
+    doc = json.loads((folder / INDEX).read_text())
+    a, b = list(doc["entries"])[:2]
+    doc["entries"][a], doc["entries"][b] = doc["entries"][b], doc["entries"][a]
+    (folder / INDEX).write_text(json.dumps(doc))
+    notes = []
+    assert all_right(fresh(notes)) and any("did not match their checksum" in n for n in notes)
+    # damaged index files: rebuilt with a warning, never a traceback
+    for bad in ("{not json", "[1, 2]", '{"format": "augkit-cache-v2", "entries": [1]}',
+                '{"format": "augkit-cache-v2", "entries": {"k": ["x", 1, 1, 1]}}', "\xff"):  # fmt: skip
+        (folder / INDEX).write_text(bad, encoding="latin-1")
+        notes = []
+        assert all_right(fresh(notes)), bad
+        assert any("damaged" in n for n in notes), bad

@@ -7,7 +7,12 @@ and later runs at the same size, read those pixels from a memory-mapped file ins
 again; the recipe still runs on every sample, so the tensors are exactly those without a cache.
 
 Layout of a cache folder: ``pixels.u8`` (uint8 RGB pixels, appended, never rewritten) and
-``index.json`` (key -> offset, height, width; replaced atomically after the pixels are synced).
+``index.json`` (key -> offset, height, width, checksum; replaced atomically after the pixels are
+synced). The checksum is a CRC-32 of the entry's pixels seeded with its key: every read is
+checked (~30 us for 224 px), so pixels overwritten in the store, or index entries swapped between
+images, are never used: such an image is decoded from its file instead, and the next build
+(the next run) decodes it again into the store and says so. An index that cannot be read or
+does not have this layout is rebuilt with a warning (delete the folder to reclaim the old pixels).
 A key is the blake2b hash of the file's *content*, its size in bytes, the short side and the
 decode policy, so a file that changes (even keeping its name and time) gets a new key and is
 decoded again, and one cache folder can serve several sizes and datasets. Entries of files
@@ -26,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,7 +46,7 @@ from augkit.io.preprocess import resize_short
 from augkit.limits import DEFAULT_MAX_PIXELS
 
 PIXELS, INDEX, LOCK = "pixels.u8", "index.json", ".lock"
-FORMAT = "augkit-cache-v1"
+FORMAT = "augkit-cache-v2"  # v2: entries carry a checksum (v1 stores are rebuilt)
 FREE_MARGIN = 64 << 20  # bytes left free on the disk after building
 
 
@@ -61,7 +67,7 @@ class ImageCache:
         self.policy = f"{DECODE_POLICY}; short side {self.size}; reduced={self.reduced}"
         self.on_note, self.threads = on_note, threads or min(8, usable_cores())
         self.keys: dict[str, str] = {}  # path -> key
-        self._entries: dict[str, list[int]] = {}  # key -> [offset, height, width]
+        self._entries: dict[str, list[int]] = {}  # key -> [offset, height, width, checksum]
         self._mm: np.memmap | None = None
         self._pid = -1
 
@@ -79,17 +85,27 @@ class ImageCache:
 
     def _prepare_locked(self, paths: Sequence[str]) -> list[ImageError]:
         self._entries = self._load_index()
+        self._mm = None
         with ThreadPoolExecutor(self.threads) as pool:
             keyed = list(pool.map(self._key, paths))
         errors = [k for k in keyed if isinstance(k, ImageError)]
-        todo = {}  # key -> (path, estimated bytes): a file listed twice is decoded once
+        damaged: set[str] = set()
+        todo: dict[str, tuple[str, int]] = {}  # key -> (path, estimated bytes): a file listed twice is decoded once
         for path, k in zip(paths, keyed):
             if isinstance(k, ImageError):
                 continue
             key, estimate = k
             self.keys[path] = key
+            if key in self._entries and not self._intact(key):
+                damaged.add(key)
+                del self._entries[key]
             if key not in self._entries:
                 todo.setdefault(key, (path, estimate))
+        if damaged:
+            self._note(
+                f"warning: cache {self.folder}: {len(damaged)} stored image(s) did not match their checksum "
+                "(the store was changed): decoding them again"
+            )
         self._check_space(len(paths) - len(errors), todo)
         if todo:
             errors += self._build(todo)
@@ -140,7 +156,7 @@ class ImageCache:
                     errors.append(img)
                     continue
                 fh.write(img.tobytes())
-                self._entries[key] = [offset, int(img.shape[0]), int(img.shape[1])]
+                self._entries[key] = [offset, int(img.shape[0]), int(img.shape[1]), _checksum(key, img)]
                 offset += img.nbytes
             fh.flush()
             os.fsync(fh.fileno())
@@ -157,28 +173,55 @@ class ImageCache:
         return np.ascontiguousarray(resize_short(img, self.size))
 
     def _load_index(self) -> dict[str, list[int]]:
+        """The index's entries that fit the pixels file; an index that cannot be read, or is not
+        this format, is rebuilt from scratch (warned; the new pixels are appended)."""
         path = self.folder / INDEX
         if not path.is_file():
             return {}
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}  # unreadable index: rebuild (the pixels file only grows)
         size = self._pixels_path().stat().st_size if self._pixels_path().exists() else 0
-        entries = doc.get("entries", {}) if doc.get("format") == FORMAT else {}
-        return {k: v for k, v in entries.items() if v[0] + v[1] * v[2] * 3 <= size}
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            entries = doc["entries"] if isinstance(doc, dict) and doc.get("format") == FORMAT else None
+        except (OSError, ValueError, KeyError):
+            entries = None
+        if not isinstance(entries, dict):
+            self._note(f"warning: cache {path} is damaged or from another augkit: rebuilding the cache")
+            return {}  # the pixels file is not cut: another run may be reading it through its memory map
+        good = {k: v for k, v in entries.items() if isinstance(k, str) and _valid_entry(v, size)}
+        if len(good) < len(entries):
+            self._note(f"warning: cache {path}: {len(entries) - len(good)} damaged entries dropped (decoded again)")
+        return good
+
+    def _intact(self, key: str) -> bool:
+        """Whether an entry's stored pixels still match its checksum."""
+        offset, h, w, crc = self._entries[key]
+        return _checksum(key, self._read(offset, h, w)) == crc
+
+    def _read(self, offset: int, h: int, w: int) -> np.ndarray:
+        n = h * w * 3
+        if self._mm is None or self._pid != os.getpid() or offset + n > len(self._mm):
+            self._mm, self._pid = np.memmap(self._pixels_path(), dtype=np.uint8, mode="r"), os.getpid()
+        return np.array(self._mm[offset : offset + n]).reshape(h, w, 3)
 
     # ------------------------------------------------------------------ reading
     def __contains__(self, path: str) -> bool:
         return path in self.keys
 
     def get(self, path: str) -> np.ndarray:
-        """The cached image of ``path`` (RGB uint8, shorter side ``size``): a private copy."""
-        offset, h, w = self._entries[self.keys[path]]
-        n = h * w * 3
-        if self._mm is None or self._pid != os.getpid() or offset + n > len(self._mm):
-            self._mm, self._pid = np.memmap(self._pixels_path(), dtype=np.uint8, mode="r"), os.getpid()
-        return np.array(self._mm[offset : offset + n]).reshape(h, w, 3)
+        """The cached image of ``path`` (RGB uint8, shorter side ``size``): a private copy. Pixels
+        that fail their checksum are never returned: the file is decoded instead."""
+        key = self.keys[path]
+        offset, h, w, crc = self._entries[key]
+        try:
+            img = self._read(offset, h, w)
+        except (OSError, ValueError):  # the pixels file was cut or removed
+            img = None
+        if img is not None and _checksum(key, img) == crc:
+            return img
+        fresh = self._decode(path)
+        if isinstance(fresh, ImageError):
+            raise fresh
+        return fresh
 
     def _pixels_path(self) -> Path:
         return self.folder / PIXELS
@@ -191,6 +234,23 @@ class ImageCache:
         state = self.__dict__.copy()
         state["_mm"], state["_pid"], state["on_note"] = None, -1, None  # each process maps the file itself
         return state
+
+
+def _checksum(key: str, img: np.ndarray) -> int:
+    """CRC-32 of the pixels, seeded with the key: pixels moved to another entry do not match."""
+    return zlib.crc32(np.ascontiguousarray(img).data, zlib.crc32(key.encode()))
+
+
+def _valid_entry(v, size: int) -> bool:
+    return (
+        isinstance(v, list)
+        and len(v) == 4
+        and all(type(x) is int for x in v)
+        and v[0] >= 0
+        and v[1] > 0
+        and v[2] > 0
+        and v[0] + v[1] * v[2] * 3 <= size
+    )
 
 
 def _mb(n: int) -> str:
