@@ -219,6 +219,8 @@ def test_killed_run_resumes_to_the_files_of_an_uninterrupted_one(kind, tmp_path)
     lines = journal.read_text().splitlines()
     assert len(lines) == 6 and not (dst / "manifest.jsonl").exists()
     journal.write_text("\n".join(lines[:-1]) + "\n")  # the last output is on disk without its row
+    (dst / "annotations").mkdir(exist_ok=True)  # a dataset file's temp, as a kill inside its write leaves it
+    (dst / "annotations" / ".instances_train.json.0123abcd.tmp").write_text("{")
     r = augment(built.root, dst, parse_recipe(_default_text(), "default"), copies=2, seed=3, workers=1)
     assert r.exit_code == 0 and r.already_done == 6 and r.written == 11 - 6
     augment(built.root, ref, parse_recipe(_default_text(), "default"), copies=2, seed=3, workers=1)

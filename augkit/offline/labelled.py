@@ -95,8 +95,6 @@ class LabelledPlan(Plan):
     info: DatasetInfo | None = None
     #: split -> "augment", "copy" or "link"
     split_modes: dict[str, str] = field(default_factory=dict)
-    #: objects per class name in the augmented splits' sources (for ``per_class``), and after
-    object_counts: dict[str, int] = field(default_factory=dict)
     #: totals over the plan's outputs once it ran (see :func:`label_totals`)
     totals: dict = field(default_factory=dict)
     #: dataset-level problems (orphan label files, duplicate ids...): reported in the errors file
@@ -133,12 +131,11 @@ class LabelledPlan(Plan):
         self.totals = label_totals(done)
 
     def _label_folders(self) -> set[Path]:
-        fmt = FORMATS[self.info.kind]
-        return {
-            self.dst / Path(f).relative_to(self.info.root).parent
-            for it in self.info.items
-            for f in fmt.label_paths(self.info, it)
-        }
+        """Every folder of DST (label files and the COCO JSON may lie beside the images or apart)."""
+        folders = {self.dst}
+        for root, dirs, _ in os.walk(self.dst):  # links are not followed: --link's targets are SRC's
+            folders.update(Path(root) / d for d in dirs)
+        return folders
 
 
 def _rel(info: DatasetInfo, item: Item) -> str:
