@@ -238,6 +238,13 @@ def test_recipes_ops_lists_policies_with_their_ops():
         line = next(ln for ln in res.output.splitlines() if policy in ln)
         assert "ShearX" in line and "Equalize" in line, line
     assert "batch section (train only, per batch): mixup: {alpha: 0.2}, cutmix: {alpha: 1}" in res.output
+    from augkit.recipe.ops import get_op
+    from augkit.recipe.policies.functional import V2_SUMMARY
+
+    for policy in ("trivial_augment", "rand_augment"):  # the doc `recipes ops` prints states the v2 match
+        doc = get_op(policy).doc
+        assert V2_SUMMARY in doc and "Border: constant 0 (torchvision's) unless the step sets border/fill" in doc
+    assert "Matches torchvision.transforms.v2" in res.output
 
 
 def test_builtin_policy_recipes():
