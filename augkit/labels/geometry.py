@@ -45,7 +45,7 @@ import numpy as np
 
 from augkit.albu import import_albumentations
 from augkit.errors import RecipeError, UsageError
-from augkit.labels.model import DatasetInfo, Labels, Obj, box_area, box_from_mask, box_from_points
+from augkit.labels.model import DatasetInfo, Labels, Obj, box_from_mask, box_from_points
 from augkit.recipe.api import Recipe, applied_steps, build_compose, leaf_transforms, seed_random_state
 from augkit.recipe.labelspec import COPYING_BORDERS, LabelSpec
 from augkit.recipe.ops import ALBU_OP, BORDER_MODES
@@ -352,6 +352,25 @@ class _Span:
     mask: int | None  # index into the stacked instance masks
 
 
+class _Quads:
+    """The moved corners of every object's box, (N, 4, 2), and what follows from them, computed at once."""
+
+    def __init__(self, quads: np.ndarray, W: int, H: int):
+        self.size = (W, H)
+        self.limits = np.array([W, H, W, H], dtype=np.float64)
+        self.lost = np.isnan(quads).any(axis=(1, 2))
+        q = np.where(np.isnan(quads), 0.0, quads)
+        whole = np.concatenate([q.min(axis=1), q.max(axis=1)], axis=1)
+        self.box = np.minimum(np.maximum(whole, 0.0), self.limits)
+        full = np.clip(whole[:, 2] - whole[:, 0], 0, None) * np.clip(whole[:, 3] - whole[:, 1], 0, None)
+        seen = (self.box[:, 2] - self.box[:, 0]) * (self.box[:, 3] - self.box[:, 1])
+        self.visibility = np.divide(seen, full, out=np.zeros_like(seen), where=full > 0)
+        self.out = (
+            (q < -_EPS).any(axis=(1, 2)) | (q[:, :, 0] > W + _EPS).any(axis=1) | (q[:, :, 1] > H + _EPS).any(axis=1)
+        )
+        self.finite_in = np.ones(len(quads), dtype=bool)  # whether the input box was finite (set by the caller)
+
+
 class LabelledPipeline:
     """A recipe's ``train`` steps for a labelled dataset. Call it with an RGB uint8 image, its
     :class:`~augkit.labels.model.Labels` and a seed; it returns the image, the labels moved with it,
@@ -388,7 +407,7 @@ class LabelledPipeline:
         self, image: np.ndarray, labels: Labels, seed: int
     ) -> tuple[np.ndarray, Labels, LabelStats, list[dict]]:
         H, W = image.shape[:2]
-        points, spans, probes = self._points(labels, W, H)
+        points, spans, probes, finite = self._points(labels, W, H)
         data: dict[str, Any] = {"image": image, "keypoints": points - 0.5, "point_ids": np.arange(len(points))}
         if labels.semantic is not None:
             if labels.semantic.shape[:2] != (H, W):
@@ -413,12 +432,15 @@ class LabelledPipeline:
             moved[ids] = np.asarray(out["keypoints"], dtype=np.float64).reshape(len(ids), -1)[:, :2] + 0.5
         mirror, scale = _orientation(points[probes], moved[probes])
         # no step moved anything (pixel-only steps, or none applied): boxes stay as given, not re-derived
-        still = (H2, W2) == (H, W) and bool(np.allclose(moved, points, atol=1e-3))
+        diff = np.abs(moved - points)
+        still = (H2, W2) == (H, W) and not np.isnan(diff).any() and float(diff.max(initial=0.0)) <= 1e-3
+        quads = _Quads(moved[: 4 * len(labels.objects)].reshape(-1, 4, 2), W2, H2)
+        quads.finite_in = finite
         masks = out.get("masks")
         result = Labels(semantic=out.get("mask"), palette=labels.palette)
         stats = LabelStats()
         for i, (obj, span) in enumerate(zip(labels.objects, spans)):
-            new, fate = self._object(i, obj, span, moved, masks, (W2, H2), mirror, scale, still)
+            new, fate = self._object(i, obj, span, moved, quads, masks, mirror, scale, still)
             stats.objects.append(fate)
             if new is not None:
                 result.objects.append(new)
@@ -426,10 +448,16 @@ class LabelledPipeline:
 
     # ------------------------------------------------------------------ points in, points out
     @staticmethod
-    def _points(labels: Labels, W: int, H: int) -> tuple[np.ndarray, list[_Span], slice]:
-        chunks: list[np.ndarray] = []
+    def _points(labels: Labels, W: int, H: int) -> tuple[np.ndarray, list[_Span], slice, np.ndarray]:
+        """Every point to move, in one array: the four corners of each object's box (all objects first,
+        so they can be handled as one (N, 4, 2) array), then each object's polygons and keypoints, then
+        three probe points around the centre (their orientation afterwards tells a mirror). Also returns
+        whether each object's box is finite."""
+        n_obj = len(labels.objects)
+        boxes = np.array([o.box for o in labels.objects], dtype=np.float64).reshape(n_obj, 4)
+        chunks = [boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 2)]
+        n = 4 * n_obj
         spans: list[_Span] = []
-        n = 0
         m = 0
 
         def add(a: np.ndarray) -> slice:
@@ -438,32 +466,36 @@ class LabelledPipeline:
             n += len(chunks[-1])
             return slice(n - len(chunks[-1]), n)
 
-        for obj in labels.objects:
-            x0, y0, x1, y1 = obj.box
-            corners = add(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
+        for i, obj in enumerate(labels.objects):
             polys = [add(p) for p in obj.polygons]
             kps = add(obj.keypoints[:, :2]) if obj.keypoints is not None else None
-            spans.append(_Span(corners, polys, kps, m if obj.mask is not None else None))
+            spans.append(_Span(slice(4 * i, 4 * i + 4), polys, kps, m if obj.mask is not None else None))
             m += obj.mask is not None
-        # three probe points around the centre: their orientation after the pipeline tells a mirror
         probes = add(np.array([[W * 0.5, H * 0.5], [W * 0.75, H * 0.5], [W * 0.5, H * 0.75]]))
         pts = np.concatenate(chunks)
         pts[~np.isfinite(pts)] = 0.0  # NaN/inf would stop albumentations; such objects are dropped as invalid
-        return pts, spans, probes
+        return pts, spans, probes, np.isfinite(boxes).all(axis=1)
 
     def _object(
-        self, i: int, obj: Obj, span: _Span, moved: np.ndarray, masks, size, mirror: bool, scale: float, still: bool
+        self,
+        i: int,
+        obj: Obj,
+        span: _Span,
+        moved: np.ndarray,
+        quads: _Quads,
+        masks,
+        mirror: bool,
+        scale: float,
+        still: bool,
     ):
-        W, H = size
+        W, H = quads.size
         spec = self.spec
         drop = lambda reason, vis=0.0: (None, ObjectFate(i, obj.cls, "dropped", reason, vis))  # noqa: E731
-        finite = np.all(np.isfinite(obj.box)) and all(np.all(np.isfinite(p)) for p in obj.polygons)
-        if not finite:
+        if not quads.finite_in[i] or not all(np.isfinite(p).all() for p in obj.polygons):
             return drop("invalid")
-        quad = moved[span.corners]
-        if np.isnan(quad).any():
+        if quads.lost[i]:
             return drop("lost")
-        quad_out = bool(np.any(quad < -_EPS) or np.any(quad[:, 0] > W + _EPS) or np.any(quad[:, 1] > H + _EPS))
+        quad_out = bool(quads.out[i])
         polys = [moved[s] for s in span.polygons]
         if any(np.isnan(p).any() for p in polys):
             return drop("lost")
@@ -485,17 +517,13 @@ class LabelledPipeline:
             vis = min(1.0, seen / full) if full > 0 else float(box is not None)
             clipped = any(np.any(p < -_EPS) or np.any(p[:, 0] > W + _EPS) or np.any(p[:, 1] > H + _EPS) for p in polys)
         else:
-            whole = box_from_points(quad)
-            box = np.clip(whole, 0.0, [W, H, W, H])
-            full = box_area(whole)
-            vis = box_area(box) / full if full > 0 else 0.0
-            clipped = quad_out
+            box, vis, clipped = quads.box[i], float(quads.visibility[i]), quad_out
         if box is None or box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
             return drop("outside" if (quad_out or source != "corners") else "empty")
-        box = np.clip(box, 0.0, [W, H, W, H])
+        box = np.minimum(np.maximum(box, 0.0), quads.limits)
         if vis < spec.min_visibility:
             return drop("min_visibility", vis)
-        if box_area(box) < spec.min_area:
+        if (box[2] - box[0]) * (box[3] - box[1]) < spec.min_area:
             return drop("min_area", vis)
         attrs = dict(obj.attrs)
         if clipped and self.info.kind == "voc":
@@ -505,7 +533,7 @@ class LabelledPipeline:
             box=box,
             polygons=clipped_polys if polys else [],
             mask=mask,
-            keypoints=self._keypoints(obj, span, moved, size, mirror),
+            keypoints=self._keypoints(obj, span, moved, quads.size, mirror),
             attrs=attrs,
         )
         return new, ObjectFate(i, obj.cls, "clipped" if clipped else "kept", "", vis)
