@@ -467,3 +467,12 @@ def test_a_changed_image_is_made_again_and_the_rest_is_kept(tmp_path):
     changed = {k for k in after if after[k] != before.get(k)}
     assert changed <= {"images/train/train_01__aug0.png", "manifest.jsonl", "errors.jsonl"}
     assert "images/train/train_01__aug0.png" in changed
+
+
+def test_per_class_warns_about_a_class_without_objects(tmp_path):
+    built = yolo_dataset(tmp_path / "src", splits={"train": 2, "val": 1}, background=0)
+    for f in (built.root / "labels" / "train").glob("*.txt"):
+        f.write_text("".join(r + "\n" for r in f.read_text().splitlines() if not r.startswith("2 ")))
+    plan = make_labelled_plan(built.root, tmp_path / "d", FLIP, LabelledOptions(per_class=3))
+    assert any("no object of ellipse in train" in w for w in plan.warnings)
+    assert "ellipse" not in plan.per_class_counts and plan.per_class_counts["box"] >= 3

@@ -254,6 +254,10 @@ def make_labelled_plan(
         objects = {rel: _object_classes(info, it) for s in augmented for rel, it in zip(images[s], info.splits[s])}
         copies, after = copies_per_image(objects, options.per_class, options.seed)
         counts = {_name_of(info.names, c): n for c, n in sorted(after.items())}
+        absent = [n for c, n in enumerate(info.names) if not after.get(c)]
+        if absent:
+            warnings = [*warnings, f"--per-class: no object of {', '.join(absent)} in {', '.join(augmented)}: "
+                        "copies cannot add any"]  # fmt: skip
     originals = options.originals or options.per_class is not None  # a balanced split holds its originals
     d = dst.resolve()
     items: list[WorkItem] = []
