@@ -476,3 +476,12 @@ def test_per_class_warns_about_a_class_without_objects(tmp_path):
     plan = make_labelled_plan(built.root, tmp_path / "d", FLIP, LabelledOptions(per_class=3))
     assert any("no object of ellipse in train" in w for w in plan.warnings)
     assert "ellipse" not in plan.per_class_counts and plan.per_class_counts["box"] >= 3
+
+
+def test_the_training_split_is_found_by_its_name(tmp_path):
+    built = coco_dataset(tmp_path / "src", splits={"train2017": 2, "val2017": 1})
+    plan = make_labelled_plan(built.root, tmp_path / "d", FLIP, LabelledOptions())
+    assert plan.split_modes == {"train2017": "augment", "val2017": "copy"}
+    other = coco_dataset(tmp_path / "two", splits={"a": 1, "b": 1})
+    with pytest.raises(UsageError, match="--augment-splits"):
+        make_labelled_plan(other.root, tmp_path / "e", FLIP, LabelledOptions())

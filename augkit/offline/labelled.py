@@ -73,7 +73,8 @@ def resolve_kind(src: str | os.PathLike, labels: str | None) -> str | None:
 class LabelledOptions(AugmentOptions):
     #: copied splits (and ``originals``) become symbolic links to the source files instead of copies
     link: bool = False
-    #: the splits to augment; None: ``train`` (or the only split)
+    #: the splits to augment; None: ``train`` (else the one split whose name starts with train, e.g.
+    #: COCO's train2017, else the only split)
     augment_splits: list[str] | None = None
 
     def validate(self) -> None:
@@ -159,6 +160,9 @@ def _splits_to_augment(info: DatasetInfo, asked: list[str] | None) -> list[str]:
         return list(asked)
     if "train" in info.splits:
         return ["train"]
+    trains = [s for s in names if s.lower().startswith("train")]  # COCO's train2017
+    if len(trains) == 1:
+        return trains
     if len(names) == 1:
         return names
     raise UsageError(
