@@ -603,6 +603,8 @@ def test_recipes_check_labels_cli(tmp_path):
     assert res.exit_code == 0  # without --labels: a classification recipe
     res = runner.invoke(cli.app, ["recipes", "check", str(elastic), "--labels", "yol"])
     assert res.exit_code == 2 and "did you mean 'yolo'" in res.output
+    res = runner.invoke(cli.app, ["recipes", "ops"])
+    assert "labels section (labelled datasets only): border: constant = " in res.output.replace("\n", " ")
     assert kinds_of_format("yolo") == ("boxes", "polygons", "keypoints")
     with pytest.raises(UsageError):
         kinds_of_format("folders")

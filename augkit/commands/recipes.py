@@ -21,6 +21,7 @@ from augkit.recipe.api import (
     load_recipe,
 )
 from augkit.recipe.batchspec import describe_batch
+from augkit.recipe.labelspec import describe_labels
 from augkit.recipe.ops import get_op, step_names
 from augkit.recipe.passthrough import albumentations_transforms
 from augkit.recipe.views import list_presets
@@ -159,5 +160,6 @@ def ops_cmd(
     )
     out.print("TTA presets (combine with +): " + ", ".join(list_presets()))
     out.print("batch section (train only, per batch): " + describe_batch(), markup=False)
+    out.print("labels section (labelled datasets only): " + describe_labels(), markup=False)
     if albumentations:
         out.print("albumentations transforms: " + ", ".join(albumentations_transforms()))

@@ -36,12 +36,12 @@ LABEL_PARAMS: dict[str, Param] = {
         "choice",
         "constant",
         choices=tuple(BORDER_MODES),
-        help="border of geometric steps on labelled data (reflect/wrap copy objects without labels)",
+        help="border of geometric steps on labelled data (reflect and wrap copy objects without their labels)",
     ),
     "min_visibility": Param(
         "number", 0.1, lo=0.0, hi=1.0, help="drop an object when less than this fraction of its area stays in view"
     ),
-    "min_area": Param("number", 4.0, lo=0.0, hi=None, help="drop an object whose box area is below this (pixels)"),
+    "min_area": Param("number", 4.0, lo=0.0, hi=None, help="drop an object whose box is smaller than this, in pixels"),
     "box_from": Param(
         "choice", "auto", choices=BOX_FROM, help="auto: from the mask, else the polygon, else the box's corners"
     ),
@@ -83,4 +83,7 @@ def parse_labels(raw: Any, source: str, line: int | None) -> LabelSpec:
 
 def describe_labels() -> str:
     """One line for listings: the keys of the labels section with their defaults."""
-    return ", ".join(f"{k}: {p.default} ({p.help})" for k, p in LABEL_PARAMS.items())
+    return "; ".join(
+        f"{k}: {p.default:g} = {p.help}" if isinstance(p.default, float) else f"{k}: {p.default} = {p.help}"
+        for k, p in LABEL_PARAMS.items()
+    )
