@@ -106,3 +106,25 @@ def test_mistakes_in_the_report_refuse_cleanly(page, tmp_path):
     res = runner.invoke(app, ["report", str(run), str(bad), "-o", str(tmp_path / "y.html")])
     assert res.exit_code == 2 and "not an augkit evaluate report" in res.output
     assert not (tmp_path / "x.html").exists() and not (tmp_path / "y.html").exists()
+
+
+def test_preview_tta_draws_each_view_as_the_model_sees_it(page, tmp_path):
+    from augkit.infer.engine import resolve_tta
+    from augkit.io.images import read_image
+    from augkit.report.views import view_tiles
+
+    img = read_image(Path(__file__).resolve().parent.parent / "samples" / "cat" / "cat_01_full.jpg")
+    tiles = dict(view_tiles(img, resolve_tta("flip+shift"), 64))
+    assert len(tiles) == 10 and all(t.shape == (64, 64, 3) and t.dtype == np.uint8 for t in tiles.values())
+    assert np.array_equal(tiles["hflip"], tiles["identity"][:, ::-1])  # exact: a mirror is a mirror
+    shifted = tiles["shift(x=0.05,y=0)"]  # content moves right by round(0.05 * 64) = 3 px
+    assert np.array_equal(shifted[:, 3:], tiles["identity"][:, :-3])
+    _out, run, _rep = page
+    out = tmp_path / "views.png"
+    res = runner.invoke(app, ["preview", str(Path(__file__).resolve().parent.parent / "samples"), "--tta", str(run),
+                              "--images", "2", "-o", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "5 TTA view(s)" in res.output and "the run's recipe 'digits'" in " ".join(res.output.split())
+    assert cv2.imread(str(out)) is not None
+    res = runner.invoke(app, ["preview", str(tmp_path), "--tta", "flipp", "-o", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "not a preset" in res.output

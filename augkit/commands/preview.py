@@ -23,6 +23,12 @@ def command(
     ),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed of the first version (then seed+1, ...)."),
     cell: int = typer.Option(160, "--cell", help="Cell size in pixels (48-1024)."),
+    tta: Optional[str] = typer.Option(
+        None,
+        "--tta",
+        help="Draw a TTA instead of a recipe: each view (columns) on each image (rows), as the model sees it. "
+        "A run folder or exported .onnx (its own TTA, at its image size), a preset (flip+shift) or a recipe with a tta section.",
+    ),
     labels: Optional[str] = typer.Option(
         None,
         "--labels",
@@ -30,6 +36,12 @@ def command(
     ),
 ) -> None:
     """Draw a grid: rows are source images, columns the original and augmented versions."""
+    if tta is not None:
+        from augkit.report.views import tta_preview  # deferred: imports torch
+
+        path, spec, source = tta_preview(sources, tta, output, images=images, cell=cell)
+        err.print(f"preview of {len(spec.views)} TTA view(s) ({source}) written to {path}")
+        return
     from augkit.offline.preview import preview  # deferred: OpenCV, numpy and albumentations load only when it runs
     from augkit.recipe.api import load_recipe
 

@@ -211,21 +211,15 @@ def _mistakes_section(rep: dict) -> tuple[str, int]:
 
 
 def tta_views(image_path: str, tta_yaml: dict, size: int) -> list[tuple[str, np.ndarray]]:
-    """One image under each view of a TTA spec: (view name, RGB picture) pairs."""
-    import torch  # deferred: the rest of the report needs no torch
-
-    from augkit.infer.tta import apply_view
+    """One image under each view of the report's TTA: (view name, RGB picture) pairs."""
     from augkit.recipe.api import parse_tta
+    from augkit.report.views import view_tiles  # deferred: imports torch
 
-    img = _thumb(image_path, size)
-    if img is None:
+    try:
+        img = read_image(image_path, min_side=size)
+    except (ImageError, OSError):
         return []
-    spec = parse_tta(tta_yaml, "report.json", None)
-    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
-    return [
-        (v.name, apply_view(x, v)[0].clamp(0, 255).round().byte().permute(1, 2, 0).contiguous().numpy())
-        for v in spec.views
-    ]
+    return view_tiles(img, parse_tta(tta_yaml, "report.json", None), size)
 
 
 def _read_metrics(path: Path) -> list[dict]:
