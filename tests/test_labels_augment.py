@@ -485,3 +485,10 @@ def test_the_training_split_is_found_by_its_name(tmp_path):
     other = coco_dataset(tmp_path / "two", splits={"a": 1, "b": 1})
     with pytest.raises(UsageError, match="--augment-splits"):
         make_labelled_plan(other.root, tmp_path / "e", FLIP, LabelledOptions())
+
+
+def test_a_huge_plan_is_refused_before_it_is_built(tmp_path):
+    built = yolo_dataset(tmp_path / "src", splits={"train": 2, "val": 1})
+    for kw in ({"copies": 10**9}, {"per_class": 10**9}):
+        with pytest.raises(UsageError, match="one run may plan"):
+            make_labelled_plan(built.root, tmp_path / "d", FLIP, LabelledOptions(**kw))

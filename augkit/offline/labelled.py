@@ -39,7 +39,7 @@ from augkit.labels.model import KINDS, DatasetInfo, Item, Labels
 from augkit.limits import AUGMENT_PRELOAD, MAX_REDRAWS
 from augkit.offline.dst import ERRORS, latest_rows, read_rows, remove_stale_temps
 from augkit.offline.executors.result import ItemResult, Status
-from augkit.offline.run import AugmentOptions, AugmentResult, Plan, check_dirs, run_plan
+from augkit.offline.run import MAX_PLANNED_OUTPUTS, AugmentOptions, AugmentResult, Plan, check_dirs, run_plan
 from augkit.offline.task import NAME_MAX, AugmentTask, WorkItem, redraw_seed
 from augkit.recipe.api import Recipe, load_recipe, parse_recipe
 from augkit.seeding import derive_seed
@@ -250,6 +250,16 @@ def make_labelled_plan(
         raise UsageError(f"{src}: the {info.kind} dataset has no images")
     copies: dict[str, int] = {}
     counts: dict[str, int] = {}
+    n_aug = sum(len(images[s]) for s in augmented)
+    most = (  # outputs at most: a typo such as --copies 1000000000 is refused before anything is built
+        options.per_class * max(1, len(info.names)) if options.per_class is not None else options.copies * n_aug
+    ) + len(info.items)
+    if most > MAX_PLANNED_OUTPUTS:
+        what = f"--per-class {options.per_class}" if options.per_class is not None else f"--copies {options.copies}"
+        raise UsageError(
+            f"{what} may ask for up to {most:,} outputs from {len(info.items):,} images, more than the "
+            f"{MAX_PLANNED_OUTPUTS:,} one run may plan; ask for fewer"
+        )
     if options.per_class is not None:
         if info.kind == "masks":
             raise UsageError(
