@@ -492,3 +492,14 @@ def test_a_huge_plan_is_refused_before_it_is_built(tmp_path):
     for kw in ({"copies": 10**9}, {"per_class": 10**9}):
         with pytest.raises(UsageError, match="one run may plan"):
             make_labelled_plan(built.root, tmp_path / "d", FLIP, LabelledOptions(**kw))
+
+
+def test_non_ascii_names_in_a_labelled_dataset(tmp_path):
+    built = yolo_dataset(tmp_path / "src", splits={"train": 2, "val": 1}, background=0)
+    for d, ext in (("images", ".png"), ("labels", ".txt")):
+        (built.root / d / "train" / f"train_00{ext}").rename(built.root / d / "train" / f"кот 😺 00{ext}")
+    dst = tmp_path / "dst"
+    r = augment(built.root, dst, FLIP, copies=1, workers=1)
+    assert r.exit_code == 0 and r.written == 3
+    ds = read_yolo(dst)
+    assert len(ds["train"]["кот 😺 00__aug0.png"][1]) == 3
