@@ -405,3 +405,67 @@ def test_i_cache_never_serves_changed_or_swapped_pixels_and_rebuilds_a_damaged_i
         notes = []
         assert all_right(fresh(notes)), bad
         assert any("damaged" in n for n in notes), bad
+
+
+# ------------------------------------------------------------------ j. transforms that cannot work in a recipe
+
+
+@pytest.mark.parametrize(
+    "step, says",
+    [
+        ("Lambda", "only runs Python functions"),
+        ("MaskDropout", "needs 'mask' besides the image"),
+        ("OverlayElements", "needs 'overlay_metadata'"),
+        ("TextImage, font_path: /nonexistent.ttf", "needs 'textimage_metadata'"),
+        ("BBoxSafeRandomCrop", "needs 'bboxes'"),
+        ("RandomScale, scale_limit: 1000", "grow 1001x per side"),
+        ("Affine, scale: [1, 30], fit_output: true", "grow 30x per side"),
+    ],
+)
+def test_j_recipes_check_refuses_steps_that_cannot_work(tmp_path, step, says):
+    f = tmp_path / "r.yaml"
+    f.write_text(f"name: t\ntrain:\n  - albumentations: {{transform: {step}}}\n")
+    res = invoke("recipes", "check", f)
+    assert res.exit_code == 2, res.output
+    assert says in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
+def test_j_growth_within_the_bound_is_accepted(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text(
+        "name: t\ntrain:\n  - albumentations: {transform: RandomScale, scale_limit: 0.5}\n"
+        "  - albumentations: {transform: Affine, scale: [0.5, 2], fit_output: true}\n"
+        "  - albumentations: {transform: Affine, scale: [1, 30]}\n"  # without fit_output the size stays
+    )
+    res = invoke("recipes", "check", f)
+    assert res.exit_code == 0, res.output
+
+
+def test_j_every_accepted_albumentations_transform_runs_on_an_image():
+    """The rule is general: every transform augkit lists is either refused when built or runs on a
+    real photo (with its default parameters)."""
+    import warnings
+
+    from _imgs import photo
+
+    from augkit.albu import import_albumentations
+    from augkit.errors import RecipeError
+    from augkit.recipe.passthrough import albumentations_transforms, build_albumentations
+
+    A = import_albumentations()
+    img = photo("astronaut", (64, 48))
+    per_image = {"Crop"}  # its default box (up to 1024 px) is larger than this photo: a per-file error
+    failed = []
+    for name in albumentations_transforms():
+        try:
+            t = build_albumentations(name, {}, 1.0, where="test", source=None, line=None)
+        except RecipeError:
+            continue  # refused (or needs parameters)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                A.Compose([t], seed=0)(image=img.copy())
+        except Exception as exc:  # noqa: BLE001
+            if name not in per_image:
+                failed.append(f"{name}: {type(exc).__name__}: {exc}"[:200])
+    assert not failed
