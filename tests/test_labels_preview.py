@@ -84,9 +84,9 @@ def captured(monkeypatch):
     got: dict = {}
     real = preview_mod.render_grid
 
-    def capture(rows, headers, labels, cell):
-        got.update(rows=rows, headers=headers, labels=labels)
-        return real(rows, headers, labels, cell)
+    def capture(rows, headers, labels, cell, captions=None):
+        got.update(rows=rows, headers=headers, labels=labels, captions=captions)
+        return real(rows, headers, labels, cell, captions=captions)
 
     monkeypatch.setattr(preview_mod, "render_grid", capture)
     return got

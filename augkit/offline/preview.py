@@ -88,8 +88,34 @@ def _label_strip(text: str, width: int, scale: float = 0.4) -> np.ndarray:
     return strip
 
 
-def render_grid(rows: list[list[np.ndarray]], headers: list[str], row_labels: list[str], cell: int) -> np.ndarray:
-    """Lay out equally sized cells with column headers and a file name under each row's first cell."""
+def describe_applied(applied: list[dict], limit: int = 3) -> str:
+    """What fired in one augmented version, short enough to print under a tile: each applied step's
+    op and up to ``limit`` of its sampled numbers (``affine rotate=-3.6 scale=0.91; color ...``)."""
+    if not applied:
+        return "no step fired (unchanged)"
+    parts = []
+    for a in applied:
+        nums = []
+        for k, v in a.get("params", {}).items():
+            if isinstance(v, dict) and set(v) == {"x", "y"} and v["x"] == v["y"]:
+                v = v["x"]
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("fill", "p"):
+                nums.append(f"{k}={v:.3g}")
+            elif isinstance(v, str) and len(v) <= 16:
+                nums.append(f"{k}={v}")
+        parts.append(" ".join([a.get("op", "?")] + nums[:limit]))
+    return "; ".join(parts)
+
+
+def render_grid(
+    rows: list[list[np.ndarray]],
+    headers: list[str],
+    row_labels: list[str],
+    cell: int,
+    captions: list[list[str]] | None = None,
+) -> np.ndarray:
+    """Lay out equally sized cells with column headers and a file name under each row's first cell;
+    ``captions[r][j]`` (optional) is printed under cell j of row r (what fired in that version)."""
     pad = 4
     ncol = len(headers)
     head = [_label_strip(h, cell) for h in headers]
@@ -108,6 +134,14 @@ def render_grid(rows: list[list[np.ndarray]], headers: list[str], row_labels: li
             y0, x0 = (cell - th.shape[0]) // 2, (cell - th.shape[1]) // 2
             row[y0 : y0 + th.shape[0], x + x0 : x + x0 + th.shape[1]] = th
         canvas_rows.append(row)
+        if captions is not None:
+            strips = [_label_strip(c, cell, 0.3) for c in captions[r]]
+            sh = max(st.shape[0] for st in strips)
+            cap = np.full((sh, row.shape[1], 3), 255, np.uint8)
+            for j, st in enumerate(strips):
+                x = pad + j * (cell + pad)
+                cap[: st.shape[0], x : x + cell] = st[:, :cell]
+            canvas_rows.append(cap)
         canvas_rows.append(_label_strip(row_labels[r], row.shape[1], 0.35))
     return np.vstack(canvas_rows)
 
@@ -165,7 +199,7 @@ def preview(
     else:
         aug = recipe.build()
         headers = ["original"] + [f"seed {seed + k}" for k in range(versions)]
-    rows, labels = [], []
+    rows, labels, captions = [], [], []
     for f in files:
         try:
             # min_side: camera JPEGs decode at 1/2-1/8 scale (DCT), still >= the preview's size
@@ -179,10 +213,15 @@ def preview(
                 seed_random_state(compose, derive_seed(seed, f.name, k, salt="preview"))
                 cells.append(compose(image=img)["image"])
         else:
-            cells += [aug(img, derive_seed(seed + k, f.name, 0, salt="preview"))[0] for k in range(versions)]
+            fired = [""]
+            for k in range(versions):
+                out, applied = aug(img, derive_seed(seed + k, f.name, 0, salt="preview"))
+                cells.append(out)
+                fired.append(describe_applied(applied))
+            captions.append(fired)
         rows.append(cells)
         labels.append(str(f))
-    grid = render_grid(rows, headers, labels, cell)
+    grid = render_grid(rows, headers, labels, cell, captions=None if extremes else captions)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_image(grid, output, quality=92)
     return output
@@ -227,7 +266,7 @@ def _preview_labelled(
         else:
             pipeline = build_labelled(recipe, info)
             headers = ["original"] + [f"seed {seed + k}" for k in range(versions)]
-    rows, names = [], []
+    rows, names, captions = [], [], []
     for it in _labelled_images(info, images):
         try:
             img = read_image(it.image, max_pixels=max_pixels, min_side=cell * 2)
@@ -239,16 +278,19 @@ def _preview_labelled(
             h, w = img.shape[:2]
             img = _thumb(img, cell * 2)
             lab = scale_labels(lab, img.shape[1] / w, img.shape[0] / h, (img.shape[1], img.shape[0]))
-        cells = [draw_labels(img, lab, info)]
+        cells, fired = [draw_labels(img, lab, info)], [""]
         for k in range(len(headers) - 1):
             if extremes:
                 out, out_lab, _, _ = columns[k][1](img.copy(), lab, derive_seed(seed, size, k, salt="preview"))
             else:
-                out, out_lab, _, _ = pipeline(img.copy(), lab, derive_seed(seed + k, size, 0, salt="preview"))
+                out, out_lab, _, applied = pipeline(img.copy(), lab, derive_seed(seed + k, size, 0, salt="preview"))
+                fired.append(describe_applied(applied))
             cells.append(draw_labels(out, out_lab, info))
         rows.append(cells)
-        names.append(f"{size} ({len(lab.objects)} objects)" if lab.semantic is None else size)
-    grid = render_grid(rows, headers, names, cell)
+        captions.append(fired)
+        n = len(lab.objects)
+        names.append(f"{size} ({n} object{'' if n == 1 else 's'})" if lab.semantic is None else size)
+    grid = render_grid(rows, headers, names, cell, captions=None if extremes else captions)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_image(grid, output, quality=92)
     return output

@@ -1,0 +1,46 @@
+"""Preview tiles say what fired: each augmented version's caption lists the steps the pipeline
+applied, with their sampled values (the manifest's record, shortened)."""
+
+from __future__ import annotations
+
+import numpy as np
+from _imgs import photo
+
+from augkit.offline.preview import describe_applied, render_grid
+from augkit.recipe.api import parse_recipe
+
+RECIPE = """
+name: cap
+train:
+  - flip: {direction: horizontal, p: 0.5}
+  - rotate: {degrees: 20, p: 0.5}
+  - linear: {a: [0.8, 1.2], b: [-20, 20], p: 0.5}
+"""
+
+
+def test_captions_name_exactly_the_steps_that_fired_with_their_values():
+    aug = parse_recipe(RECIPE).build()
+    img = photo()
+    seen = set()
+    for seed in range(12):
+        out, applied = aug(img, seed)
+        text = describe_applied(applied)
+        ops = [a["op"] for a in applied]
+        for op in ("flip", "rotate", "linear"):
+            assert (op in text) == (op in ops), (seed, text, ops)
+        if "linear" in ops:
+            a = next(x for x in applied if x["op"] == "linear")["params"]["a"]
+            assert f"a={a:.3g}" in text
+        if not applied:
+            assert text == "no step fired (unchanged)" and np.array_equal(out, img)
+        seen.add(tuple(ops))
+    assert len(seen) > 3  # the seeds drew different subsets, and the captions followed them
+
+
+def test_captions_are_drawn_under_their_tiles():
+    tile = np.zeros((40, 40, 3), np.uint8)
+    plain = render_grid([[tile, tile]], ["original", "seed 0"], ["a.jpg"], 48)
+    captioned = render_grid(
+        [[tile, tile]], ["original", "seed 0"], ["a.jpg"], 48, captions=[["", "flip; rotate angle=7"]]
+    )
+    assert captioned.shape[0] > plain.shape[0] and captioned.shape[1] == plain.shape[1]
