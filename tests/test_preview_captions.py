@@ -3,6 +3,8 @@ applied, with their sampled values (the manifest's record, shortened)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from _imgs import photo
 
@@ -44,3 +46,13 @@ def test_captions_are_drawn_under_their_tiles():
         [[tile, tile]], ["original", "seed 0"], ["a.jpg"], 48, captions=[["", "flip; rotate angle=7"]]
     )
     assert captioned.shape[0] > plain.shape[0] and captioned.shape[1] == plain.shape[1]
+
+
+def test_every_named_file_gets_a_row_and_folders_fill_up_to_images(tmp_path):
+    from augkit.offline.preview import pick_images
+
+    root = Path(__file__).resolve().parent.parent / "samples"
+    named = sorted((root / "cat").glob("*.jpg")) + sorted((root / "coffee").glob("*.jpg"))[:2]
+    assert pick_images(named, 4) == named  # 7 named files: 7 rows, never cut to --images silently
+    picked = pick_images([root], 4)
+    assert len(picked) == 4 and len({p.parent.name for p in picked}) == 4  # classes in turn

@@ -34,29 +34,36 @@ MAX_ROWS_COLS = 64
 
 
 def pick_images(sources: list[str | os.PathLike], count: int) -> list[Path]:
-    """Up to ``count`` images from files and folders, taking classes in turn so each shows up."""
-    files: list[Path] = []
+    """Images from files and folders: every file named explicitly (up to :data:`MAX_ROWS_COLS`), then
+    up to ``count`` in all from the folders, taking classes in turn so each shows up."""
+    named: list[Path] = []
+    folders: list[Path] = []
     for s in sources:
         s = Path(s)
         if s.is_dir():
-            scan = scan_folder(s)
-            by_class: dict[str, list[str]] = {}
-            for rel, cls in scan.items:
-                by_class.setdefault(cls, []).append(rel)
-            queues = [list(v) for _, v in sorted(by_class.items())]
-            while any(queues) and len(files) < count:
-                for q in queues:
-                    if q and len(files) < count:
-                        files.append(s / q.pop(0))
+            folders.append(s)
         elif s.exists():  # a FIFO or device too: read_image refuses it unread, with the reason
             if not is_image_name(s.name):
                 raise UsageError(f"{s}: not an image file name")
-            files.append(s)
+            named.append(s)
         else:
             raise UsageError(f"{s}: not found")
+    if len(named) > MAX_ROWS_COLS:
+        raise UsageError(f"{len(named)} files named: a preview shows at most {MAX_ROWS_COLS} rows")
+    files = list(named)
+    for s in folders:
+        scan = scan_folder(s)
+        by_class: dict[str, list[str]] = {}
+        for rel, cls in scan.items:
+            by_class.setdefault(cls, []).append(rel)
+        queues = [list(v) for _, v in sorted(by_class.items())]
+        while any(queues) and len(files) < max(count, len(named)):
+            for q in queues:
+                if q and len(files) < max(count, len(named)):
+                    files.append(s / q.pop(0))
     if not files:
         raise UsageError("no images to preview in " + ", ".join(map(str, sources)))
-    return files[:count]
+    return files
 
 
 def _thumb(img: np.ndarray, height: int) -> np.ndarray:
