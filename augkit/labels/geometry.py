@@ -81,7 +81,9 @@ NEEDS_DATA = {
     "AtLeastOneBBoxRandomCrop": "albumentations bounding boxes",
     "RandomCropNearBBox": "a cropping box",
 }
-_MASK_NEEDED = ("CropNonEmptyMaskIfExists", "MaskDropout")
+_MASK_NEEDED = ("CropNonEmptyMaskIfExists", "MaskDropout", "ConstrainedCoarseDropout")
+#: albumentations transforms that grow or shrink shapes (masks follow them, points cannot)
+SHAPE_CHANGING = ("Morphological",)
 #: albumentations transforms that resize masks with cv2.resize: OpenCV's INTER_NEAREST there samples
 #: pixel (floor(i * scale)), up to a pixel off the image; INTER_NEAREST_EXACT samples pixel centres
 RESIZERS = (
@@ -162,6 +164,8 @@ def _refusal(leaf, kinds: tuple[str, ...]) -> tuple[str, str] | None:
     if isinstance(leaf, A.ImageOnlyTransform):
         return None  # pixels only: labels stay where they are
     name = type(leaf).__name__
+    if isinstance(leaf, A.Transform3D):
+        return kinds[0], "it works on 3D volumes, not on images"
     if name in NEEDS_DATA:
         return kinds[0], f"it needs {NEEDS_DATA[name]}, which augkit does not pass"
     if name in _MASK_NEEDED and not set(kinds) & set(_MASK_KINDS):
@@ -170,6 +174,8 @@ def _refusal(leaf, kinds: tuple[str, ...]) -> tuple[str, str] | None:
     for kind in kinds:
         if kind in _POINT_KINDS and name in NON_RIGID:
             return kind, "it bends straight lines and moves points only approximately (masks follow it exactly)"
+        if kind in _POINT_KINDS and name in SHAPE_CHANGING:
+            return kind, "it grows or shrinks shapes, which points cannot follow (masks follow it exactly)"
         if kind in ("boxes", "polygons") and name == "RandomGridShuffle":
             return kind, "it cuts objects apart into shuffled tiles"
         if kind in _POINT_KINDS and "KEYPOINTS" not in targets:
