@@ -31,8 +31,10 @@ A step that cannot move a label kind the dataset has is a :class:`~augkit.errors
 the pipeline is built (``augkit recipes check`` builds it): non-rigid warps (elastic, grid and optical
 distortion, piecewise affine, thin-plate spline) bend straight edges and move points only
 approximately, so they are refused with boxes, polygons and keypoints (masks follow them exactly);
-a grid shuffle cuts outlines apart; a few albumentations transforms need data augkit does not pass
-(other images, bounding boxes to choose a crop).
+so is ``Morphological``, which grows or shrinks shapes; a grid shuffle cuts outlines apart; 3D
+transforms and a few that need data augkit does not pass (other images, bounding boxes or a mask to
+choose a crop) are refused too. Pixel erasers (``CoarseDropout``, ``GridDropout``, ``Erasing``, ...)
+move nothing: labels stay, as for any pixel-only step.
 """
 
 from __future__ import annotations
