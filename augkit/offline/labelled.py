@@ -22,6 +22,7 @@ byte-identical files and a killed run resumes to the files of an uninterrupted o
 from __future__ import annotations
 
 import errno
+import heapq
 import json
 import os
 import time
@@ -201,17 +202,20 @@ def copies_per_image(objects: dict[str, Counter], per_class: int, seed: int) -> 
         holders[cls].sort(key=lambda r, cls=cls: derive_seed(seed, r, cls, salt="per-class"))
     copies = dict.fromkeys(objects, 0)
     turn = dict.fromkeys(holders, 0)
-    budget = per_class * max(1, len(holders)) * 4 + len(objects)  # a copy adds >= 1 object: always enough
-    while budget > 0:
-        below = [cls for cls in holders if counts[cls] < per_class]
-        if not below:
-            break
-        cls = min(below, key=lambda c: (counts[c], c))
+    heap = [(counts[cls], cls) for cls in holders if counts[cls] < per_class]
+    heapq.heapify(heap)
+    while heap:  # each round adds >= 1 object to the class it serves: it ends
+        n, cls = heapq.heappop(heap)
+        if n != counts[cls]:  # grew meanwhile (a copy made for another class): look again
+            if counts[cls] < per_class:
+                heapq.heappush(heap, (counts[cls], cls))
+            continue
         rel = holders[cls][turn[cls] % len(holders[cls])]
         turn[cls] += 1
         copies[rel] += 1
         counts.update(objects[rel])
-        budget -= 1
+        if counts[cls] < per_class:
+            heapq.heappush(heap, (counts[cls], cls))
     return copies, dict(counts)
 
 
