@@ -469,3 +469,89 @@ def test_j_every_accepted_albumentations_transform_runs_on_an_image():
             if name not in per_image:
                 failed.append(f"{name}: {type(exc).__name__}: {exc}"[:200])
     assert not failed
+
+
+# ------------------------------------------------------------------ k. ONNX metadata edited after export
+
+
+def tiny_export(path: Path, *, classes: int = 3, size: int = 32, views: int = 2, edit=None) -> Path:
+    """A small graph with an augkit export's interface (uint8 images (N, 3, S, S) -> probs (N, K),
+    view_probs (V, N, K); here a softmax over channel means, K = 3) and its metadata, which
+    ``edit(props)`` may change as a user with a text editor or onnx.helper would."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from augkit.infer.engine import resolve_tta
+    from augkit.infer.onnx_backend import metadata_props
+    from augkit.io.images import DECODE_POLICY
+    from augkit.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
+    from augkit.models.checkpoint import ModelMeta
+    from augkit.recipe.views import preset_views
+
+    names = [f"c{i}" for i in range(classes)]
+    meta = ModelMeta(
+        arch="resnet18", classes=names, class_to_idx={c: i for i, c in enumerate(names)}, image_size=size,
+        mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), decode_policy=DECODE_POLICY, resize_policy=RESIZE_POLICY,
+    )  # fmt: skip
+    spec = resolve_tta("flip")
+    nodes = [
+        helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Softmax", ["f"], ["probs"], axis=1),
+        helper.make_node("Unsqueeze", ["probs", "zero"], ["u"]),
+        helper.make_node("Concat", ["u"] * views, ["view_probs"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("view_probs", TensorProto.FLOAT, [views, "batch", 3])],
+        initializer=[helper.make_tensor("zero", TensorProto.INT64, [1], [0])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    props = metadata_props(meta, spec, list(preset_views("flip")))
+    if edit is not None:
+        edit(props)
+    helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+    return path
+
+
+def _edit_meta(**changes):
+    def edit(props):
+        meta = json.loads(props["augkit.meta"])
+        meta.update(changes)
+        props["augkit.meta"] = json.dumps(meta)
+
+    return edit
+
+
+def _add_view(props):
+    props["augkit.views"] = json.dumps(json.loads(props["augkit.views"]) + ["vflip"])
+
+
+def _edit_plain_classes(props):
+    props["classes"] = json.dumps(["a", "b", "c"])
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (_edit_meta(classes=["c0", "c1", "c2", "c3"], class_to_idx={f"c{i}": i for i in range(4)}),
+         "classes: the metadata lists 4, the graph's probs has 3"),
+        (_edit_meta(image_size=40), "image size: the metadata says 40, the graph takes 32x32"),
+        (_add_view, "views: the metadata lists 3, the graph's view_probs has 2"),
+        (_edit_plain_classes, "the file's 'classes' entry differs"),
+    ],
+)  # fmt: skip
+def test_k_edited_onnx_metadata_is_refused_naming_the_mismatch(digits_ff, tmp_path, edit, says):
+    good = tiny_export(tmp_path / "good.onnx")
+    res = invoke("predict", good, digits_ff / "d1", "--device", "cpu", "--workers", "0", "--tta", "none")
+    assert res.exit_code == 0, res.output  # the unedited file works: the graph is a valid export
+    bad = tiny_export(tmp_path / "bad.onnx", edit=edit)
+    res = invoke("predict", bad, digits_ff / "d1", "--device", "cpu", "--workers", "0", "--tta", "none")
+    assert res.exit_code == 2, res.output
+    assert says in " ".join(res.output.split()) and "Traceback" not in res.output

@@ -8,7 +8,9 @@ augkit merges a requested TTA from ``view_probs`` with the same code as the PyTo
 any TTA whose views the graph computes works (``--tta flip`` on a ``flip+shift`` export); one
 that needs a view the graph lacks is refused, naming the views it has: the views are fixed at
 export time. The model's metadata (classes, image size, normalization, decode policy) is read
-from the file's ``metadata_props`` and validated like a checkpoint's.
+from the file's ``metadata_props`` and validated like a checkpoint's, then checked against the
+graph itself (:func:`check_graph`): an edited class list, image size or view list that the
+graph's shapes contradict is refused (exit 2) naming the mismatch.
 """
 
 from __future__ import annotations
@@ -118,6 +120,44 @@ def parse_metadata(props: dict[str, str], source: str | os.PathLike) -> OnnxInfo
     return OnnxInfo(meta, views, parse_tta(tta_raw, str(source), None))
 
 
+def check_graph(info: OnnxInfo, props: dict[str, str], inputs: list, outputs: list, source) -> None:
+    """The metadata against the graph's own shapes (``images (N, 3, S, S)``, ``probs (N, K)``,
+    ``view_probs (V, N, K)``) and against the plain keys written beside it for other tools
+    (``classes``, ``image_size``); a :class:`UsageError` names each mismatch."""
+    meta, problems = info.meta, []
+
+    def dim(shape, i):
+        return shape[i] if shape is not None and len(shape) > i and isinstance(shape[i], int) else None
+
+    shapes = {x.name: getattr(x, "shape", None) for x in list(inputs) + list(outputs)}
+    size_h, size_w = dim(shapes.get(INPUT), 2), dim(shapes.get(INPUT), 3)
+    if (size_h, size_w) != (None, None) and (size_h, size_w) != (meta.image_size, meta.image_size):
+        problems.append(f"image size: the metadata says {meta.image_size}, the graph takes {size_h}x{size_w}")
+    for name, axis in ((OUTPUT, 1), (VIEW_OUTPUT, 2)):
+        k = dim(shapes.get(name), axis)
+        if k is not None and k != len(meta.classes):
+            problems.append(f"classes: the metadata lists {len(meta.classes)}, the graph's {name} has {k}")
+    v = dim(shapes.get(VIEW_OUTPUT), 0)
+    if v is not None and v != len(info.views):
+        problems.append(f"views: the metadata lists {len(info.views)}, the graph's {VIEW_OUTPUT} has {v}")
+    try:
+        plain_classes = json.loads(props["classes"]) if "classes" in props else meta.classes
+    except ValueError:
+        plain_classes = None
+    if plain_classes != meta.classes:
+        problems.append("classes: the file's 'classes' entry differs from its augkit.meta")
+    if "image_size" in props and props["image_size"] != str(meta.image_size):
+        problems.append(
+            f"image size: the file's 'image_size' entry says {props['image_size']}, its augkit.meta {meta.image_size}"
+        )
+    if problems:
+        raise UsageError(
+            f"{source}: the export's metadata does not match its graph (edited after export?): "
+            + "; ".join(problems)
+            + ". Export the run again with augkit export"
+        )
+
+
 class OnnxModel:
     """An exported model run by onnxruntime; :meth:`runner` serves a TTA from its views."""
 
@@ -127,7 +167,9 @@ class OnnxModel:
         self._ort = ort
         self._session: Any = None
         try:
-            self.info = parse_metadata(self._read_props(), self.path)
+            props = self._read_props()
+            self.info = parse_metadata(props, self.path)
+            check_graph(self.info, props, *self._io, self.path)
         except UsageError:
             raise
         except Exception as exc:  # onnxruntime raises its own types on a damaged file
@@ -142,6 +184,7 @@ class OnnxModel:
         opts.intra_op_num_threads = 1  # metadata only; the session that runs is made in session()
         probe = self._ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         self._check_io(probe)
+        self._io = (probe.get_inputs(), probe.get_outputs())
         return dict(probe.get_modelmeta().custom_metadata_map)
 
     def _check_io(self, session: Any) -> None:
