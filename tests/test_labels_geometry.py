@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pytest
 from _imgs import photo
-from _labelled import FLIP_IDX, KPT_COLORS, KPT_NAMES, NAMES, _keypoints, make_scene
+from _labelled import FLIP_IDX, KPT_COLORS, KPT_NAMES, NAMES, make_scene
 from typer.testing import CliRunner
 
 from augkit import cli
@@ -64,7 +64,7 @@ def scene(index: int = 0, config: str = "polygons", keypoints: bool = False):
 @functools.cache
 def _scene(index: int, config: str, keypoints: bool, size=SIZE, pad=PAD):
     classes = (0, 0, 0) if config == "boxes" else (0, 1, 2)
-    sc = make_scene(f"s{index}", index, size=size, classes=classes, keypoints=False, seed=index)
+    sc = make_scene(f"s{index}", index, size=size, classes=classes, keypoints=keypoints, seed=index)
     px, py = pad
     full = (size[0] + 2 * px, size[1] + 2 * py)
     base = photo(("chelsea", "coffee", "astronaut", "rocket")[index % 4], full, offset=index)
@@ -73,11 +73,11 @@ def _scene(index: int, config: str, keypoints: bool, size=SIZE, pad=PAD):
         s.mask = np.pad(s.mask, ((py, py), (px, px)))
         s.box = s.box + [px, py, px, py]
         s.polygon = s.polygon + [px, py]
+        if keypoints:
+            s.keypoints = s.keypoints + [px, py, 0]
     for k, s in enumerate(sc.shapes):
         img[s.mask] = OBJ_COLORS[k]
         s.color = OBJ_COLORS[k]
-        if keypoints:
-            s.keypoints = _keypoints(s)
     if keypoints:
         for s in sc.shapes:
             for (x, y, _), color in zip(s.keypoints, KPT_COLORS, strict=True):
