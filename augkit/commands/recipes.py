@@ -21,6 +21,7 @@ from augkit.recipe.api import (
     load_recipe,
 )
 from augkit.recipe.batchspec import describe_batch
+from augkit.recipe.fit import size_warnings
 from augkit.recipe.labelspec import describe_labels
 from augkit.recipe.ops import get_op, step_names
 from augkit.recipe.passthrough import albumentations_transforms
@@ -77,6 +78,12 @@ def check_cmd(
         help="Also check the recipe for a labelled dataset of this kind (yolo, coco, voc, masks): every step "
         "must move the labels it holds (boxes, polygons, keypoints, masks).",
     ),
+    image_size: Optional[int] = typer.Option(
+        None,
+        "--image-size",
+        min=8,
+        help="Warn about steps whose magnitudes do not fit images of this size (e.g. TrivialAugment's 32 px translations on 28 px digits).",
+    ),
 ) -> None:
     """Validate recipe files: each gets a line (ok, or the error naming the line, step and key); exit 2 if any failed."""
     code = 0
@@ -84,7 +91,9 @@ def check_cmd(
     for f in files:
         try:
             r = load_recipe(f)
-            for w in check_labelled(r, kinds) if kinds is not None else []:
+            warnings = check_labelled(r, kinds) if kinds is not None else []
+            warnings += size_warnings(r, image_size) if image_size is not None else []
+            for w in warnings:
                 err.print(f"[yellow]warning:[/] {f}: {escape(w)}", soft_wrap=True)
         except AugkitError as exc:
             err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from augkit.errors import ImageError, UsageError
-from augkit.infer.engine import default_tta, is_onnx_path, load_for_inference, resolve_tta
+from augkit.infer.engine import default_tta, load_for_inference, resolve_tta
+from augkit.infer.onnx_backend import is_onnx_path
 from augkit.infer.tta import apply_view
 from augkit.io.images import read_image, write_image
 from augkit.io.preprocess import eval_image

@@ -55,6 +55,7 @@ from augkit.models.weights import (
 )
 from augkit.offline.dst import MANIFEST, latest_rows
 from augkit.recipe.api import Recipe, load_recipe
+from augkit.recipe.fit import size_warnings
 from augkit.seeding import derive_seed
 from augkit.training.cache import ImageCache
 from augkit.training.config import (  # noqa: F401  (re-exported)
@@ -725,6 +726,8 @@ def _train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRe
     precision = choose_precision(cfg.precision, device, cfg.image_size, amp=cfg.amp and device.type == "cuda")
     recipe, out = _resolve_recipe(cfg.recipe), Path(cfg.out)
     _refuse_existing_run(cfg, out)
+    for w in size_warnings(recipe, cfg.image_size) if recipe is not None else []:
+        cb.on_note(f"warning: {w}")
     if str(cfg.weights) == "imagenet" and not cfg.resume:  # a first run offline: say so before any work
         check_imagenet_reachable(cfg.arch)
     with cpu_threads(cfg.workers, device) as threads:  # before the first op: threads + workers <= cores

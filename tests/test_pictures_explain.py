@@ -1,5 +1,5 @@
-"""Preview tiles say what fired: each augmented version's caption lists the steps the pipeline
-applied, with their sampled values (the manifest's record, shortened)."""
+"""Pictures and checks that explain: preview tiles say which steps fired with their values, every
+named file gets its row, and recipes whose magnitudes do not fit the image size are warned about."""
 
 from __future__ import annotations
 
@@ -56,3 +56,23 @@ def test_every_named_file_gets_a_row_and_folders_fill_up_to_images(tmp_path):
     assert pick_images(named, 4) == named  # 7 named files: 7 rows, never cut to --images silently
     picked = pick_images([root], 4)
     assert len(picked) == 4 and len({p.parent.name for p in picked}) == 4  # classes in turn
+
+
+def test_trivial_augment_on_small_images_is_warned_about_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from augkit.cli import app
+    from augkit.recipe.api import load_recipe
+    from augkit.recipe.fit import size_warnings
+
+    recipe = load_recipe("digits-trivial")
+    warned = size_warnings(recipe, 28)
+    assert len(warned) == 1 and "32 px" in warned[0] and "114% of a 28 px image" in warned[0]
+    assert size_warnings(recipe, 224) == [] and size_warnings(load_recipe("digits"), 28) == []
+    assert size_warnings(load_recipe("default"), 16) == []  # fractions of the side: they fit any size
+    f = tmp_path / "r.yaml"
+    f.write_text("name: r\ntrain:\n  - one_of:\n      steps:\n        - trivial_augment: {}\n        - flip: {}\n")
+    res = CliRunner().invoke(app, ["recipes", "check", str(f), "--image-size", "32"])
+    assert res.exit_code == 0 and "train[0] one_of.steps[0] trivial_augment: translates by up to 32 px" in " ".join(
+        res.output.split()
+    )
