@@ -1,25 +1,15 @@
 """The transfer-learning policy: which part of the network trains, and when.
 
-``--freeze auto`` was chosen by measurement, not by the usual rule of thumb ("with few images
-train only a new head on the frozen backbone"; CS231n "Transfer Learning"). On a transfer task
-built from real data (``benchmarks/bench_transfer.py``: a ResNet-18 pretrained by ``augkit train``
-on handwritten digits 0-4, transferred to digits 5-9, 20 epochs, 300 held-out images, mean of
-seeds 0 and 1), training the head first and then every layer beat the frozen backbone at every
-data size, by 15 to 27 points; all layers from the first epoch came close (:data:`EVIDENCE`).
-That task says nothing in favour of a frozen backbone; it also found that a backbone taught by
-900 digits helps little there: from scratch scored 86.7/89.7/96.8/98.7% at 5/10/30/100 images
-per class, and fine-tuning with the backbone at 1x lr (77.7/93.2/97.2% at 5/10/30) beat 0.1x.
-:data:`BACKBONE_LR_MULT` stays 0.1, the usual choice for ImageNet features, which could not be
-measured here.
-So with pretrained weights ``auto`` fine-tunes: the head alone for :data:`WARMUP_FRACTION` of
-the epochs, rounded, at least one when the run has two epochs or more (so a random head does not
-send large gradients into good features), then everything, the backbone at :data:`BACKBONE_LR_MULT`
-x lr. A one-epoch run has no head-only epoch: it trains all layers from the start (backbone at
-:data:`BACKBONE_LR_MULT` x lr), as a frozen backbone for the whole run would be ``--freeze head``,
-which the measurements above do not favour; the plan says so. ``--freeze head`` keeps the frozen
-backbone (BatchNorm statistics included) for those who want it, e.g. features that the small
-set could only damage. Without pretrained weights (``--weights none``) there is nothing to
-keep, so ``auto`` trains everything.
+``--freeze auto`` was chosen by measurement (``benchmarks/bench_transfer.py``; the table is in
+docs/training.md and benchmarks/README.md): training the head first and then every layer beat a
+frozen backbone at every data size measured, so with pretrained weights ``auto`` fine-tunes: the
+head alone for :data:`WARMUP_FRACTION` of the epochs, rounded, at least one when the run has two
+epochs or more (so a random head does not send large gradients into good features), then
+everything, the backbone at :data:`BACKBONE_LR_MULT` x lr (the usual choice for ImageNet features).
+A one-epoch run has no head-only epoch: it trains all layers from the start, and the plan says so.
+``--freeze head`` keeps the frozen backbone (BatchNorm statistics included) for those who want it.
+Without pretrained weights (``--weights none``) there is nothing to keep, so ``auto`` trains
+everything.
 """
 
 from __future__ import annotations
