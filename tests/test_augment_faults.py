@@ -1,4 +1,4 @@
-"""augkit augment under faults and hostile inputs (issue 9): per-file errors instead of crashes,
+"""augkit augment under faults and hostile inputs: per-file errors instead of crashes,
 one-line failures instead of tracebacks, a locked DST, append-only records, no reading of its own
 outputs, special files that never block."""
 

@@ -191,7 +191,7 @@ def test_recipes_check_exits_2_on_a_bad_batch_section(tmp_path):
     assert "bad.yaml:4: batch.cutmix: alpha: 0.0 must be greater than 0" in res.output.replace("\n", "")
 
 
-# ---------------------------------------------------------------- against timm's Mixup (issue 17)
+# ---------------------------------------------------------------- against timm's Mixup
 
 
 class _Centre:

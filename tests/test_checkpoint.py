@@ -1,6 +1,5 @@
 """Checkpoints a user edited, truncated or replaced: every one refused before use with a message
-naming the file and what is wrong, exit 2, in predict, evaluate and ``train --weights`` (issue 9,
-case 8), and an absurd image size refused before it allocates anything (case 6)."""
+naming the file and what is wrong, exit 2, in predict, evaluate and ``train --weights``, and an absurd image size refused before it allocates anything."""
 
 from __future__ import annotations
 

@@ -176,7 +176,7 @@ def test_recipes_check_checks_every_file_then_exits_2(tmp_path):
     ids=["alias-bomb", "huge-resize", "5000-digits", "1e400", "nested-500"],
 )
 def test_hostile_recipes_exit_2_with_one_short_line(tmp_path, text):
-    """Issue 9 cases 5-7 through the real command: exit 2, one short message, no traceback."""
+    """Bad checkpoints through the real command: exit 2, one short message, no traceback."""
     f = tmp_path / "r.yaml"
     f.write_text(text)
     proc = subprocess.run(

@@ -74,6 +74,8 @@ def test_examples_run_as_written(page: Path, tmp_path: Path):
         else:
             continue
         p = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
-        assert p.returncode == 0, f"{page.name}:{line} failed ({p.returncode}):\n{code}\n{p.stdout[-2000:]}{p.stderr[-3000:]}"
+        assert p.returncode == 0, (
+            f"{page.name}:{line} failed ({p.returncode}):\n{code}\n{p.stdout[-2000:]}{p.stderr[-3000:]}"
+        )
     if skipped:
         print("not run:\n" + "\n".join(skipped))

@@ -1,4 +1,4 @@
-"""``augkit export`` (issue 11): the ONNX graph's probabilities equal augkit's PyTorch path within
+"""``augkit export``: the ONNX graph's probabilities equal augkit's PyTorch path within
 1e-4 on real images, plain and with ``flip+shift`` built in; ``predict``/``evaluate`` on the
 exported file give the run's answers; metadata, atomic no-overwrite writes, and the exit-2
 messages (a view the export lacks, a bad opset, a missing extra, a file that is not an export).

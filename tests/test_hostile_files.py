@@ -1,4 +1,4 @@
-"""Hostile inputs at the file level (issue 9, cases 1-4 and 11): no hang, no runaway read or
+"""Hostile inputs at the file level: no hang, no runaway read or
 allocation, errors that survive a process boundary, temp names that always fit."""
 
 from __future__ import annotations

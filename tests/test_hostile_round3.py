@@ -1,4 +1,4 @@
-"""Hostile inputs and faults, round 3 (issue 17, items 4 and 5): names that are not UTF-8,
+"""Hostile inputs and faults, round 3: names that are not UTF-8,
 unreadable folders, aliased class folders, stale outputs, self-looping links, locks, huge plans,
 SIGTERM, a damaged cache, recipes that cannot work, edited ONNX metadata, NaN training, read-only
 outputs, and a progressive JPEG cut short. Each test failed before its fix."""
@@ -555,3 +555,43 @@ def test_k_edited_onnx_metadata_is_refused_naming_the_mismatch(digits_ff, tmp_pa
     res = invoke("predict", bad, digits_ff / "d1", "--device", "cpu", "--workers", "0", "--tta", "none")
     assert res.exit_code == 2, res.output
     assert says in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
+# ------------------------------------------------------------------ l. 5,000 classes in evaluate
+
+
+def test_l_evaluate_with_5000_classes_keeps_a_bounded_report_and_picture(tmp_path):
+    import numpy as np
+
+    from augkit.infer.evaluate import score, write_confusion, write_report
+    from augkit.recipe.views import preset_views
+
+    k, n = 5000, 2000
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, k, n)
+    pred = y.copy()
+    pred[:40] = 9  # 40 images of various classes taken for class 9
+    pred[40:70], y[40:70] = 11, 7  # the most confused pair: 7 taken for 11, 30 times
+    probs = np.full((1, n, k), 0.1 / k, np.float32)
+    probs[0, np.arange(n), pred] += 0.9
+    classes = [f"class{i:04d}" for i in range(k)]
+    views = list(preset_views("identity"))
+    rep = score(probs, probs[0], y, views, 0, 1, classes)
+    conf = rep["confusion"]
+    assert conf["top_confused"][0] == {"true": "class0007", "predicted": "class0011", "count": 30}
+    assert len(conf["top_confused"]) <= 50 and len(conf["labels"]) <= 30
+    assert np.asarray(conf["matrix"]).shape == (len(conf["labels"]),) * 2
+    i, j = conf["labels"].index("class0007"), conf["labels"].index("class0011")
+    assert conf["matrix"][i][j] == 30
+    write_report(rep, tmp_path / "r.json")
+    assert (tmp_path / "r.json").stat().st_size < 5e6  # was 276 MB
+    write_confusion(rep, tmp_path / "c.png")
+    import cv2
+
+    h, w = cv2.imread(str(tmp_path / "c.png")).shape[:2]
+    assert max(h, w) <= 1400  # was 20,000 px a side
+    small = score(probs[:, :5, :], probs[0, :5, :], y[:5], views, 0, 1, classes)
+    assert "subset" in small["confusion"]  # the model's class count decides, not the data's
+    eye = np.eye(3, dtype=np.float32)
+    few = score(eye[None], eye, np.arange(3), views, 0, 1, ["a", "b", "c"])
+    assert few["confusion"]["matrix"] == [[1, 0, 0], [0, 1, 0], [0, 0, 1]] and "subset" not in few["confusion"]

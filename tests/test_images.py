@@ -188,7 +188,7 @@ def test_scan_survives_symlink_loop_and_flat_folder(tmp_path):
     assert [r for r, _ in s.items] == ["x.png"] and s.flat
 
 
-# ---------------------------------------------------------------- where a JPEG ends (issue 9, case 15)
+# ---------------------------------------------------------------- where a JPEG ends
 
 
 def fake_video() -> bytes:

@@ -76,7 +76,7 @@ def errors_of(out: Path) -> dict[str, str]:
         return {Path(r["path"]).name: r["reason"] for r in csv.DictReader(fh)}
 
 
-# ---------------------------------------------------------------- special files (issue 9, cases 1, 2, 4)
+# ---------------------------------------------------------------- special files
 
 
 def test_fifo_in_folder_argument_and_list_is_reported_not_read(run_dir, good, tmp_path, no_hang):
@@ -135,7 +135,7 @@ def test_an_extreme_aspect_ratio_is_reported_from_its_header(run_dir, good, tmp_
     assert errors_of(out) == {"thin.png": "bad dimensions"}
 
 
-# ---------------------------------------------------------------- one input per file (issue 9, case 16)
+# ---------------------------------------------------------------- one input per file
 
 
 def test_a_file_spelled_three_ways_is_predicted_once_in_the_first_spelling(run_dir, good, tmp_path, monkeypatch):
@@ -152,7 +152,7 @@ def test_two_links_to_one_file_stay_two_inputs(good, tmp_path):
     assert collect_inputs([good.parent]) == [str(good.parent / "alias.png"), str(good)]
 
 
-# ---------------------------------------------------------------- decode policy (issue 8)
+# ---------------------------------------------------------------- decode policy
 
 
 @pytest.fixture
@@ -222,7 +222,7 @@ def test_unknown_decode_policy_is_a_clear_error(digits, tmp_path, good):
     assert res.exit_code == 2 and "decode policy 'augkit-v9: from the future'" in res.stderr
 
 
-# ---------------------------------------------------------------- threads and workers (issue 8)
+# ---------------------------------------------------------------- threads and workers
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -1,4 +1,4 @@
-"""augkit augment on labelled datasets (issue 18): splits, records, resume, worker counts, round trips.
+"""augkit augment on labelled datasets: splits, records, resume, worker counts, round trips.
 
 Every dataset is built by ``tests/_labelled.py``: objects drawn in pure colours on small real photos,
 with their exact ground truth. The geometry of each op is tested with the geometry module; here the

@@ -1,4 +1,4 @@
-"""``augkit labels check`` and :func:`augkit.labels.check.check_dataset`: every bad-label case of issue 18
+"""``augkit labels check`` and :func:`augkit.labels.check.check_dataset`: every bad-label case
 item 6, each reported with its file (and line), on tiny datasets from tests/_labelled.py that are spoilt in
 one place each; a clean dataset has no problem; the command exits 3 / 0 / 2; nothing is lost (every image
 is read or refused naming its file)."""

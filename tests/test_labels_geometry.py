@@ -531,6 +531,33 @@ def test_float_edge_cases_never_crash(step):
     assert empty.objects == [] and stats.to_record()["kept"] == 0 and empty_img.shape == img.shape
 
 
+@pytest.mark.parametrize(
+    "step",
+    [
+        "{albumentations: {transform: Resize, height: 864, width: 576}}",
+        "{albumentations: {transform: LongestMaxSize, max_size: 72}}",
+        "{albumentations: {transform: CropAndPad, px: -30, keep_size: true}}",
+        "{albumentations: {transform: RandomResizedCrop, size: [648, 864], scale: [0.5, 0.5], ratio: [1.333, 1.334]}}",
+    ],
+)
+def test_resizes_move_points_exactly(step):
+    """A resize maps pixel centres (i + 0.5) * scale: a keypoint on a pixel centre stays on it, to 0.05 px,
+    however large the change of scale (the rendering tests above stay within 1.5 px only)."""
+    img, labels, _ = scene(0, "polygons", keypoints=True)
+    H, W = img.shape[:2]
+    out_img, out, _, applied = build_labelled(parse_recipe(f"train: [{step}]"), info_for("polygons", True))(img, labels, 0)
+    h, w = out_img.shape[:2]
+    crop = next((a["params"].get("crop_coords") for a in applied if a["params"].get("crop_coords")), None)
+    x0, y0, x1, y1 = crop if crop else (0, 0, W, H)
+    if "CropAndPad" in step:
+        x0, y0, x1, y1 = 30, 30, W - 30, H - 30
+    sx, sy = w / (x1 - x0), h / (y1 - y0)
+    for a, b in zip(labels.objects, out.objects, strict=True):
+        for (x, y, _), (u, v, vis) in zip(a.keypoints, b.keypoints):
+            if vis:
+                assert abs(u - (x - x0) * sx) < 0.05 and abs(v - (y - y0) * sy) < 0.05, (step, x, y, u, v)
+
+
 def test_clip_polygon_and_area():
     sq = np.array([[-5, -5], [5, -5], [5, 5], [-5, 5]], float)
     c = clip_polygon(sq, 10, 10)

@@ -1,4 +1,4 @@
-"""Labels drawn on images (augkit.labels.draw) and ``augkit preview`` on labelled datasets (issue 18).
+"""Labels drawn on images (augkit.labels.draw) and ``augkit preview`` on labelled datasets.
 
 The drawings are checked by their pixels: a box's outline in its class colour along the box's edges,
 a keypoint's dot in its index colour at the keypoint, a translucent fill inside a polygon and nowhere

@@ -1,4 +1,4 @@
-"""Architectures beyond ResNet (issue 11): every torchvision classifier has a family and a head
+"""Architectures beyond ResNet: every torchvision classifier has a family and a head
 augkit finds; per family, head mode trains exactly the new head and leaves BatchNorm statistics
 alone; checkpoints rebuild any of them; train -> predict -> evaluate -> export end to end; the
 exit-2 messages for an unknown architecture, a size the model cannot take and a missing extra.

@@ -387,7 +387,7 @@ def test_a_model_with_another_decode_policy_is_refused(tmp_path, digits):
     assert res.exit_code == 2 and "decode policy" in res.stderr
 
 
-# ---------------------------------------------------------------- evaluate you can act on (issue 12)
+# ---------------------------------------------------------------- evaluate you can act on
 
 
 def test_precision_recall_f1_match_scikit_learn():

@@ -435,7 +435,7 @@ def test_recipes_build_without_torch_and_albumentations_pytorch_still_imports():
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-# ====================================================================== hostile recipes (issue 9)
+# ====================================================================== hostile recipes
 
 LAUGHS = "".join(
     f"        {c}: &{c} [{', '.join([f'*{p}'] * 9) if p.strip() else ', '.join(['lol'] * 9)}]\n"

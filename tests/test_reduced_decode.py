@@ -1,4 +1,4 @@
-"""Decode policy v3 (v2 in issue 8, the 2x margin in issue 17): JPEGs decoded at reduced size (libjpeg DCT
+"""Decode policy v3: JPEGs decoded at reduced size (libjpeg DCT
 scaling) while the decoded side stays >= 2x the size that is needed; v2 checkpoints keep margin 1."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Claims checked against their reference (issue 17): evaluate's scores against scikit-learn, and the
+"""Claims checked against their reference: evaluate's scores against scikit-learn, and the
 README's transfer-learning rule against the plan augkit makes. (The policy ops are checked against
 torchvision v2 in tests/test_policies.py, cutmix against timm in tests/test_batchaug.py.)"""
 

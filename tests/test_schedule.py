@@ -220,7 +220,7 @@ def test_bad_schedule_options_are_usage_errors(data, tmp_path):
     r = CliRunner().invoke(app, ["train", str(data), "-o", str(tmp_path / "r"), "--schedule", "linear"])
     assert r.exit_code == 2 and "linear" in r.output
     for kwargs, match in (
-        (dict(warmup=5.0, epochs=3), "--warmup must be >= 0 and less than --epochs"),
+        (dict(warmup=5.0, epochs=3), "--warmup must be >= 0 and at most --epochs"),
         (dict(ema=1.0), "--ema must be a decay between 0 and 1"),
         (dict(lr="fast"), "--lr must be > 0 \\(a number\\) or auto"),
         (dict(lr=-1.0), "--lr must be > 0 \\(a number\\) or auto"),

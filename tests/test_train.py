@@ -130,7 +130,7 @@ def test_cli_run_writes_every_run_file(run_a, data):
     model, meta = load_model(run)  # weights_only load, through the predict helper's API
     assert meta.classes == ["d0", "d1", "d7"] and meta.class_to_idx == {"d0": 0, "d1": 1, "d7": 2}
     assert meta.arch == "resnet18" and meta.image_size == 16 and meta.recipe_name == "digits"
-    assert "affine" in meta.recipe_text and meta.decode_policy == DECODE_POLICY  # v3 since issue 17
+    assert "affine" in meta.recipe_text and meta.decode_policy == DECODE_POLICY
     assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
     last = load_checkpoint(run / "last.pt")
     assert last["epoch"] == 2 and len(last["history"]) == 2 and "optimizer" in last
@@ -661,7 +661,7 @@ def test_relaunch_keeps_the_command_line_minus_nproc():
     assert relaunch_args(argv) == ["train", "DATA", "-o", "RUN", "--epochs", "3", "--cache"]
 
 
-# ====================================================================== issue 12: loss, mixing, patience
+# ====================================================================== loss, mixing, patience
 
 MIX_RECIPE = """name: mix-test
 train:
@@ -746,8 +746,6 @@ def test_patience_stops_at_the_right_epoch_and_resumes(data, tmp_path, monkeypat
     assert done.stopped == "completed"
 
 
-@pytest.mark.parametrize(
-    "opt,value,match", [("--label-smoothing", "1", "label-smoothing"), ("--patience", "0", "patience")]
 def test_patience_counts_an_equal_val_acc_with_a_lower_val_loss_as_improvement_and_says_so(data, tmp_path, monkeypatch):
     """The rule that picks best.pt is the rule --patience waits for, and the message states it: val_acc
     0.5, 0.5 (loss 0.9 < 1.0: better), 0.5, 0.5 (loss 0.95, 0.9: no better) with --patience 2 stops
@@ -764,6 +762,8 @@ def test_patience_counts_an_equal_val_acc_with_a_lower_val_loss_as_improvement_a
     assert res.stopped.endswith("for 2 epochs after epoch 2")
 
 
+@pytest.mark.parametrize(
+    "opt,value,match", [("--label-smoothing", "1", "label-smoothing"), ("--patience", "0", "patience")]
 )
 def test_bad_smoothing_or_patience_exit_2(data, tmp_path, opt, value, match):
     res = cli(data, "-o", tmp_path / "bad", *FAST, opt, value)
