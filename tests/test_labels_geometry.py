@@ -545,7 +545,9 @@ def test_resizes_move_points_exactly(step):
     however large the change of scale (the rendering tests above stay within 1.5 px only)."""
     img, labels, _ = scene(0, "polygons", keypoints=True)
     H, W = img.shape[:2]
-    out_img, out, _, applied = build_labelled(parse_recipe(f"train: [{step}]"), info_for("polygons", True))(img, labels, 0)
+    out_img, out, _, applied = build_labelled(parse_recipe(f"train: [{step}]"), info_for("polygons", True))(
+        img, labels, 0
+    )
     h, w = out_img.shape[:2]
     crop = next((a["params"].get("crop_coords") for a in applied if a["params"].get("crop_coords")), None)
     x0, y0, x1, y1 = crop if crop else (0, 0, W, H)

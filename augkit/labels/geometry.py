@@ -24,8 +24,8 @@ After the pipeline (rules from the recipe's ``labels:`` section, :mod:`augkit.re
 Coordinates: :mod:`augkit.labels.model` uses pixel edges (a pixel's centre is at i + 0.5);
 albumentations and OpenCV warps use pixel indices (a pixel's centre is at i), so points are shifted
 by half a pixel on the way in and out. That is exact for flips, rotations, affine and perspective
-warps, crops and pads; albumentations scales keypoints under a resize as if they were edge
-coordinates, which is off by at most half a pixel times the change of scale.
+warps, crops and pads; the transforms that resize (:data:`RESIZERS`) scale keypoints in edge
+coordinates, as OpenCV resizes pixels, so they get them in edge coordinates.
 
 A step that cannot move a label kind the dataset has is a :class:`~augkit.errors.RecipeError` when
 the pipeline is built (``augkit recipes check`` builds it): non-rigid warps (elastic, grid and optical
@@ -86,8 +86,10 @@ NEEDS_DATA = {
 _MASK_NEEDED = ("CropNonEmptyMaskIfExists", "MaskDropout", "ConstrainedCoarseDropout")
 #: albumentations transforms that grow or shrink shapes (masks follow them, points cannot)
 SHAPE_CHANGING = ("Morphological",)
-#: albumentations transforms that resize masks with cv2.resize: OpenCV's INTER_NEAREST there samples
-#: pixel (floor(i * scale)), up to a pixel off the image; INTER_NEAREST_EXACT samples pixel centres
+#: albumentations transforms that resize with cv2.resize. Masks: OpenCV's INTER_NEAREST there samples
+#: pixel (floor(i * scale)), up to a pixel off the image; INTER_NEAREST_EXACT samples pixel centres.
+#: Keypoints: they scale x * scale, which is exact in pixel-edge coordinates (the image's own resize maps
+#: pixel centres (i + 0.5) * scale), so their keypoints are handed over in edge coordinates
 RESIZERS = (
     "Resize",
     "RandomResizedCrop",
@@ -408,8 +410,10 @@ class LabelledPipeline:
             for leaf in leaf_transforms(t):
                 if getattr(leaf, "fill_mask", None) is not None and "fill_mask" not in step.params:
                     leaf.fill_mask = self.spec.ignore_value  # masks: out-of-image pixels get the ignore value
-                if type(leaf).__name__ in RESIZERS and getattr(leaf, "mask_interpolation", None) == _CV2_INTER_NEAREST:
-                    leaf.mask_interpolation = _CV2_INTER_NEAREST_EXACT
+                if type(leaf).__name__ in RESIZERS:
+                    if getattr(leaf, "mask_interpolation", None) == _CV2_INTER_NEAREST:
+                        leaf.mask_interpolation = _CV2_INTER_NEAREST_EXACT
+                    _keypoints_in_edge_coordinates(leaf)
 
     def __call__(
         self, image: np.ndarray, labels: Labels, seed: int
@@ -559,6 +563,24 @@ class LabelledPipeline:
         out[ok, 2] = v[ok]
         flip = flip_index(self.info, len(out)) if mirror else None
         return out[flip] if flip is not None else out
+
+
+def _keypoints_in_edge_coordinates(leaf) -> None:
+    """Make ``leaf`` (a resize, exact in pixel-edge coordinates: ``x * scale``) take the pixel-index
+    coordinates the pipeline carries (see the module docstring). albumentations 2.0.8 calls a target's
+    function through ``_key2func``, filled when the transform is built, so that entry is replaced too."""
+    apply = leaf.apply_to_keypoints
+
+    def wrapped(keypoints: np.ndarray, *args: Any, **params: Any) -> np.ndarray:
+        shifted = np.array(keypoints, dtype=np.float64, copy=True)
+        shifted[:, :2] += 0.5
+        out = np.array(apply(shifted, *args, **params), dtype=np.float64, copy=True)
+        out[:, :2] -= 0.5
+        return out
+
+    leaf.apply_to_keypoints = wrapped
+    if "keypoints" in getattr(leaf, "_key2func", {}):
+        leaf._key2func["keypoints"] = wrapped
 
 
 def _orientation(before: np.ndarray, after: np.ndarray) -> tuple[bool, float]:
