@@ -116,8 +116,8 @@ class TrainConfig:
             (_lr_ok(self.lr), f"--lr must be > 0 (a number) or {LR_AUTO}, got {self.lr!r}"),
             (self.schedule in SCHEDULES, f"--schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}"),
             (
-                self.warmup is None or (math.isfinite(self.warmup) and 0 <= self.warmup < self.epochs),
-                f"--warmup must be >= 0 and less than --epochs ({self.epochs}), got {self.warmup}",
+                self.warmup is None or (math.isfinite(self.warmup) and 0 <= self.warmup <= self.epochs),
+                f"--warmup must be >= 0 and at most --epochs ({self.epochs}), got {self.warmup}",
             ),
             (
                 self.ema is None or (math.isfinite(self.ema) and 0 < self.ema < 1),
