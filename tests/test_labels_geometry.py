@@ -532,6 +532,40 @@ def test_float_edge_cases_never_crash(step):
 
 
 @pytest.mark.parametrize(
+    "step,expected",
+    [
+        ("{flip: {direction: horizontal}}", lambda x, y, W, H: (W - x, y)),
+        ("{flip: {direction: vertical}}", lambda x, y, W, H: (x, H - y)),
+        ("{albumentations: {transform: Transpose}}", lambda x, y, W, H: (y, x)),
+        ("{shift: {x: [0.25, 0.25], y: [-0.125, -0.125]}}", lambda x, y, W, H: (x + 72, y - 27)),
+        ("{trivial_augment: {}}", None),  # pinned below to TranslateX +32
+    ],
+)
+def test_exact_moves_are_exact(step, expected):
+    """Points on pixel centres land exactly where the pixels go (not only within the rendering tolerance)."""
+    img, labels, _ = scene(1, "polygons", keypoints=True)
+    H, W = img.shape[:2]
+    recipe = parse_recipe(f"train: [{step}]")
+    if expected is None:
+        recipe.train[0].params.update({"only": ["TranslateX"], "bin": 30, "sign": 1})
+        expected = lambda x, y, W, H: (x + 32, y)  # noqa: E731
+    _, out, _, _ = build_labelled(recipe, info_for("polygons", True))(img, labels, 0)
+    by_k = {o.attrs["k"]: o for o in out.objects}
+    checked = 0
+    for k, a in enumerate(labels.objects):
+        moved = np.array([expected(x, y, W, H) for x, y in a.polygons[0]])
+        inside = moved.min() >= 0 and moved[:, 0].max() <= W and moved[:, 1].max() <= H
+        if inside:
+            np.testing.assert_allclose(by_k[k].polygons[0], moved, atol=1e-3)
+            checked += 1
+        src = a.keypoints[FLIP_IDX] if ("flip" in step or "Transpose" in step) else a.keypoints  # mirrors swap
+        for (x, y, _), (u, v, vis) in zip(src, by_k[k].keypoints if k in by_k else []):
+            if vis:
+                np.testing.assert_allclose((u, v), expected(x, y, W, H), atol=1e-3)
+    assert checked >= 2
+
+
+@pytest.mark.parametrize(
     "step",
     [
         "{albumentations: {transform: Resize, height: 864, width: 576}}",
