@@ -75,9 +75,9 @@ def confusion_matrix(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
 def precision_recall_f1(y: np.ndarray, pred: np.ndarray, k: int) -> dict[str, np.ndarray]:
     """Per class (index 0..k-1): precision, recall, F1 and support, as scikit-learn's
     ``precision_recall_fscore_support(..., labels=range(k), zero_division=0)``."""
-    m = confusion_matrix(y, pred, k)
-    tp = np.diag(m).astype(float)
-    predicted, support = m.sum(0).astype(float), m.sum(1).astype(float)
+    y, pred = np.asarray(y, np.int64), np.asarray(pred, np.int64)  # counts, not a k x k matrix (k may be 5,000)
+    tp = np.bincount(y[y == pred], minlength=k)[:k].astype(float)
+    predicted, support = (np.bincount(v, minlength=k)[:k].astype(float) for v in (pred, y))
     precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
     recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
     both = precision + recall
@@ -352,13 +352,7 @@ def score(
             "classes_without_images": int(np.sum(prf["support"] == 0)),
             "present": {"tta": macro(prf, present_only=True), "plain": macro(plain_prf, present_only=True)},
         },
-        "confusion": {
-            "rows": "true class",
-            "columns": "predicted class (TTA)",
-            "labels": list(classes),
-            "predictions": predictions,
-            "matrix": confusion_matrix(y, merged.argmax(1), k_classes).tolist(),
-        },
+        "confusion": bounded_confusion(y, merged.argmax(1), classes, predictions),
         "suggested_views": {
             "views": [views[i].name for i in chosen],
             "yaml": {"views": [view_to_yaml(views[i]) for i in chosen], "merge": merge},
@@ -366,6 +360,48 @@ def score(
             "method": "greedy forward selection",
             "note": SELECTION_NOTE,
         },
+    }
+
+
+#: Above this many classes the report keeps a confusion sub-matrix of the most confused classes
+#: and the most confused pairs, not the full K x K matrix (5,000 classes: a 276 MB report and a
+#: 400-megapixel picture).
+MAX_MATRIX_CLASSES = 100
+TOP_CONFUSED = 50  # pairs listed when the matrix is not stored
+SUB_MATRIX_CLASSES = 30  # classes of the sub-matrix (and picture) then
+
+
+def bounded_confusion(y: np.ndarray, pred: np.ndarray, classes: list[str], predictions: str) -> dict:
+    """The report's ``confusion``: the full matrix up to :data:`MAX_MATRIX_CLASSES` classes;
+    above, ``top_confused`` (the most frequent (true, predicted) pairs, counts from a sparse count:
+    memory grows with the images, not with classes squared) and the matrix of the classes in them."""
+    k = len(classes)
+    conf = {"rows": "true class", "columns": "predicted class (TTA)", "predictions": predictions}
+    if k <= MAX_MATRIX_CLASSES:
+        return {**conf, "labels": list(classes), "matrix": confusion_matrix(y, pred, k).tolist()}
+    codes, counts = np.unique(y.astype(np.int64) * k + pred.astype(np.int64), return_counts=True)
+    true, guess = np.divmod(codes, k)
+    off = np.flatnonzero(true != guess)
+    top = off[np.argsort(-counts[off], kind="stable")[:TOP_CONFUSED]]
+    chosen: list[int] = []
+    for i in top:
+        for c in (int(true[i]), int(guess[i])):
+            if c not in chosen and len(chosen) < SUB_MATRIX_CLASSES:
+                chosen.append(c)
+    where = {c: n for n, c in enumerate(chosen)}
+    sub = np.zeros((len(chosen), len(chosen)), np.int64)
+    for t, g, n in zip(true, guess, counts):
+        if int(t) in where and int(g) in where:
+            sub[where[int(t)], where[int(g)]] += n
+    return {
+        **conf,
+        "labels": [classes[c] for c in chosen],
+        "matrix": sub.tolist(),
+        "subset": f"the {len(chosen)} classes of the most confused pairs, of {k} classes (above "
+        f"{MAX_MATRIX_CLASSES} classes the full matrix is not stored)",
+        "top_confused": [
+            {"true": classes[int(true[i])], "predicted": classes[int(guess[i])], "count": int(counts[i])} for i in top
+        ],
     }
 
 
@@ -442,6 +478,8 @@ def write_confusion(report: dict, path: str | os.PathLike) -> None:
         title = (
             f"Confusion matrix of {conf.get('predictions', 'TTA predictions')} ({int(np.sum(conf['matrix']))} images)"
         )
+        if "subset" in conf:  # many classes: the most confused ones only
+            title = f"Most confused {len(conf['labels'])} classes of {conf.get('predictions', 'TTA predictions')}"
         write_image(draw_confusion(np.asarray(conf["matrix"]), conf["labels"], title=title), path)
     except OSError as exc:
         raise AugkitError(f"could not write {path}: {exc.strerror or exc} (no partial file was left)") from None
