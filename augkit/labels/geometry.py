@@ -222,7 +222,8 @@ def label_warnings(recipe: Recipe, leaves: list | None = None) -> list[str]:
     seen = set()
     for step, t in leaves:
         for leaf in leaf_transforms(t):
-            mode = _COPYING_CV2.get(getattr(leaf, "border_mode", None))
+            border_mode = getattr(leaf, "border_mode", None)
+            mode = _COPYING_CV2.get(border_mode) if isinstance(border_mode, int) else None
             if mode is not None and step.where not in seen:
                 seen.add(step.where)
                 out.append(f"{step.where}: border {mode} on labelled data {why}; border constant does not")
@@ -375,7 +376,7 @@ class _Quads:
         full = np.clip(whole[:, 2] - whole[:, 0], 0, None) * np.clip(whole[:, 3] - whole[:, 1], 0, None)
         seen = (self.box[:, 2] - self.box[:, 0]) * (self.box[:, 3] - self.box[:, 1])
         self.visibility = np.divide(seen, full, out=np.zeros_like(seen), where=full > 0)
-        self.out = (
+        self.out: np.ndarray = (
             (q < -_EPS).any(axis=(1, 2)) | (q[:, :, 0] > W + _EPS).any(axis=1) | (q[:, :, 1] > H + _EPS).any(axis=1)
         )
         self.finite_in = np.ones(len(quads), dtype=bool)  # whether the input box was finite (set by the caller)
@@ -486,7 +487,7 @@ class LabelledPipeline:
         probes = add(np.array([[W * 0.5, H * 0.5], [W * 0.75, H * 0.5], [W * 0.5, H * 0.75]]))
         pts = np.concatenate(chunks)
         pts[~np.isfinite(pts)] = 0.0  # NaN/inf would stop albumentations; such objects are dropped as invalid
-        return pts, spans, probes, np.isfinite(boxes).all(axis=1)
+        return pts, spans, probes, np.asarray(np.isfinite(boxes).all(axis=1), dtype=bool)
 
     def _object(
         self,
@@ -517,6 +518,7 @@ class LabelledPipeline:
         if spec.box_from == "auto" and not still:
             source = "mask" if mask is not None else ("polygon" if polys else "corners")
         if source == "mask":
+            assert mask is not None and obj.mask is not None  # source is "mask" only when the object has one
             box = box_from_mask(mask)
             full = float(obj.mask.sum()) * scale
             vis = min(1.0, float(mask.sum()) / full) if full > 0 else 0.0

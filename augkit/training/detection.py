@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -92,7 +93,7 @@ class LabelledDataset(Dataset):
             raise UsageError(f"output {output!r} is not one of {', '.join(OUTPUTS)}")
         if check not in CHECKS:
             raise UsageError(f"check {check!r} is not one of {', '.join(CHECKS)}")
-        self.info = src if isinstance(src, DatasetInfo) else open_dataset(src, kind)
+        self.info = src if isinstance(src, DatasetInfo) else open_dataset(Path(src), kind)
         if split not in self.info.splits:
             raise UsageError(
                 f"{self.info.root}: no split {split!r} (the dataset has: {', '.join(self.info.splits) or 'none'})"
@@ -115,7 +116,7 @@ class LabelledDataset(Dataset):
         self.reader = reader if reader is not None else get_format(self.info.kind).read
         self._augments = self.recipe is not None and bool(self.recipe.train)
         # built now so that a step that cannot move a label kind fails here; each worker builds its own
-        self._pipeline = LabelledPipeline(self.recipe, self.info) if self._augments else None
+        self._pipeline = self._build() if self._augments else None
         self.warnings = list(self._pipeline.warnings) if self._pipeline is not None else []
         self.errors: list[ImageError] = []
         items = list(self.info.splits[split])
@@ -125,6 +126,10 @@ class LabelledDataset(Dataset):
         self.keys = [_key(self.info, it) for it in items]
         # a shared-memory tensor, so set_epoch reaches persistent DataLoader workers too
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def _build(self) -> LabelledPipeline:
+        assert self.recipe is not None
+        return LabelledPipeline(self.recipe, self.info)
 
     def _check(self, items: list[Item]) -> list[Item]:
         keep = []
@@ -166,7 +171,7 @@ class LabelledDataset(Dataset):
         if not self._augments:
             return img, labels, None
         if self._pipeline is None:
-            self._pipeline = LabelledPipeline(self.recipe, self.info)
+            self._pipeline = self._build()
         img, labels, stats, _ = self._pipeline(img, labels, self.sample_seed(index))
         return img, labels, stats
 

@@ -14,6 +14,7 @@ Pixel-only ops (colour, posterize, ...) leave keypoints and masks alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from augkit.recipe.policies.functional import POLICIES, apply_op, draw_ops
 
 A = import_albumentations()
 _T = A.core.type_definitions.Targets
+_DualTransform: Any = A.DualTransform  # a module bound at run time: typed Any for the subclass below
 
 #: the policy ops that move pixels (the others change colours only)
 GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
@@ -56,7 +58,7 @@ def _forward(inverse: np.ndarray) -> np.ndarray:
     return np.linalg.inv(full)[:2]
 
 
-class PolicyAugment(A.DualTransform):
+class PolicyAugment(_DualTransform):
     """Draw ops and magnitudes with the pipeline's ``py_random`` (so one seed decides them), apply
     them in turn to the image, its masks and its keypoints; ``params["ops"]`` lists what was drawn
     (augkit's manifest records it)."""
@@ -89,21 +91,21 @@ class PolicyAugment(A.DualTransform):
             "ops": draw_ops(self.policy, self.num_ops, self.magnitude_bin, h, w, self.py_random, self.only, self.sign)
         }
 
-    def apply(self, img: np.ndarray, ops: list[dict] = (), **params: Any) -> np.ndarray:
+    def apply(self, img: np.ndarray, ops: Sequence[dict] = (), **params: Any) -> np.ndarray:
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"{self.policy} works on RGB uint8 images, got {img.dtype} {img.shape}")
         for d in ops:
             img = apply_op(img, d["op"], d["magnitude"], self.border_mode, self.fill)
         return img
 
-    def apply_to_mask(self, mask: np.ndarray, ops: list[dict] = (), **params: Any) -> np.ndarray:
+    def apply_to_mask(self, mask: np.ndarray, ops: Sequence[dict] = (), **params: Any) -> np.ndarray:
         """The geometric ops on a mask (H, W): the same nearest-neighbour warp, filled with ``fill_mask``."""
         for d in ops:
             if d["op"] in GEOMETRIC_OPS:
                 mask = apply_op(mask, d["op"], d["magnitude"], self.border_mode, self.fill_mask)
         return mask
 
-    def apply_to_keypoints(self, keypoints: np.ndarray, ops: list[dict] = (), **params: Any) -> np.ndarray:
+    def apply_to_keypoints(self, keypoints: np.ndarray, ops: Sequence[dict] = (), **params: Any) -> np.ndarray:
         """The geometric ops on keypoints (N, 2+: x, y, ... in pixel-index coordinates)."""
         h, w = params["shape"][:2]
         out = np.array(keypoints, dtype=np.float64, copy=True)
