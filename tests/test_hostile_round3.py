@@ -595,3 +595,88 @@ def test_l_evaluate_with_5000_classes_keeps_a_bounded_report_and_picture(tmp_pat
     eye = np.eye(3, dtype=np.float32)
     few = score(eye[None], eye, np.arange(3), views, 0, 1, ["a", "b", "c"])
     assert few["confusion"]["matrix"] == [[1, 0, 0], [0, 1, 0], [0, 0, 1]] and "subset" not in few["confusion"]
+
+
+# ------------------------------------------------------------------ m. NaN weights, a learning rate that blows up
+
+
+def test_m_a_diverging_learning_rate_stops_train_with_exit_1(tmp_path):
+    src = digits_folder(tmp_path / "data", per_class=4, size=32)
+    run = tmp_path / "run"
+    res = invoke(
+        "train", src, "-o", run, "--weights", "none", "--epochs", "2", "--image-size", "32", "--lr", "1e30",
+        "--batch-size", "4", "--device", "cpu", "--recipe", "digits", "--workers", "0",
+    )  # fmt: skip
+    assert res.exit_code == 1, res.output
+    said = " ".join(res.output.split())
+    assert "the training loss is" in said and "lower --lr" in said and "Traceback" not in res.output
+    assert not (run / "best.pt").exists()  # no epoch finished: nothing that looks like a model
+
+
+@pytest.fixture(scope="module")
+def nan_weights(run_ff, tmp_path_factory) -> Path:
+    import torch
+
+    ckpt = torch.load(run_ff / "best.pt", weights_only=True, map_location="cpu")
+    name = next(k for k, t in ckpt["state_dict"].items() if t.is_floating_point())
+    ckpt["state_dict"][name] = torch.full_like(ckpt["state_dict"][name], float("nan"))
+    path = tmp_path_factory.mktemp("nan") / "nan.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+def test_m_nan_weights_stop_train_with_exit_1(digits_ff, nan_weights, tmp_path):
+    res = invoke(
+        "train", digits_ff, "-o", tmp_path / "run", "--weights", nan_weights, "--epochs", "1", "--image-size", "32",
+        "--batch-size", "8", "--device", "cpu", "--recipe", "digits", "--workers", "0",
+    )  # fmt: skip
+    assert res.exit_code == 1, res.output
+    assert "the training loss is nan" in " ".join(res.output.split())
+
+
+def test_m_export_refuses_nan_weights(nan_weights, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    res = invoke("export", nan_weights, "-o", tmp_path / "m.onnx")
+    assert res.exit_code == 1, res.output
+    assert "NaN or infinite" in " ".join(res.output.split()) and not (tmp_path / "m.onnx").exists()
+
+
+# ------------------------------------------------------------------ n. a read-only or full output folder
+
+
+def _refuse_writes(monkeypatch, module, err_no: int) -> None:
+    import errno
+
+    def refuse(path, data):
+        raise OSError(err_no, os.strerror(err_no), str(Path(path).with_name(f".{Path(path).name}.0123abcd.tmp")))
+
+    assert err_no in (errno.EROFS, errno.ENOSPC)
+    monkeypatch.setattr(module, "atomic_write_bytes", refuse)
+
+
+@pytest.mark.parametrize("err_no", [30, 28])  # EROFS, ENOSPC (as root a chmod does not stop a write)
+def test_n_preview_into_a_read_only_or_full_folder_is_one_line_exit_1(digits_ff, tmp_path, monkeypatch, err_no):
+    import augkit.io.images as images
+
+    _refuse_writes(monkeypatch, images, err_no)
+    out = tmp_path / "p.png"
+    res = invoke("preview", digits_ff, "-o", out)
+    assert res.exit_code == 1, res.output
+    assert f"could not write {out}: {os.strerror(err_no)}" in " ".join(res.output.split())
+    assert "Traceback" not in res.output and not out.exists()
+
+
+@pytest.mark.parametrize("err_no", [30, 28])
+def test_n_export_into_a_read_only_or_full_folder_is_one_line_exit_1(run_ff, tmp_path, monkeypatch, err_no):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import augkit.infer.export as export
+
+    _refuse_writes(monkeypatch, export, err_no)
+    monkeypatch.setattr(export, "_to_onnx_bytes", lambda *a: b"not built here: the write is what is tested")
+    out = tmp_path / "m.onnx"
+    res = invoke("export", run_ff, "-o", out)
+    assert res.exit_code == 1, res.output
+    assert f"could not write {out}: {os.strerror(err_no)}" in " ".join(res.output.split())
+    assert "Traceback" not in res.output and not out.exists()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from augkit.commands._common import cli_errors, err, on_interrupt
+from augkit.errors import AugkitError
 
 
 @cli_errors
@@ -39,19 +41,41 @@ def command(
     if tta is not None:
         from augkit.report.views import tta_preview  # deferred: imports torch
 
-        path, spec, source = tta_preview(sources, tta, output, images=images, cell=cell)
+        with _writing(output):
+            path, spec, source = tta_preview(sources, tta, output, images=images, cell=cell)
         err.print(f"preview of {len(spec.views)} TTA view(s) ({source}) written to {path}")
         return
     from augkit.offline.preview import preview  # deferred: OpenCV, numpy and albumentations load only when it runs
     from augkit.recipe.api import load_recipe
 
     rec = load_recipe(recipe)
-    path = preview(
-        rec, sources, output, images=images, versions=versions, seed=seed, extremes=extremes, cell=cell, labels=labels
-    )
+    with _writing(output):
+        path = preview(
+            rec,
+            sources,
+            output,
+            images=images,
+            versions=versions,
+            seed=seed,
+            extremes=extremes,
+            cell=cell,
+            labels=labels,
+        )
     err.print(f"preview of recipe [bold]{rec.name}[/] written to {path}")
     if rec.batch is not None:  # mixing needs a batch of images: the picture shows the per-image steps
         err.print(
             f"note: the recipe's batch section ({'/'.join(rec.batch.kinds)}) is not shown: it mixes "
             "training batches in `augkit train`"
         )
+
+
+@contextlib.contextmanager
+def _writing(output: Path):
+    """A picture that cannot be written (read-only folder, disk full): one line, exit 1, no traceback.
+    The write is atomic (a temp file, then a rename), so no partial picture is left."""
+    try:
+        yield
+    except OSError as exc:
+        where = Path(exc.filename) if exc.filename else output
+        what = output if where.parent == output.parent else where
+        raise AugkitError(f"could not write {what}: {exc.strerror or exc} (no partial file was left)") from None

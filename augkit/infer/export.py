@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import time
 import warnings
@@ -123,17 +124,32 @@ def export_onnx(
     model, meta = load_model(ckpt, "cpu")
     check_policies(meta, ckpt)
     spec, source = (tta, SOURCE_OPTION) if isinstance(tta, TTASpec) else choose_tta(InferOptions(tta=tta), meta)
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise AugkitError(
+            f"{ckpt}: the weights hold NaN or infinite values ({', '.join(bad[:3])}"
+            + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            + "): nothing was exported; train again with a lower --lr"
+        )
     graph = ExportGraph(model, meta, spec).eval()
     if on_note is not None:
         on_note(f"exporting {meta.arch}: {describe_tta(spec, source)}; {len(graph.views)} view(s) (opset {opset}) ...")
     data = _to_onnx_bytes(graph, meta, spec, opset)
-    atomic_write_bytes(output, data)
+    try:
+        atomic_write_bytes(output, data)
+    except OSError as exc:  # read-only folder, disk full: one line, no partial file (atomic write)
+        raise AugkitError(f"could not write {output}: {exc.strerror or exc} (no partial file was left)") from None
     diff = verify(output, graph, meta)
-    if diff > TOLERANCE:
+    if not diff <= TOLERANCE:  # NaN compares False: a NaN difference fails too
         output.unlink(missing_ok=True)
         raise AugkitError(
-            f"{output}: onnxruntime's probabilities differ from PyTorch's by {diff:.2g} "
-            f"(> {TOLERANCE:g}); the file was removed"
+            f"{output}: "
+            + (
+                "the model's probabilities are NaN or infinite (its weights?)"
+                if math.isnan(diff)
+                else f"onnxruntime's probabilities differ from PyTorch's by {diff:.2g} (> {TOLERANCE:g})"
+            )
+            + "; the file was removed"
         )
     return ExportResult(
         output, ckpt, spec, [v.name for v in graph.views], opset, len(data), time.perf_counter() - start, diff
@@ -186,6 +202,8 @@ def verify(path: Path, graph: ExportGraph, meta: ModelMeta, n: int = 3) -> float
         probs, per_view = graph(images)
     session = OnnxModel(path, torch.device("cpu")).session()
     got, got_views = session.run([OUTPUT, VIEW_OUTPUT], {INPUT: images.numpy()})
+    if not (torch.isfinite(probs).all() and torch.isfinite(per_view).all()):
+        return math.nan  # the model itself gives NaN: the check cannot pass
     return max(
         float((torch.from_numpy(got) - probs).abs().max()), float((torch.from_numpy(got_views) - per_view).abs().max())
     )

@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from augkit.devices import cpu_threads, resolve_device, usable_cores
-from augkit.errors import ImageError, UsageError
+from augkit.errors import AugkitError, ImageError, UsageError
 from augkit.io.images import DECODE_POLICY, opencv_threads
 from augkit.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
 from augkit.models.archs import build_model
@@ -473,12 +473,19 @@ def train_one_epoch(
         with precision.autocast(device):
             logits = model(x)
             loss = criterion(logits, target) if mix is None else soft_target_cross_entropy(logits, target)
+        value = loss.item()
+        if not math.isfinite(value):  # NaN weights, or a learning rate that blew up: stop, never train on
+            raise AugkitError(
+                f"the training loss is {value} at epoch {epoch + 1}, step {step + 1} (learning rate "
+                f"{lr_last:g}): the weights or the learning rate make training diverge; lower --lr, or "
+                "check the starting weights. Nothing after this step was trained"
+            )
         _step(loss, optimizer, scaler)
         if ema is not None:
             ema.update(model)
         n = y.numel()
         total += n
-        loss_sum += loss.item() * n
+        loss_sum += value * n
         correct += (logits.argmax(1) == y).sum().item()
         if on_batch is not None:
             on_batch(n, loss_sum / total, correct / total, total / max(1e-9, time.perf_counter() - start))
