@@ -376,9 +376,8 @@ class _Quads:
         full = np.clip(whole[:, 2] - whole[:, 0], 0, None) * np.clip(whole[:, 3] - whole[:, 1], 0, None)
         seen = (self.box[:, 2] - self.box[:, 0]) * (self.box[:, 3] - self.box[:, 1])
         self.visibility = np.divide(seen, full, out=np.zeros_like(seen), where=full > 0)
-        self.out: np.ndarray = (
-            (q < -_EPS).any(axis=(1, 2)) | (q[:, :, 0] > W + _EPS).any(axis=1) | (q[:, :, 1] > H + _EPS).any(axis=1)
-        )
+        out = (q < -_EPS).any(axis=(1, 2)) | (q[:, :, 0] > W + _EPS).any(axis=1) | (q[:, :, 1] > H + _EPS).any(axis=1)
+        self.out = np.asarray(out, dtype=bool)  # (N,): some corner left the image
         self.finite_in = np.ones(len(quads), dtype=bool)  # whether the input box was finite (set by the caller)
 
 
