@@ -64,9 +64,11 @@ def test_range_test_stops_on_divergence_and_chooses_on_the_fall():
 
     result = range_test(loss_at, 60)
     assert result.steps < 60 and "diverged" in result.stopped
-    assert 1e-4 < result.lr < 1e-2
-    assert result.lrs[result.index] == result.lr and len(result.losses) == result.steps
-    assert result.rule == RULE and "valley" in result.summary()
+    low = result.lrs[result.minimum]
+    assert result.smoothed[result.minimum] == min(result.smoothed[6 : result.steps - 5])
+    assert 1e-2 < low < 1e-1 and result.lr == low / 10  # the rule: a tenth of the smoothed minimum
+    assert abs(math.log10(result.lrs[result.index] / result.lr)) <= 0.05 and len(result.losses) == result.steps
+    assert result.rule == RULE and "minimum/10" in result.summary()
     nan = range_test(lambda lr: float("nan") if lr > 1e-3 else 1.0 - lr, 40)
     assert "not finite" in nan.stopped and all(math.isfinite(v) for v in nan.losses)
 
@@ -120,6 +122,7 @@ def data(tmp_path_factory) -> Path:
     return digits_folder(tmp_path_factory.mktemp("digits"), digits=(0, 1, 2), per_class=10, size=16)
 
 
+OUTCOME = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr_backbone", "lr_head", "lr_first", "lr_last")
 TINY = dict(
     recipe="digits",
     weights="none",
@@ -141,13 +144,12 @@ def test_lr_auto_is_deterministic_leaves_no_trace_and_records_its_choice(data, t
     and data order."""
     a = loop.train(TrainConfig(data=data, out=tmp_path / "a", lr="auto", **TINY))
     b = loop.train(TrainConfig(data=data, out=tmp_path / "b", lr="auto", **TINY))
-    assert a.lr_find is not None and a.lr == a.lr_find["lr"] and a.lr_find["lrs"][a.lr_find["index"]] == a.lr
+    assert a.lr_find is not None and a.lr == a.lr_find["lr"] == a.lr_find["lrs"][a.lr_find["minimum"]] / 10
     assert a.lr_find["lrs"] == b.lr_find["lrs"] and a.lr_find["losses"] == b.lr_find["losses"] and a.lr == b.lr
     plain = loop.train(TrainConfig(data=data, out=tmp_path / "plain", lr=a.lr, **TINY))
-    drop = ("seconds", "images_per_s")
 
-    def rows(r):
-        return [{k: v for k, v in row.items() if k not in drop} for row in r.history]
+    def rows(r):  # what the run computed (not its timings)
+        return [{k: row[k] for k in OUTCOME} for row in r.history]
 
     assert rows(a) == rows(b) == rows(plain)
     ca, cp = (
@@ -174,5 +176,5 @@ def test_cli_lr_auto_prints_the_choice_and_the_rule(data, tmp_path):
         + ["--image-size", "16", "--weights", "none", "--workers", "0", "--device", "cpu", "--recipe", "digits"],
     )
     assert r.exit_code == 0, r.output
-    assert "lr auto:" in r.output and "rule: valley" in r.output and "lr_find.png" in r.output
+    assert "lr auto:" in r.output and "rule: minimum/10" in r.output and "lr_find.png" in r.output
     assert (tmp_path / "r" / "lr_find.png").is_file()

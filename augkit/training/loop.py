@@ -886,7 +886,7 @@ def _resolve_lr(run: RunState, state: dict | None) -> LRFindResult | None:
     if cfg.lr_auto:
         saved = (state or {}).get("lr_find")
         if saved:
-            found = LRFindResult(**{**saved, "valley": tuple(saved["valley"])})
+            found = LRFindResult(**saved)
         else:
             start = StepLRs(cfg.schedule, DEFAULT_LR, cfg.epochs, len(run.train_loader), cfg.warmup, run.plan)
             n = sweep_steps(cfg.epochs * len(run.train_loader))
@@ -921,18 +921,21 @@ def find_lr(run: RunState, start_epoch: int, steps: int) -> LRFindResult:
     feed = batches()
 
     def step(lr: float) -> float:
-        tr = train_one_epoch(
-            run.model,
-            [next(feed)],
-            run.optimizer,
-            run.device,
-            phase=phase,
-            scaler=run.scaler,
-            precision=run.precision,
-            label_smoothing=cfg.label_smoothing,
-            mix=run.mix,
-            lr_at=lambda _: (lr * mult, lr),
-        )
+        try:
+            tr = train_one_epoch(
+                run.model,
+                [next(feed)],
+                run.optimizer,
+                run.device,
+                phase=phase,
+                scaler=run.scaler,
+                precision=run.precision,
+                label_smoothing=cfg.label_smoothing,
+                mix=run.mix,
+                lr_at=lambda _: (lr * mult, lr),
+            )
+        except AugkitError:  # train_one_epoch refuses a non-finite loss: for the sweep, that is divergence
+            return math.nan
         return tr["loss"]
 
     scaler = run.scaler.state_dict() if run.scaler is not None else None
@@ -947,10 +950,10 @@ def find_lr(run: RunState, start_epoch: int, steps: int) -> LRFindResult:
 
 
 def write_lr_find(out: Path, found: LRFindResult) -> None:
-    """RUN_DIR/lr_find.png: the sweep, the valley and the chosen rate."""
+    """RUN_DIR/lr_find.png: the sweep, its minimum and the chosen rate."""
     with writing(out / LR_FIND_PNG):
         plot_lr_find(
-            found.lrs, found.losses, found.smoothed, found.index, found.rule, out / LR_FIND_PNG, valley=found.valley
+            found.lrs, found.losses, found.smoothed, found.lr, found.rule, out / LR_FIND_PNG, minimum=found.minimum
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import textwrap
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -46,7 +47,7 @@ def _panel(
     y_range=None,
     percent=False,
     log=False,
-    marks: list[tuple[int, str, tuple]] = (),
+    marks: Sequence[tuple[int, str, tuple]] = (),
 ) -> None:
     """One chart of per-epoch series; ``log``: a log10 y axis (values <= 0 are left out). The
     legend sits in a strip above the chart, never over the data; ``marks``: (epoch, label, color)
@@ -170,15 +171,16 @@ def plot_lr_find(
     lrs: list[float],
     losses: list[float],
     smoothed: list[float],
-    index: int,
+    chosen: float,
     rule: str,
     path: str | os.PathLike,
-    valley: tuple[int, int] | None = None,
+    minimum: int | None = None,
     width: int = 800,
     height: int = 480,
 ) -> None:
-    """The range test: loss against learning rate (log x), raw and smoothed, the valley shaded and
-    the chosen rate marked with its value and the rule; written atomically."""
+    """The range test: loss against learning rate (log x), raw (grey) and smoothed (blue), the
+    smoothed minimum (grey dot; shaded from the chosen rate up to it) and the chosen rate (red line
+    and dot) with its value and the rule; written atomically."""
     img = np.full((height, width, 3), 255, np.uint8)
     left, right, top, bottom = 70, width - 20, 40, height - 80
     xs = [math.log10(v) for v in lrs]
@@ -186,7 +188,8 @@ def plot_lr_find(
     lo, hi = min(vals), max(vals)
     pad = 0.05 * (hi - lo or 1.0)
     lo, hi = lo - pad, hi + pad
-    xlo, xhi = math.floor(min(xs)), math.ceil(max(xs))
+    xc = math.log10(chosen)
+    xlo, xhi = math.floor(min(*xs, xc)), math.ceil(max(*xs, xc))
     xhi = xhi if xhi > xlo else xlo + 1
 
     def px(x, y):
@@ -195,9 +198,8 @@ def plot_lr_find(
             int(round(bottom - (bottom - top) * (y - lo) / (hi - lo))),
         )
 
-    if valley is not None:
-        a, b = px(xs[valley[0]], hi)[0], px(xs[valley[1]], hi)[0]
-        cv2.rectangle(img, (a, top), (b, bottom), (235, 245, 235), -1)
+    if minimum is not None:
+        cv2.rectangle(img, (px(xc, hi)[0], top), (px(xs[minimum], hi)[0], bottom), (235, 245, 235), -1)
     for t in _nice_ticks(lo, hi):
         y = px(xlo, t)[1]
         cv2.line(img, (left, y), (right, y), (230, 230, 230), 1, cv2.LINE_AA)
@@ -212,10 +214,13 @@ def plot_lr_find(
         pts = [px(x, min(max(y, lo), hi)) for x, y in zip(xs, ys) if math.isfinite(y)]
         if len(pts) > 1:
             cv2.polylines(img, [np.array(pts, np.int32)], False, color, thick, cv2.LINE_AA)
-    cx, cy = px(xs[index], smoothed[index])
-    cv2.line(img, (cx, top), (cx, bottom), CHOICE_COLOR, 1, cv2.LINE_AA)
-    cv2.circle(img, (cx, cy), 6, CHOICE_COLOR, -1, cv2.LINE_AA)
-    _text(img, f"lr range test: chosen {lrs[index]:.3g}", (left, 24), 0.6, (20, 20, 20))
+    if minimum is not None:
+        cv2.circle(img, px(xs[minimum], smoothed[minimum]), 5, (120, 120, 120), -1, cv2.LINE_AA)
+    cy = float(np.interp(xc, xs, smoothed)) if len(xs) > 1 else smoothed[0]
+    cx = px(xc, cy)
+    cv2.line(img, (cx[0], top), (cx[0], bottom), CHOICE_COLOR, 1, cv2.LINE_AA)
+    cv2.circle(img, cx, 6, CHOICE_COLOR, -1, cv2.LINE_AA)
+    _text(img, f"lr range test: chosen {chosen:.3g}", (left, 24), 0.6, (20, 20, 20))
     for k, line in enumerate(textwrap.wrap(f"rule: {rule}", 105)[:2]):
         _text(img, line, (10, height - 24 + 14 * k), 0.38)
     write_image(img, path)
