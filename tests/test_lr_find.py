@@ -65,7 +65,7 @@ def test_range_test_stops_on_divergence_and_chooses_on_the_fall():
     result = range_test(loss_at, 60)
     assert result.steps < 60 and "diverged" in result.stopped
     low = result.lrs[result.minimum]
-    assert result.smoothed[result.minimum] == min(result.smoothed[6 : result.steps - 5])
+    assert result.smoothed[result.minimum] == min(result.smoothed[6 : result.steps - 3])
     assert 1e-2 < low < 1e-1 and result.lr == low / 10  # the rule: a tenth of the smoothed minimum
     assert abs(math.log10(result.lrs[result.index] / result.lr)) <= 0.05 and len(result.losses) == result.steps
     assert result.rule == RULE and "minimum/10" in result.summary()

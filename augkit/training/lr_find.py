@@ -5,8 +5,8 @@ growing exponentially from :data:`START_LR` to :data:`END_LR`, and records each 
 stops early when the loss diverges (not finite, or the smoothed loss above :data:`DIVERGE` times
 its lowest value so far, fastai's test). The losses are smoothed by a debiased exponential moving
 average, and the rate is chosen by :data:`RULE`: fastai's ``minimum`` suggestion, a tenth of the
-rate at which the smoothed loss is lowest (leaving out the first tenth and the last 5 steps of the
-sweep, as fastai does): an order of magnitude before the loss bottoms out, where larger steps still
+rate at which the smoothed loss is lowest (leaving out the first tenth and the last twentieth of
+the sweep, as fastai does with its 100 steps): an order of magnitude before the loss bottoms out, where larger steps still
 lower it. fastai's newer default, ``valley`` (:func:`valley`, the middle of the longest falling
 stretch), was tried first and chose on the flat start of our short sweeps (1.6e-4 on digits, 3.8e-5
 on faces, where the loss only starts to fall near 1e-4 and bottoms out near 1e-2), so it is kept
@@ -114,10 +114,11 @@ class LRFindResult:
 
 def choose(lrs: list[float], losses: list[float], planned: int) -> tuple[float, int, list[float], int]:
     """(chosen rate, index of the sweep step nearest to it, smoothed losses, index of the minimum) by
-    :data:`RULE`, reading the smoothed losses without the first tenth and the last 5 steps of the
-    sweep (fastai's ``[num_it//10:-5]``; all of them when that leaves fewer than 3)."""
+    :data:`RULE`, reading the smoothed losses without the first tenth and the last twentieth of the
+    planned steps (fastai's ``[num_it//10:-5]`` for its 100 steps; a fixed 5 would drop a quarter
+    of a 20-step sweep, minimum included; all of them when that leaves fewer than 3)."""
     smoothed = smooth(losses, smoothing(planned))
-    lo, hi = planned // 10, len(smoothed) - 5
+    lo, hi = planned // 10, len(smoothed) - math.ceil(planned / 20)
     if hi - lo < 3:
         lo, hi = 0, len(smoothed)
     low = min(range(lo, hi), key=lambda i: smoothed[i])
