@@ -416,7 +416,8 @@ def summary_table(result: Any) -> Table:
     lr = getattr(result, "lr", None)
     if lr is not None:
         found = getattr(result, "lr_find", None)
-        t.add_row("learning rate", "", f"{lr:.3g}" + (" (--lr auto, valley rule; lr_find.png)" if found else ""))
+        rule = f" (--lr auto, rule {found['rule'].split(' ')[0]}; lr_find.png)" if found else ""
+        t.add_row("learning rate", "", f"{lr:.3g}{esc(rule)}")
         t.add_row("schedule", "", esc(getattr(result, "schedule", "")))
     if any(r.get("ema_val_acc") is not None for r in result.history):
         which = getattr(result, "best_weights", "raw")
