@@ -53,7 +53,7 @@ def cli(*args) -> object:
     return runner.invoke(app, ["train", *map(str, args)])
 
 
-def metrics(run: Path, drop=("seconds", "images_per_s")) -> list[dict]:
+def metrics(run: Path, drop=("seconds", "images_per_s", "data_wait", "loader_img_s", "model_img_s")) -> list[dict]:
     with open(run / "metrics.csv", newline="") as fh:
         return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(fh)]
 

@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -66,7 +67,8 @@ class ExportGraph(nn.Module):
         return self.tta.all_views
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (images.float().div(255.0) - self.mean) / self.std  # as inference.to_model_input
+        mean, std = cast(torch.Tensor, self.mean), cast(torch.Tensor, self.std)  # registered buffers
+        x = (images.float().div(255.0) - mean) / std  # as inference.to_model_input
         per_view = self.tta.view_probs(x)
         return self.tta.merge_views(per_view), per_view
 
@@ -188,6 +190,8 @@ def _to_onnx_bytes(graph: ExportGraph, meta: ModelMeta, spec: TTASpec, opset: in
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise AugkitError(f"ONNX export of {meta.arch} failed ({type(exc).__name__}: {first})") from None
+    if program is None:
+        raise AugkitError(f"ONNX export of {meta.arch} returned no program")
     proto = program.model_proto
     onnx.helper.set_model_props(proto, metadata_props(meta, spec, graph.views))
     proto.producer_name = "augkit"

@@ -159,6 +159,7 @@ def build_transform(step: Step, border: str, fill: Any, leaves: list | None = No
         f = prm.pop("fill", None) if spec.geometric else None
         f = own_fill if f is None else f
         f = tuple(f) if isinstance(f, list) else f
+        assert spec.build is not None  # a leaf op builds its transform
         t = spec.build(prm, step.p, _border_value(b), f)
     if leaves is not None and not spec.composite:
         leaves.append((step, t))
@@ -249,7 +250,7 @@ def seed_random_state(compose: A.BaseCompose, seed: int) -> None:
 # ====================================================================== parsing
 
 
-def _step_entry(raw: Any, where: str, source: str, line: int | None) -> tuple[str, Any, int | None]:
+def _step_entry(raw: Any, where: str, source: str | None, line: int | None) -> tuple[str, Any, int | None]:
     if isinstance(raw, str):
         return raw, None, line
     if not isinstance(raw, dict) or len(raw) != 1:
@@ -265,7 +266,7 @@ def _step_entry(raw: Any, where: str, source: str, line: int | None) -> tuple[st
     return op, body, (raw.line_of(op) if hasattr(raw, "line_of") else line)
 
 
-def parse_steps(raw: Any, where: str, source: str, line: int | None) -> list[Step]:
+def parse_steps(raw: Any, where: str, source: str | None, line: int | None) -> list[Step]:
     if not isinstance(raw, list):
         raise RecipeError(f"expected a list of steps, got {type(raw).__name__}", source=source, where=where, line=line)
     return [
@@ -274,14 +275,14 @@ def parse_steps(raw: Any, where: str, source: str, line: int | None) -> list[Ste
     ]
 
 
-def _pop_p(body: dict, where: str, source: str, line: int | None) -> float:
+def _pop_p(body: dict, where: str, source: str | None, line: int | None) -> float:
     if "p" not in body:
         return P_PARAM.default
     pline = body.line_of("p") if hasattr(body, "line_of") else line
     return check_value(P_PARAM, "p", body["p"], where=where, source=source, line=pline)
 
 
-def parse_step(raw: Any, where: str, source: str, line: int | None) -> Step:
+def parse_step(raw: Any, where: str, source: str | None, line: int | None) -> Step:
     """One step (any registered op, composites included), validated by its registry entry."""
     op, body, line = _step_entry(raw, where, source, line)
     if not isinstance(op, str) or not is_op(op):
@@ -317,7 +318,7 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
     data = load_yaml(text, source)
     if data is None:
         raise RecipeError("the recipe is empty", source=source, allowed=", ".join(TOP_KEYS))
-    if not isinstance(data, dict):
+    if not isinstance(data, LineDict):
         raise RecipeError(
             f"a recipe is a mapping, got {type(data).__name__}", source=source, allowed=", ".join(TOP_KEYS)
         )
@@ -555,7 +556,7 @@ def export_albumentations(
             build_compose(recipe.train, border, recipe.fill)[0].transforms, p=1.0, **params
         )
     d = import_albumentations().to_dict(compose)
-    meta = {"version": __version__, "recipe": recipe.name, "recipe_hash": recipe.hash}
+    meta: dict[str, Any] = {"version": __version__, "recipe": recipe.name, "recipe_hash": recipe.hash}
     if labels is not None:
         meta["labels"] = labels
         if labels in EXPORT_KEYPOINT_KINDS:

@@ -284,7 +284,7 @@ def build_report(
                 for name, img in views
             )
             body.append(
-                f"<h2>The TTA views</h2><p>{_e(os.path.basename(first))}, as the model sees it in each view.</p>"
+                f"<h2>The TTA views</h2><p>{_e(os.path.basename(str(first)))}, as the model sees it in each view.</p>"
             )
             body.append(f"<div class=grid>{figs}</div>")
             sections.append("tta views")

@@ -198,6 +198,7 @@ class AugmentedImageFolder(Dataset):
         return ImageCache(cache, self.image_size, max_pixels=self.max_pixels)
 
     def _fill_cache(self, items: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
+        assert self.cache is not None  # called only with a cache
         failed = self.cache.prepare([p for p, _, _ in items])
         self.errors += failed
         bad = {e.path for e in failed}
@@ -305,7 +306,8 @@ class _Memo:
     """Decoded images by path, up to ``budget`` bytes (shared by a dataset and its subsets)."""
 
     def __init__(self, budget: int):
-        self.budget, self.used, self.images = int(budget), 0, {}
+        self.budget, self.used = int(budget), 0
+        self.images: dict[str, np.ndarray] = {}
 
     def get(self, path: str) -> np.ndarray | None:
         return self.images.get(path)

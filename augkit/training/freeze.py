@@ -112,7 +112,8 @@ def is_head(name: str, head: str = "fc") -> bool:
 def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(backbone parameters, head parameters): the backbone is everything but the new head."""
     head_name = head_prefix(model)
-    backbone, head = [], []
+    backbone: list[nn.Parameter] = []
+    head: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         (head if is_head(name, head_name) else backbone).append(p)
     return backbone, head

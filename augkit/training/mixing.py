@@ -90,6 +90,7 @@ class BatchAugment:
             return "none", 1.0, rng
         use_cutmix = s.cutmix_alpha is not None and (s.mixup_alpha is None or rng.random() < s.switch_prob)
         alpha = s.cutmix_alpha if use_cutmix else s.mixup_alpha
+        assert alpha is not None  # a spec has at least one kind (parse_batch)
         return ("cutmix" if use_cutmix else "mixup"), float(rng.beta(alpha, alpha)), rng
 
     def __call__(

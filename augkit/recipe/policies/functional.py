@@ -127,7 +127,10 @@ def augmentation_space(
 
 
 def _fill3(fill: Any) -> tuple[float, float, float]:
-    return tuple(float(v) for v in fill) if isinstance(fill, (list, tuple)) else (float(fill),) * 3
+    if isinstance(fill, (list, tuple)):
+        r, g, b = (float(v) for v in fill)
+        return r, g, b
+    return float(fill), float(fill), float(fill)
 
 
 def _warp(img: np.ndarray, inverse: np.ndarray, border: int, fill: Any) -> np.ndarray:
@@ -250,7 +253,8 @@ def apply_op(img: np.ndarray, name: str, magnitude: float, border: int = 0, fill
     if name == "Color":
         return _blend(img, _gray(img), 1.0 + m)
     if name == "Contrast":  # the mean of the floored gray, exactly (a sum of integers), as float32
-        return _blend(img, np.float32(_gray(img).sum(dtype=np.float64) / (img.shape[0] * img.shape[1])), 1.0 + m)
+        mean = np.float32(_gray(img).sum(dtype=np.float64) / (img.shape[0] * img.shape[1]))
+        return _blend(img, mean, 1.0 + m)  # type: ignore[arg-type]  # a float32 scalar broadcasts like a float
     if name == "Sharpness":
         return _sharpness(img, 1.0 + m)
     if name == "Posterize":
