@@ -680,3 +680,36 @@ def test_n_export_into_a_read_only_or_full_folder_is_one_line_exit_1(run_ff, tmp
     assert res.exit_code == 1, res.output
     assert f"could not write {out}: {os.strerror(err_no)}" in " ".join(res.output.split())
     assert "Traceback" not in res.output and not out.exists()
+
+
+# ------------------------------------------------------------------ o. Ctrl-C while the pool starts
+
+
+def test_o_the_pools_processes_leave_ctrl_c_to_the_run(tmp_path):
+    """A Ctrl-C reaches the whole process group: the fork server (importing OpenCV and
+    albumentations for ~1.7 s) and the workers printed KeyboardInterrupt tracebacks. They now
+    start with SIGINT ignored (the run's own process handles it and ends the pool). Checked in a
+    fresh interpreter, where this test's own fork server (if any) cannot answer for it."""
+    import subprocess
+    import sys
+
+    script = f"""
+import signal
+from augkit.offline.executors.local import pool_context
+from augkit.offline.executors.pool import PoolStarter
+from augkit.offline.task import AugmentTask, TaskSettings
+from augkit.recipe.api import load_recipe
+
+r = load_recipe("digits")
+task = AugmentTask({str(tmp_path)!r}, {str(tmp_path / "out")!r}, r.text, r.source, TaskSettings(None))
+starter = PoolStarter(pool_context(), 1, task)
+starter.start()
+pool = starter.wait()
+print("worker", pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN)
+print("parent", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+starter.close()
+"""
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["worker", "True", "parent", "True"], res.stdout + res.stderr

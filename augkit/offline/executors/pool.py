@@ -7,7 +7,9 @@ every waiting future raises, where ``Pool`` would wait forever for the lost resu
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -71,7 +73,26 @@ def warm_fork_server(ctx, preload: tuple[str, ...]) -> None:
     from multiprocessing import forkserver  # deferred: only this start method has one
 
     ctx.set_forkserver_preload(list(preload))
-    forkserver.ensure_running()
+    with sigint_ignored():
+        forkserver.ensure_running()
+
+
+@contextlib.contextmanager
+def sigint_ignored():
+    """SIGINT ignored while the fork server is spawned: the server, and every worker it forks,
+    inherit the ignored signal (Python keeps a SIGINT ignored at its start ignored). A Ctrl-C
+    reaches the whole process group; the server imports OpenCV and albumentations for ~1.7 s and
+    printed a KeyboardInterrupt traceback when one came then. The run's own process handles
+    Ctrl-C and ends the pool (a Ctrl-C during the spawn itself, a few milliseconds, is lost).
+    Only the main thread may change signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 class PoolStarter:
@@ -91,6 +112,8 @@ class PoolStarter:
 
     def start(self) -> None:
         if self._thread is None:
+            # the fork server is spawned here, in the caller's (main) thread, with SIGINT ignored
+            warm_fork_server(self.ctx, tuple(getattr(self.task, "preload", ())))
             self._thread = threading.Thread(target=self._start, name="augkit-pool-start", daemon=True)
             self._thread.start()
 
