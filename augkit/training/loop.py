@@ -45,6 +45,7 @@ from augkit.devices import cpu_threads, resolve_device, usable_cores
 from augkit.errors import AugkitError, ImageError, UsageError
 from augkit.io.images import DECODE_POLICY, opencv_threads
 from augkit.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
+from augkit.labels.formats import detect_kind
 from augkit.models.archs import build_model
 from augkit.models.checkpoint import BEST, LAST, ModelMeta, load_checkpoint, versions
 from augkit.models.weights import (
@@ -674,6 +675,18 @@ def _resolve_recipe(recipe) -> Recipe | None:
     return None if str(recipe).lower() == "none" else load_recipe(recipe)
 
 
+def _refuse_labelled_data(data: Path) -> None:
+    """``train`` trains classifiers on class folders: a YOLO/COCO/VOC/mask dataset would be read as
+    classes named ``images`` and ``labels`` (or ``Annotations``...), a model of nonsense."""
+    kind = detect_kind(data)
+    if kind is not None:
+        raise UsageError(
+            f"{data}: looks like a {kind} dataset (labelled images), not class folders: augkit train trains "
+            "classifiers. For detection or segmentation, feed augkit.training.detection.LabelledDataset to your "
+            "own training loop (docs/labels.md); augkit augment augments such a dataset offline"
+        )
+
+
 def _refuse_existing_run(cfg: TrainConfig, out: Path) -> None:
     """Never overwrite a run: without ``--resume`` the run folder must not hold one."""
     existing = [n for n in (LAST, BEST, METRICS) if (out / n).exists()]
@@ -733,6 +746,7 @@ def _train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRe
     precision = choose_precision(cfg.precision, device, cfg.image_size, amp=cfg.amp and device.type == "cuda")
     recipe, out = _resolve_recipe(cfg.recipe), Path(cfg.out)
     _refuse_existing_run(cfg, out)
+    _refuse_labelled_data(Path(cfg.data))
     for w in size_warnings(recipe, cfg.image_size) if recipe is not None else []:
         cb.on_note(f"warning: {w}")
     if str(cfg.weights) == "imagenet" and not cfg.resume:  # a first run offline: say so before any work

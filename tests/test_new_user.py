@@ -1,5 +1,6 @@
-"""Pictures and checks that explain: preview tiles say which steps fired with their values, every
-named file gets its row, and recipes whose magnitudes do not fit the image size are warned about."""
+"""What a new user trips on: preview tiles say which steps fired with their values, every named file
+gets its row, recipes whose magnitudes do not fit the image size are warned about, and train refuses a
+labelled dataset instead of reading images/ and labels/ as two classes."""
 
 from __future__ import annotations
 
@@ -76,3 +77,20 @@ def test_trivial_augment_on_small_images_is_warned_about_before_any_work(tmp_pat
     assert res.exit_code == 0 and "train[0] one_of.steps[0] trivial_augment: translates by up to 32 px" in " ".join(
         res.output.split()
     )
+
+
+def test_train_refuses_a_labelled_dataset_instead_of_reading_images_and_labels_as_classes(tmp_path):
+    from typer.testing import CliRunner
+
+    from augkit.cli import app
+
+    root = tmp_path / "pets"
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    src = Path(__file__).resolve().parent.parent / "samples" / "cat" / "cat_01_full.jpg"
+    (root / "images" / "train" / "a.jpg").write_bytes(src.read_bytes())
+    (root / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "data.yaml").write_text("train: images/train\nval: images/train\nnames: [cat]\n")
+    res = CliRunner().invoke(app, ["train", str(root), "-o", str(tmp_path / "run"), "--weights", "none"])
+    assert res.exit_code == 2 and "looks like a yolo dataset" in " ".join(res.output.split())
+    assert not (tmp_path / "run").exists()
