@@ -617,3 +617,20 @@ def test_confusion_shading_makes_a_small_confusion_visible():
     reddish = (cell[..., 0].astype(int) - cell[..., 2].astype(int) > 25) & (cell[..., 1] < 215)
     assert reddish.any()  # 5% of the row confused: a visible red tint, not near-white
     assert CONFUSED[0] > CONFUSED[2]
+
+
+def test_an_engine_is_one_registry_entry_and_the_summary_names_it(run_dir, data_dir, monkeypatch):
+    """``--engine NAME`` dispatches through ``ENGINES``; the closing line names a non-local engine."""
+    from augkit.infer import predict as predict_mod
+
+    calls = []
+
+    def fake_ray(run, inputs, opts, hooks):
+        calls.append(opts)
+        return predict_mod.predict_local(run, inputs, opts, hooks)
+
+    monkeypatch.setitem(predict_mod.ENGINES, "ray", fake_ray)
+    res = cli("predict", run_dir, data_dir, "--engine", "ray", "--workers", "0", "--device", "cpu", "--tta", "flip")
+    assert res.exit_code == 0, res.output
+    assert calls and calls[0].engine == "ray" and calls[0].tta == "flip"
+    assert "predicted 18 of 18 images with TTA flip (2 views, merge mean) (engine ray)" in res.stderr
