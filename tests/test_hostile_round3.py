@@ -713,3 +713,35 @@ starter.close()
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["worker", "True", "parent", "True"], res.stdout + res.stderr
+
+
+# ------------------------------------------------------------------ p. a progressive JPEG cut short
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.85, 0.97])
+def test_p_a_progressive_jpeg_cut_short_with_an_end_marker_is_truncated(tmp_path, fraction):
+    """A cut before the last scan is found by the marker walk (coefficients never completed);
+    one inside the last scan (0.85, 0.97 here) by decoding once more with a probe before EOI."""
+    import io
+
+    from _imgs import photo
+    from PIL import Image
+
+    from augkit.errors import ImageError
+    from augkit.io.images import check_image_bytes, read_image
+
+    buf = io.BytesIO()
+    Image.fromarray(photo("astronaut", (320, 240))).save(buf, "JPEG", quality=90, progressive=True)
+    data = buf.getvalue()
+    whole = tmp_path / "whole.jpg"
+    whole.write_bytes(data)
+    assert read_image(whole).shape == (240, 320, 3)  # the complete file is fine
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: int(len(data) * fraction)] + b"\xff\xd9")
+    for kwargs in ({}, {"min_side": 100}):
+        with pytest.raises(ImageError) as e:
+            read_image(cut, **kwargs)
+        assert e.value.reason == "truncated"
+    if fraction < 0.8:  # the header check (no decode) already sees it
+        with pytest.raises(ImageError, match="progressive JPEG ends after"):
+            check_image_bytes(cut.read_bytes(), cut)

@@ -291,11 +291,16 @@ def _decode_jpeg(data: bytes, info: JpegInfo, k: int, path: str | os.PathLike) -
 
     libjpeg fills the blocks after a premature end with flat grey (exactly 128). Only when a
     corner is exactly that grey is the file decoded a second time with :data:`~augkit.io.jpeg.PROBE`
-    inserted before EOI: a complete scan decodes the same, a cut one does not."""
+    inserted before EOI: a complete scan decodes the same, a cut one does not. A progressive
+    file cut inside its last scan decodes blurred, not grey: progressive files are always
+    probed (a second decode; a cut before the last scan is found by the marker walk, free)."""
     flags = _REDUCED_FLAGS[k]
     img = _imdecode(data, flags, path, "jpeg")
-    if _grey_corner(img) and not np.array_equal(img, _imdecode(with_probe(data, info), flags, path, "jpeg")):
-        raise ImageError(path, "truncated", "JPEG data ends early (the rest would decode grey)")
+    if (info.progressive or _grey_corner(img)) and not np.array_equal(
+        img, _imdecode(with_probe(data, info), flags, path, "jpeg")
+    ):
+        how = "blurred: its last progressive scan is cut" if info.progressive else "grey"
+        raise ImageError(path, "truncated", f"JPEG data ends early (the rest would decode {how})")
     return img
 
 

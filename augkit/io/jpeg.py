@@ -7,6 +7,13 @@ stuffing and ``RST0-7`` are data; any other marker starts a new segment, e.g. th
 and SOS of a progressive JPEG), and the stream ends at its EOI marker. Bytes after EOI are
 not part of the picture: phones append a video there ("motion photos"), and the picture
 is whole. A stream that runs out before EOI is truncated.
+
+A progressive stream is also truncated when it reaches EOI before its scans have sent every
+coefficient of every component to full precision (a scan with successive-approximation low bit
+``Al`` = 0 over it): a file cut short with an EOI appended decodes without complaint, but
+blurred, from its first scans. libjpeg's encoder refuses a scan script that does not send all
+the data (JERR_MISSING_DATA), so a complete file always passes. (A cut inside the very last
+scan, which completes the coverage, is not seen by this count.)
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ def walk_jpeg(data: bytes) -> JpegInfo:
     """Walk the markers of ``data`` (which starts with SOI) to its EOI; raise
     :class:`JpegStructureError` when it has no frame header or runs out before EOI."""
     pos, size, progressive = 2, None, False
+    final: dict[int, bytearray] = {}  # progressive: component id -> which coefficients reached Al = 0
+    scans = 0
     n = len(data)
     while True:
         if pos + 1 >= n or data[pos] != 0xFF or data[pos + 1] in (0x00, 0xFF):
@@ -53,6 +62,8 @@ def walk_jpeg(data: bytes) -> JpegInfo:
         if marker == _EOI:
             if size is None:
                 raise JpegStructureError("not an image", "JPEG has no frame header")
+            if progressive:
+                _check_coverage(final, scans)
             return JpegInfo(size[0], size[1], pos + 2, progressive)
         if marker in _STANDALONE:
             pos += 2
@@ -67,9 +78,42 @@ def walk_jpeg(data: bytes) -> JpegInfo:
                 raise JpegStructureError("not an image", "JPEG frame header too short")
             size = (int.from_bytes(data[pos + 7 : pos + 9], "big"), int.from_bytes(data[pos + 5 : pos + 7], "big"))
             progressive = marker in _PROGRESSIVE
+            if progressive and end - pos >= 10:
+                ids = data[pos + 10 : end : 3][: data[pos + 9]]  # Nf x (Ci, HiVi, Tqi)
+                final = {c: bytearray(64) for c in ids}
         if marker == _SOS and size is None:
             raise JpegStructureError("not an image", "JPEG scan before its frame header")
+        if marker == _SOS and progressive:
+            scans += 1
+            _record_scan(data[pos + 4 : end], final)
         pos = _next_marker(data, end) if marker == _SOS else end
+
+
+def _record_scan(header: bytes, final: dict[int, bytearray]) -> None:
+    """Mark the coefficients a progressive scan sends to full precision (its ``Al`` is 0).
+    Header: Ns, Ns x (Cs, TdTa), Ss, Se, AhAl."""
+    if not header:
+        return
+    ns = header[0]
+    if len(header) < 1 + 2 * ns + 3:
+        return
+    ss, se, al = header[1 + 2 * ns], header[2 + 2 * ns], header[3 + 2 * ns] & 0x0F
+    if al != 0 or ss > se or se > 63:
+        return
+    for cs in header[1 : 1 + 2 * ns : 2]:
+        if cs in final:
+            final[cs][ss : se + 1] = b"\x01" * (se - ss + 1)
+
+
+def _check_coverage(final: dict[int, bytearray], scans: int) -> None:
+    missing = {c: 64 - sum(done) for c, done in final.items() if not all(done)}
+    if missing:
+        lacking = ", ".join(f"component {c}: {k} of 64" for c, k in missing.items())
+        raise JpegStructureError(
+            "truncated",
+            f"progressive JPEG ends after {scans} scan(s) before every coefficient is complete ({lacking} "
+            "missing): it would decode blurred",
+        )
 
 
 def _next_marker(data: bytes, pos: int) -> int:
