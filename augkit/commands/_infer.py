@@ -80,7 +80,8 @@ class progress_bar:
             self.task = self.bar.add_task("images", total=n)
 
         def on_progress(k: int) -> None:
-            self.bar.update(self.task, advance=k)
+            if self.task is not None:
+                self.bar.update(self.task, advance=k)
 
         def on_tta(spec, source: str) -> None:
             say(esc(f"{self.title}: {describe_tta(spec, source)}"))

@@ -56,8 +56,9 @@ def command(
         return
     title = "architectures for augkit train --arch" + (f" ({len(rows)} timm models)" if timm else "")
     table = Table(title=title, title_justify="left")
-    for col, justify in (("name", "left"), ("family", "left"), ("ImageNet size", "right"), ("parameters", "right")):
-        table.add_column(col, justify=justify, style="bold" if col == "name" else None)
+    for col in ("name", "family", "ImageNet size", "parameters"):
+        right = col in ("ImageNet size", "parameters")
+        table.add_column(col, justify="right" if right else "left", style="bold" if col == "name" else None)
     for r in rows:
         params = "-" if r["params"] is None else f"{r['params'] / 1e6:.1f} M"
         table.add_row(escape(r["name"]), r["family"], f"{r['imagenet_size']} px", params)

@@ -215,6 +215,7 @@ def evaluate(
             + "\n".join(f"  {e['path']}: {e['reason']}" for e in res.errors[:20])
         )
     label = tta_label or tta_label_of(spec)
+    assert res.view_probs is not None and res.plain_index is not None  # asked for: keep_views, with_plain
     top_k = opts.top_k
     report = score(
         res.view_probs,
