@@ -169,6 +169,32 @@ def test_lr_auto_is_deterministic_leaves_no_trace_and_records_its_choice(data, t
     assert a.lr_find["planned"] == MIN_STEPS and a.lr_find["steps"] <= MIN_STEPS
 
 
+def test_resumed_lr_auto_run_reuses_its_choice(data, tmp_path, monkeypatch):
+    """Interrupted after epoch 1 and resumed: the range test is not run again (its result is in
+    last.pt), and the run ends as an uninterrupted one."""
+    whole = loop.train(TrainConfig(data=data, out=tmp_path / "a", lr="auto", **TINY))
+    real = loop._run_epoch
+
+    def interrupted(e, *args, **kwargs):
+        if e == 1:
+            raise KeyboardInterrupt
+        return real(e, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(TrainConfig(data=data, out=tmp_path / "b", lr="auto", **TINY))
+    monkeypatch.setattr(loop, "_run_epoch", real)
+    monkeypatch.setattr(loop, "range_test", lambda *a, **k: pytest.fail("the range test ran again on resume"))
+    resumed = loop.train(TrainConfig(data=data, out=tmp_path / "b", lr="auto", resume=True, **TINY))
+    assert resumed.resumed_from == 1 and resumed.lr == whole.lr
+
+    def sweep(r):
+        return {k: v for k, v in r.lr_find.items() if k != "seconds"}
+
+    assert sweep(resumed) == sweep(whole)
+    assert [{k: r[k] for k in OUTCOME} for r in resumed.history] == [{k: r[k] for k in OUTCOME} for r in whole.history]
+
+
 def test_cli_lr_auto_prints_the_choice_and_the_rule(data, tmp_path):
     r = CliRunner().invoke(
         app,
