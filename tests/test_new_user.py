@@ -94,3 +94,19 @@ def test_train_refuses_a_labelled_dataset_instead_of_reading_images_and_labels_a
     res = CliRunner().invoke(app, ["train", str(root), "-o", str(tmp_path / "run"), "--weights", "none"])
     assert res.exit_code == 2 and "looks like a yolo dataset" in " ".join(res.output.split())
     assert not (tmp_path / "run").exists()
+
+
+def test_preview_recipe_none_shows_the_originals(tmp_path):
+    import cv2
+    from typer.testing import CliRunner
+
+    from augkit.cli import app
+
+    out = tmp_path / "none.png"
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    res = CliRunner().invoke(
+        app, ["preview", str(samples), "-r", "none", "--images", "2", "--cell", "64", "-o", str(out)]
+    )
+    assert res.exit_code == 0 and "no augmentation" in res.output
+    grid = cv2.imread(str(out))
+    assert grid is not None and grid.shape[1] < 2 * (64 + 8)  # one column: the originals only

@@ -16,7 +16,9 @@ from augkit.errors import AugkitError
 @on_interrupt("no preview was written; run the command again")
 def command(
     sources: list[Path] = typer.Argument(..., help="Image files and/or folders (class folders are sampled in turn)."),
-    recipe: str = typer.Option("default", "--recipe", "-r", help="Built-in recipe name or a recipe .yaml file."),
+    recipe: str = typer.Option(
+        "default", "--recipe", "-r", help="Built-in recipe name, a recipe .yaml file, or none (the originals only)."
+    ),
     output: Path = typer.Option(Path("preview.png"), "--output", "-o", help="Picture to write (.png, .jpg, .webp)."),
     images: int = typer.Option(4, "--images", help="Rows: how many source images (1-64)."),
     versions: int = typer.Option(6, "--versions", help="Columns: augmented versions per image (1-64)."),
@@ -48,7 +50,7 @@ def command(
     from augkit.offline.preview import preview  # deferred: OpenCV, numpy and albumentations load only when it runs
     from augkit.recipe.api import load_recipe
 
-    rec = load_recipe(recipe)
+    rec = None if recipe.lower() == "none" else load_recipe(recipe)
     with _writing(output):
         path = preview(
             rec,
@@ -61,6 +63,9 @@ def command(
             cell=cell,
             labels=labels,
         )
+    if rec is None:
+        err.print(f"recipe none (no augmentation): the originals, as train -r none reads them, written to {path}")
+        return
     err.print(f"preview of recipe [bold]{rec.name}[/] written to {path}")
     if rec.batch is not None:  # mixing needs a batch of images: the picture shows the per-image steps
         err.print(

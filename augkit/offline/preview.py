@@ -11,6 +11,7 @@ import os
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -27,10 +28,15 @@ from augkit.offline.labelled import resolve_kind
 from augkit.recipe.api import Recipe, build_compose, seed_random_state, step_extremes
 from augkit.seeding import derive_seed
 
+if TYPE_CHECKING:
+    import albumentations as A
+
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 #: Bounds on the grid, so a typo (--cell 100000, --versions 10000) cannot ask for gigabytes.
 MAX_CELL = 1024
 MAX_ROWS_COLS = 64
+#: ``-r none``: the originals only, as ``train -r none`` and ``augment`` read them
+NO_AUGMENTATION = Recipe("none", "no augmentation", [], None)
 
 
 def pick_images(sources: list[str | os.PathLike], count: int) -> list[Path]:
@@ -162,7 +168,7 @@ def _fit(img: np.ndarray, cell: int) -> np.ndarray:
 
 
 def preview(
-    recipe: Recipe,
+    recipe: Recipe | None,
     sources: list[str | os.PathLike],
     output: str | os.PathLike,
     *,
@@ -179,9 +185,11 @@ def preview(
     A labelled dataset folder (detected, or ``labels`` = yolo, coco, voc, masks) is previewed with its
     labels drawn on the original and on every augmented tile (:func:`_preview_labelled`);
     ``labels="folders"`` treats a folder as class folders."""
-    if not recipe.train:
+    if recipe is None:  # -r none: no augmentation, the originals as train and augment read them
+        recipe, versions, extremes = NO_AUGMENTATION, 0, False
+    if not recipe.train and recipe is not NO_AUGMENTATION:
         raise UsageError(f"recipe {recipe.name!r} has no train section to preview")
-    if not (1 <= versions <= MAX_ROWS_COLS and 1 <= images <= MAX_ROWS_COLS and 48 <= cell <= MAX_CELL):
+    if not (0 <= versions <= MAX_ROWS_COLS and 1 <= images <= MAX_ROWS_COLS and 48 <= cell <= MAX_CELL):
         raise UsageError(
             f"--versions and --images must be 1-{MAX_ROWS_COLS} and --cell 48-{MAX_CELL} "
             f"(got {versions}, {images}, {cell})"
@@ -197,7 +205,7 @@ def preview(
                                  max_pixels)  # fmt: skip
     files = pick_images(sources, images)
     if extremes:
-        columns: list[tuple[str, object]] = []
+        columns: list[tuple[str, A.Compose]] = []
         for step in recipe.train:
             for label, s in step_extremes(step):
                 compose, _ = build_compose([s], recipe.border, recipe.fill)
@@ -206,7 +214,9 @@ def preview(
     else:
         aug = recipe.build()
         headers = ["original"] + [f"seed {seed + k}" for k in range(versions)]
-    rows, labels, captions = [], [], []
+    rows: list[list[np.ndarray]] = []
+    names: list[str] = []  # row labels: the source files
+    captions: list[list[str]] = []
     for f in files:
         try:
             # min_side: camera JPEGs decode at 1/2-1/8 scale (DCT), still >= the preview's size
@@ -227,8 +237,8 @@ def preview(
                 fired.append(describe_applied(applied))
             captions.append(fired)
         rows.append(cells)
-        labels.append(str(f))
-    grid = render_grid(rows, headers, labels, cell, captions=None if extremes else captions)
+        names.append(str(f))
+    grid = render_grid(rows, headers, names, cell, captions=None if extremes else captions)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_image(grid, output, quality=92)
     return output
