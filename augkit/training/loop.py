@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.distributed
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
@@ -907,10 +908,8 @@ def _resolve_lr(run: RunState, state: dict | None) -> LRFindResult | None:
             run.callbacks.on_note(f"lr auto: learning-rate range test over {n} steps ...")
             found = find_lr(run, start.start_epoch, n)
             if run.dist.enabled:  # every rank trains with rank 0's choice
-                import torch.distributed as tdist  # deferred: only under torchrun
-
                 box = [found]
-                tdist.broadcast_object_list(box, src=0)
+                torch.distributed.broadcast_object_list(box, src=0)
                 found = box[0]
             run.callbacks.on_note(found.summary() + f" ({LR_FIND_PNG} in the run folder)")
     lr = found.lr if found is not None else float(cfg.lr)
