@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 from augkit.labels.model import MASK_IGNORE, DatasetInfo, Labels, Obj
 
@@ -30,7 +31,7 @@ def class_color(cls: int) -> tuple[int, int, int]:
     return CLASS_COLORS[int(cls) % len(CLASS_COLORS)]
 
 
-def _pts(points: np.ndarray) -> np.ndarray:
+def _pts(points: ArrayLike) -> np.ndarray:
     """Pixel-edge coordinates to OpenCV's pixel-centre fixed-point integers."""
     return np.round((np.asarray(points, np.float64).reshape(-1, 2) - 0.5) * (1 << _SHIFT)).astype(np.int32)
 
@@ -77,12 +78,14 @@ def draw_labels(
 
 def _draw_semantic(img: np.ndarray, labels: Labels, alpha: float) -> None:
     sem = labels.semantic
+    assert sem is not None  # draw_labels calls this for a semantic mask only
     if sem.shape != img.shape[:2]:
         return  # a mask that does not fit its image: nothing sensible to draw
     pal = labels.palette
     for v in np.unique(sem):
         if v == 0:
             continue  # background
+        color: tuple[int, ...]
         if v == MASK_IGNORE:
             color = (40, 40, 40)
         elif pal is not None and int(v) < len(pal) and np.any(pal[int(v)]):

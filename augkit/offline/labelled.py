@@ -30,18 +30,21 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from augkit.errors import ImageError, UsageError
 from augkit.io.fileio import atomic_write_bytes, atomic_write_text, temp_name
 from augkit.io.images import OUTPUT_FORMATS, encode_image
-from augkit.labels.formats import FORMATS, LabelError, check_item_size, detect_kind, open_dataset
-from augkit.labels.geometry import LabelStats, build_labelled
+from augkit.labels.formats import FORMATS, LabelError, LabelFormat, check_item_size, detect_kind, open_dataset
+from augkit.labels.geometry import LabelledPipeline, LabelStats, build_labelled
 from augkit.labels.model import KINDS, DatasetInfo, Item, Labels
 from augkit.limits import AUGMENT_PRELOAD, MAX_REDRAWS
 from augkit.offline.dst import ERRORS, latest_rows, read_rows, remove_stale_temps
 from augkit.offline.executors.result import ItemResult, Status
 from augkit.offline.run import MAX_PLANNED_OUTPUTS, AugmentOptions, AugmentResult, Plan, check_dirs, run_plan
-from augkit.offline.task import NAME_MAX, AugmentTask, WorkItem, redraw_seed
+from augkit.offline.task import NAME_MAX, AugmentTask, TaskSettings, WorkItem, redraw_seed
 from augkit.recipe.api import Recipe, load_recipe, parse_recipe
 from augkit.seeding import derive_seed
 
@@ -94,7 +97,8 @@ class LabelledOptions(AugmentOptions):
 class LabelledPlan(Plan):
     """A :class:`~augkit.offline.run.Plan` for a labelled dataset; ``run_plan`` executes it."""
 
-    info: DatasetInfo | None = None
+    options: LabelledOptions  # (narrower than Plan's: make_labelled_plan builds it from one)
+    info: DatasetInfo = field(kw_only=True)  # after Plan's fields with defaults: keyword only
     #: split -> "augment", "copy" or "link"
     split_modes: dict[str, str] = field(default_factory=dict)
     #: totals over the plan's outputs once it ran (see :func:`label_totals`)
@@ -109,7 +113,8 @@ class LabelledPlan(Plan):
         return LabelledTask(self.src, self.dst, self.recipe.text, self.recipe.source, o.settings(), self.info, o.link)
 
     def row_fields(self, item: WorkItem, res: ItemResult) -> dict:
-        row = {"class": None, "split": item.cls}  # an image of a labelled dataset has objects, not a class
+        # an image of a labelled dataset has objects, not a class
+        row: dict[str, Any] = {"class": None, "split": item.cls}
         for key in ("objects", "label_record", "linked"):
             if key in res:
                 row[key] = res[key]
@@ -199,7 +204,7 @@ def copies_per_image(objects: dict[str, Counter], per_class: int, seed: int) -> 
         for cls in c:
             holders.setdefault(cls, []).append(rel)
     for cls in holders:
-        holders[cls].sort(key=lambda r, cls=cls: derive_seed(seed, r, cls, salt="per-class"))
+        holders[cls].sort(key=lambda r: derive_seed(seed, r, cls, salt="per-class"))  # sorts now: with this cls
     copies = dict.fromkeys(objects, 0)
     turn = dict.fromkeys(holders, 0)
     heap = [(counts[cls], cls) for cls in holders if counts[cls] < per_class]
@@ -255,9 +260,14 @@ def make_labelled_plan(
     copies: dict[str, int] = {}
     counts: dict[str, int] = {}
     n_aug = sum(len(images[s]) for s in augmented)
-    most = (  # outputs at most: a typo such as --copies 1000000000 is refused before anything is built
-        options.per_class * max(1, len(info.names)) if options.per_class is not None else options.copies * n_aug
-    ) + len(info.items)
+    each = 0  # copies per augmented image, without --per-class
+    # outputs at most: a typo such as --copies 1000000000 is refused before anything is built
+    if options.per_class is not None:
+        most = options.per_class * max(1, len(info.names)) + len(info.items)
+    else:
+        assert options.copies is not None  # validate() sets it (default 1) unless --per-class is given
+        each = options.copies
+        most = each * n_aug + len(info.items)
     if most > MAX_PLANNED_OUTPUTS:
         what = f"--per-class {options.per_class}" if options.per_class is not None else f"--copies {options.copies}"
         raise UsageError(
@@ -291,7 +301,7 @@ def make_labelled_plan(
             if modes[split] != "augment" or originals:
                 outs.append((-1, rel))
             if modes[split] == "augment":
-                n = copies.get(rel, 0) if options.per_class is not None else options.copies
+                n = copies.get(rel, 0) if options.per_class is not None else each
                 outs += [(k, _aug_name(rel, k, options.format)) for k in range(n)]
             for k, out in outs:
                 key = str(Path(out).with_suffix("")).lower()  # a.jpg and a.png would share a label file
@@ -370,7 +380,8 @@ def _name_of(names: list[str], cls: int) -> str:
 def label_totals(rows: list[dict]) -> dict:
     """Totals over manifest rows: outputs, objects kept/clipped/dropped, drop reasons, outputs left
     without objects. ``objects in`` = kept + clipped + dropped over the augmented outputs."""
-    t = {"outputs": len(rows), "augmented": 0, "kept": 0, "clipped": 0, "dropped": 0, "reasons": {}}
+    t = {"outputs": len(rows), "augmented": 0, "kept": 0, "clipped": 0, "dropped": 0}
+    reasons: dict[str, int] = {}
     for r in rows:
         o = r.get("objects")
         if not isinstance(o, dict) or r.get("copy", -1) < 0:
@@ -379,9 +390,8 @@ def label_totals(rows: list[dict]) -> dict:
         for key in ("kept", "clipped", "dropped"):
             t[key] += int(o.get(key, 0))
         for reason, n in (o.get("dropped_by") or {}).items():
-            t["reasons"][reason] = t["reasons"].get(reason, 0) + int(n)
-    t["reasons"] = dict(sorted(t["reasons"].items()))
-    return t
+            reasons[reason] = reasons.get(reason, 0) + int(n)
+    return {**t, "reasons": dict(sorted(reasons.items()))}
 
 
 # ====================================================================== the worker
@@ -416,22 +426,33 @@ class LabelledTask(AugmentTask):
 
     preload = (*AUGMENT_PRELOAD, "augkit.offline.labelled")
 
-    def __init__(self, src, dst, recipe_text, recipe_source, settings, info: DatasetInfo, link: bool = False):
+    def __init__(
+        self,
+        src: Path,
+        dst: Path,
+        recipe_text: str,
+        recipe_source: str,
+        settings: TaskSettings,
+        info: DatasetInfo,
+        link: bool = False,
+    ):
         super().__init__(src, dst, recipe_text, recipe_source, settings)
         self.info, self.link = info, link
+        # the base's ``_aug`` (an Augmenter) stays None: this task moves labels with the pixels
+        self._pipeline: LabelledPipeline | None = None
         self._items: dict[str, Item] | None = None
         self._label_writer: ThreadPoolExecutor | None = None  # _write's second thread
 
     def __getstate__(self) -> dict:
-        return dict(super().__getstate__(), _items=None, _label_writer=None)
+        return dict(super().__getstate__(), _pipeline=None, _items=None, _label_writer=None)
 
     def setup(self) -> None:
-        if self._aug is None:
-            self._aug = build_labelled(parse_recipe(self.recipe_text, self.recipe_source), self.info)
+        if self._pipeline is None:
+            self._pipeline = build_labelled(parse_recipe(self.recipe_text, self.recipe_source), self.info)
             self._items = {_rel(self.info, it): it for it in self.info.items}
 
     @property
-    def fmt(self):
+    def fmt(self) -> LabelFormat:
         return FORMATS[self.info.kind]
 
     def _make(self, item: WorkItem):
@@ -440,6 +461,7 @@ class LabelledTask(AugmentTask):
         out_path = self.dst / item.out
         if len(os.fsencode(out_path.name)) > NAME_MAX:
             return _bad(item, "name too long", f"output name {out_path.name!r} is over {NAME_MAX} bytes; rename it")
+        assert self._items is not None  # setup() built it
         it = self._items[item.src]
         try:
             data, img = self._decoded(item.src, Path(it.image))  # (data.yaml may name images outside SRC)
@@ -454,13 +476,15 @@ class LabelledTask(AugmentTask):
             labels = self.fmt.read(self.info, it if it.size is not None else replace(it, size=size))
         except LabelError as exc:
             return _label_error(item, exc)
+        source = self._source_record(item.src)
+        assert source is not None  # _decoded just read item.src and kept its record
         rec: ItemResult = {
             "status": Status.OK,
             "item": item,
             "transforms": [],
             "width": size[0],
             "height": size[1],
-            "source": self._source_record(item.src),  # a re-run remakes outputs of a changed image
+            "source": source,  # a re-run remakes outputs of a changed image
         }
         if item.copy < 0:
             link_to = Path(it.image).resolve() if self.link else None
@@ -485,22 +509,28 @@ class LabelledTask(AugmentTask):
             pending = _Pending(payload, None, it, out_labels, (int(out.shape[1]), int(out.shape[0])), [])
         if item.verify:
             return self._verify(item, out_path, pending, rec)
-        return item, out_path, pending, ItemResult(rec, seconds=time.perf_counter() - t0)
+        done: ItemResult = {**rec, "seconds": time.perf_counter() - t0}
+        return item, out_path, pending, done
 
-    def _augment_both(self, img, labels: Labels, seed: int):
+    def _augment_both(
+        self, img: np.ndarray, labels: Labels, seed: int
+    ) -> tuple[np.ndarray, Labels, LabelStats, list[dict], int, bool]:
         """(image, labels, stats, applied steps, redraws, unchanged); ``require_change`` redraws a copy
         whose pixels equal its source's, as for a classification folder."""
+        assert self._pipeline is not None  # _make ran setup()
         tries = MAX_REDRAWS + 1 if self.settings.require_change else 1
         for attempt in range(tries):
-            out, out_labels, stats, applied = self._aug(img.copy(), labels, redraw_seed(seed, attempt))
+            out, out_labels, stats, applied = self._pipeline(img.copy(), labels, redraw_seed(seed, attempt))
             unchanged = out.shape == img.shape and bool((out == img).all())
             if not unchanged:
                 break
         return out, out_labels, stats, applied, attempt, unchanged
 
-    def _verify(self, item: WorkItem, out_path: Path, pending: _Pending, rec: ItemResult) -> ItemResult:
+    def _verify(self, item: WorkItem, out_path: Path, pending: _Pending | bytes, rec: ItemResult) -> ItemResult:
         """An output found without a manifest row (a killed run): kept if it is what this run would
-        write, and its label file is written again (the run may have died before or while writing it)."""
+        write, and its label file is written again (the run may have died before or while writing it).
+        ``pending`` is what this task's ``_make`` made (the base class's takes its bare image bytes)."""
+        assert isinstance(pending, _Pending)
         try:
             same = (
                 os.readlink(out_path) == str(pending.link_to)
@@ -512,13 +542,19 @@ class LabelledTask(AugmentTask):
         if not same:
             return {"status": Status.EXISTS, "item": item}
         done = self._write(item, out_path, pending, rec, image=False)
-        return ItemResult(done, verified=True) if done.get("status") == Status.OK else done
+        if done.get("status") != Status.OK:
+            return done
+        return {**done, "verified": True}
 
-    def _write(self, item: WorkItem, out_path: Path, pending: _Pending, rec: ItemResult, image: bool = True):
+    def _write(
+        self, item: WorkItem, out_path: Path, pending: _Pending | bytes, rec: ItemResult, image: bool = True
+    ) -> ItemResult:
         """The label file (the format's writer) and the image, each atomically, the label file in a
         second thread meanwhile: both wait for the disk (fsync), and their waits overlap. The result
         (and so the manifest row) comes back only once both are in place; an image found without a
-        row by a resumed run is verified and its label file written again (:meth:`_verify`)."""
+        row by a resumed run is verified and its label file written again (:meth:`_verify`).
+        ``pending`` is what this task's ``_make`` made (the base class's takes its bare image bytes)."""
+        assert isinstance(pending, _Pending)
         if self._label_writer is None:
             self._label_writer = ThreadPoolExecutor(1, thread_name_prefix="augkit-labels")
         try:
@@ -552,7 +588,9 @@ class LabelledTask(AugmentTask):
         path.parent.mkdir(parents=True, exist_ok=True)
         if payload is not None:
             atomic_write_bytes(path, payload)
-        elif self.link:
+            return
+        assert source is not None  # no payload: an unchanged original or label file, placed from its source
+        if self.link:
             tmp = path.with_name(temp_name(path.name))
             os.symlink(Path(source).resolve(), tmp)
             try:

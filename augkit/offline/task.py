@@ -23,7 +23,7 @@ from augkit.io.fileio import atomic_write_bytes, read_bytes
 from augkit.io.images import decode_image, encode_image, max_bytes_for
 from augkit.limits import AUGMENT_PRELOAD, MAX_REDRAWS
 from augkit.offline.executors.result import ItemResult, Status, failure
-from augkit.recipe.api import parse_recipe
+from augkit.recipe.api import Augmenter, parse_recipe
 from augkit.seeding import derive_seed
 
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
@@ -81,13 +81,14 @@ class AugmentTask:
     """What a worker does with one item: read the SRC file, augment it with the item's seed,
     write the DST file. ``preload``: what the pool's fork server imports once for all workers."""
 
-    preload = AUGMENT_PRELOAD
+    preload: tuple[str, ...] = AUGMENT_PRELOAD
 
     def __init__(self, src: Path, dst: Path, recipe_text: str, recipe_source: str, settings: TaskSettings):
         self.src, self.dst = Path(src), Path(dst)
         self.recipe_text, self.recipe_source, self.settings = recipe_text, recipe_source, settings
-        self._aug = None
-        self._last = None  # (src, bytes, decoded image, source record) of the last source
+        self._aug: Augmenter | None = None
+        # (src, bytes, decoded image, source record) of the last source
+        self._last: tuple[str, bytes, np.ndarray, dict] | None = None
         self._writer: ThreadPoolExecutor | None = None  # run_chunk's writer thread
 
     def __getstate__(self) -> dict:
@@ -125,6 +126,7 @@ class AugmentTask:
         """(image, applied steps, redraws, unchanged). A copy whose pixels equal its source's is
         redrawn under ``require_change``, from seeds derived from its own (bounded, reproducible)."""
         self.setup()
+        assert self._aug is not None  # setup() built it
         tries = MAX_REDRAWS + 1 if self.settings.require_change else 1
         for attempt in range(tries):
             out, applied = self._aug(img.copy(), redraw_seed(seed, attempt))  # the cached image stays pristine
@@ -173,6 +175,8 @@ class AugmentTask:
             data, img = self._decoded(item.src, self.src / item.src)
         except ImageError as exc:
             return _bad(item, exc.reason, exc.detail)
+        source = self._source_record(item.src)
+        assert source is not None  # _decoded just read item.src and kept its record
         rec: ItemResult = {
             "status": Status.OK,
             "item": item,
@@ -181,7 +185,7 @@ class AugmentTask:
             "height": int(img.shape[0]),
             "unchanged": False,
             "redraws": 0,
-            "source": self._source_record(item.src),
+            "source": source,
         }
         if item.copy < 0:
             payload = data  # the original, byte for byte
@@ -197,14 +201,17 @@ class AugmentTask:
                 return _bad(item, "encode failed", detail if isinstance(exc, ImageError) else f"{detail}: {exc}")
         if item.verify:
             return self._verify(item, out_path, payload, rec)
-        return item, out_path, payload, ItemResult(rec, seconds=time.perf_counter() - t0)
+        done: ItemResult = {**rec, "seconds": time.perf_counter() - t0}
+        return item, out_path, payload, done
 
     def _verify(self, item: WorkItem, out_path: Path, payload: bytes, rec: ItemResult) -> ItemResult:
         try:
             same = out_path.read_bytes() == payload
         except OSError:
             same = False
-        return ItemResult(rec, verified=True) if same else {"status": Status.EXISTS, "item": item}
+        if not same:
+            return {"status": Status.EXISTS, "item": item}
+        return {**rec, "verified": True}
 
     def _write(self, item: WorkItem, out_path: Path, payload: bytes, rec: ItemResult) -> ItemResult:
         try:

@@ -157,7 +157,7 @@ def build_albumentations(
     return t
 
 
-def _refuse_unusable(name: str, cls: type, t: Any, *, where: str, source: str | None, line: int | None) -> None:
+def _refuse_unusable(name: str, cls: type[Any], t: Any, *, where: str, source: str | None, line: int | None) -> None:
     """Refuse a transform that needs more than one image (the rule in the module docstring)."""
     try:
         needs = list(t.targets_as_params)

@@ -39,6 +39,12 @@ class ItemResult(TypedDict, total=False):
     seconds: float
     verified: bool
     source: dict  # the source file as read: {"size", "mtime_ns", "blake2b"} (a re-run redoes stale outputs)
+    # labelled datasets (augkit.offline.labelled): objects kept/clipped/dropped (an augmented copy),
+    # the label format's record of the output (for its ``finish``), and whether an unchanged copy is
+    # a symbolic link to the source (--link)
+    objects: dict
+    label_record: dict
+    linked: bool
 
 
 def failure(item: Any, reason: str, exc: BaseException) -> ItemResult:
