@@ -138,41 +138,55 @@ TINY = dict(
 )
 
 
-def test_lr_auto_is_deterministic_leaves_no_trace_and_records_its_choice(data, tmp_path):
-    """Two --lr auto runs with one seed choose the same rate and train identically; a run given that
-    rate as a number trains identically too: the test put back the weights, optimizer, random states
-    and data order."""
-    a = loop.train(TrainConfig(data=data, out=tmp_path / "a", lr="auto", **TINY))
-    b = loop.train(TrainConfig(data=data, out=tmp_path / "b", lr="auto", **TINY))
+@pytest.fixture(scope="module")
+def auto_run(data, tmp_path_factory):
+    """One --lr auto run (library call), shared by the tests below."""
+    out = tmp_path_factory.mktemp("auto") / "a"
+    return loop.train(TrainConfig(data=data, out=out, lr="auto", **TINY)), out
+
+
+def test_lr_auto_is_deterministic_leaves_no_trace_and_records_its_choice(data, auto_run, tmp_path):
+    """Two --lr auto runs with one seed (the second through the CLI) choose the same rate and train
+    identically; a run given that rate as a number trains identically too: the range test put back
+    the weights, optimizer, random states and data order."""
+    a, out = auto_run
     assert a.lr_find is not None and a.lr == a.lr_find["lr"] == a.lr_find["lrs"][a.lr_find["minimum"]] / 10
-    assert a.lr_find["lrs"] == b.lr_find["lrs"] and a.lr_find["losses"] == b.lr_find["losses"] and a.lr == b.lr
+    r = CliRunner().invoke(
+        app,
+        ["train", str(data), "-o", str(tmp_path / "b"), "--lr", "auto", "--epochs", "2", "--batch-size", "8"]
+        + ["--image-size", "16", "--weights", "none", "--workers", "0", "--device", "cpu", "--recipe", "digits"]
+        + ["--seed", "6", "--threads", "1", "--schedule", "onecycle"],
+    )
+    assert r.exit_code == 0, r.output
+    assert "lr auto:" in r.output and "rule: minimum/10" in r.output and "lr_find.png" in r.output
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert b["lr_find"]["lrs"] == a.lr_find["lrs"] and b["lr_find"]["losses"] == a.lr_find["losses"]
+    assert b["lr_find"]["lr"] == a.lr
     plain = loop.train(TrainConfig(data=data, out=tmp_path / "plain", lr=a.lr, **TINY))
 
-    def rows(r):  # what the run computed (not its timings)
-        return [{k: row[k] for k in OUTCOME} for row in r.history]
+    def rows(history):  # what the run computed (not its timings)
+        return [{k: row[k] for k in OUTCOME} for row in history]
 
-    assert rows(a) == rows(b) == rows(plain)
-    ca, cp = (
-        torch.load(tmp_path / "a" / "last.pt", weights_only=True),
-        torch.load(tmp_path / "plain" / "last.pt", weights_only=True),
-    )
+    assert rows(a.history) == rows(b["history"]) == rows(plain.history)
+    ca = torch.load(out / "last.pt", weights_only=True)
+    cp = torch.load(tmp_path / "plain" / "last.pt", weights_only=True)
     assert all(torch.equal(v, cp["state_dict"][k]) for k, v in ca["state_dict"].items())
     # settings.yaml records the chosen value and the rule; the sweep is drawn
-    s = yaml.safe_load((tmp_path / "a" / "settings.yaml").read_text())
+    s = yaml.safe_load((out / "settings.yaml").read_text())
     assert s["augkit_train"]["lr"] == "auto" and s["resolved"]["optimizer"]["lr"] == a.lr
     assert s["resolved"]["lr_find"]["chosen_lr"] == a.lr and s["resolved"]["lr_find"]["rule"] == RULE
     assert s["resolved"]["optimizer"]["lr_source"].startswith("--lr auto")
-    png = cv2.imread(str(tmp_path / "a" / "lr_find.png"))
+    png = cv2.imread(str(out / "lr_find.png"))
     assert png is not None and png.shape[:2] == (480, 800)
     assert (png[..., 2] > 180).sum() > 50 and ((png[..., 2] > 180) & (png[..., 1] < 80)).sum() > 20  # the red mark
-    # bounded: the sweep is at most MAX_STEPS and a small share of a long run
+    # bounded: a short run gets the shortest sweep
     assert a.lr_find["planned"] == MIN_STEPS and a.lr_find["steps"] <= MIN_STEPS
 
 
-def test_resumed_lr_auto_run_reuses_its_choice(data, tmp_path, monkeypatch):
+def test_resumed_lr_auto_run_reuses_its_choice(data, auto_run, tmp_path, monkeypatch):
     """Interrupted after epoch 1 and resumed: the range test is not run again (its result is in
     last.pt), and the run ends as an uninterrupted one."""
-    whole = loop.train(TrainConfig(data=data, out=tmp_path / "a", lr="auto", **TINY))
+    whole = auto_run[0]
     real = loop._run_epoch
 
     def interrupted(e, *args, **kwargs):
@@ -193,14 +207,3 @@ def test_resumed_lr_auto_run_reuses_its_choice(data, tmp_path, monkeypatch):
 
     assert sweep(resumed) == sweep(whole)
     assert [{k: r[k] for k in OUTCOME} for r in resumed.history] == [{k: r[k] for k in OUTCOME} for r in whole.history]
-
-
-def test_cli_lr_auto_prints_the_choice_and_the_rule(data, tmp_path):
-    r = CliRunner().invoke(
-        app,
-        ["train", str(data), "-o", str(tmp_path / "r"), "--lr", "auto", "--epochs", "1", "--batch-size", "8"]
-        + ["--image-size", "16", "--weights", "none", "--workers", "0", "--device", "cpu", "--recipe", "digits"],
-    )
-    assert r.exit_code == 0, r.output
-    assert "lr auto:" in r.output and "rule: minimum/10" in r.output and "lr_find.png" in r.output
-    assert (tmp_path / "r" / "lr_find.png").is_file()
