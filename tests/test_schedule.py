@@ -8,6 +8,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -244,3 +245,33 @@ def test_relaunch_args_carry_the_new_options(data, tmp_path, monkeypatch):
         r = CliRunner().invoke(app, ["train", *train_cli_args(cfg)])
         assert r.exit_code == 0, r.output
         assert {k: str(v) for k, v in asdict(seen[-1]).items()} == {k: str(v) for k, v in asdict(cfg).items()}
+
+
+def test_curves_show_the_learning_rate_and_the_sweep_marks_its_choice(tmp_path):
+    """curves.png's third chart draws the head's first/last-step rates; lr_find.png marks the choice."""
+    from augkit.io.images import read_image
+    from augkit.training.plot import CHOICE_COLOR, LR_COLOR, plot_curves, plot_lr_find
+
+    rows = [
+        {"epoch": e + 1, "train_loss": 1 / (e + 1), "train_acc": 0.5, "lr_first": 1e-3 * (e + 1), "lr_last": 1e-4}
+        for e in range(4)
+    ]
+
+    def count(img, rgb, box):  # pixels of about this colour inside box (x0, x1)
+        part = img[:, box[0] : box[1]].astype(int)
+        return int((abs(part - np.array(rgb)).sum(-1) < 40).sum())
+
+    plot_curves(rows, tmp_path / "c.png")
+    img = read_image(tmp_path / "c.png")
+    third = img.shape[1] // 3
+    assert count(img, LR_COLOR, (2 * third, img.shape[1])) > 100 and count(img, LR_COLOR, (0, 2 * third)) == 0
+    plot_curves([{k: v for k, v in r.items() if not k.startswith("lr")} for r in rows], tmp_path / "none.png")
+    assert count(read_image(tmp_path / "none.png"), LR_COLOR, (0, img.shape[1])) == 0  # nothing to draw
+
+    lrs = [1e-6 * 10 ** (i / 4) for i in range(21)]
+    losses = [2.0 - 0.05 * i for i in range(21)]
+    plot_lr_find(lrs, losses, losses, 3e-3, "minimum/10", tmp_path / "s.png", minimum=20)
+    sweep = read_image(tmp_path / "s.png")
+    left = count(sweep, CHOICE_COLOR, (0, sweep.shape[1] // 2))
+    right = count(sweep, CHOICE_COLOR, (sweep.shape[1] // 2, sweep.shape[1]))
+    assert right > 100 and left < right  # 3e-3 lies in the right half of a 1e-6..1e-1 axis
