@@ -198,3 +198,20 @@ def test_per_class_extra_copies_are_spread_by_the_seed(tmp_path):
     assert len({tuple(p) for p in picked}) > 1  # another seed, other files
     again = make_plan(src, tmp_path / "d0", load_recipe("default"), AugmentOptions(per_class=11, seed=0))
     assert sorted(i.src for i in again.items if i.copy == 0) == picked[0]
+
+
+def test_a_refused_run_leaves_no_folders_behind_not_even_parents(tmp_path):
+    from augkit.offline.dst import locked
+
+    dst = tmp_path / "a" / "b" / "c"
+    try:
+        with locked(dst):
+            raise KeyboardInterrupt  # refused, or interrupted, before writing anything
+    except KeyboardInterrupt:
+        pass
+    assert not (tmp_path / "a").exists()  # the parents this run created went with it
+    keep = tmp_path / "keep"
+    (keep / "x").mkdir(parents=True)
+    with locked(keep / "x" / "run"):
+        (keep / "x" / "run" / "out.txt").write_text("work")
+    assert (keep / "x" / "run" / "out.txt").is_file()  # a folder with work in it stays

@@ -570,8 +570,8 @@ def test_unwritable_run_folder_exits_1_with_one_line(data, tmp_path):
     blocker.write_text("not a folder")
     result = cli(data, "-o", blocker / "run", "--weights", "none", *FAST)
     assert result.exit_code == 1, result.output
-    assert "cannot write" in result.output and str(blocker / "run") in result.output
-    assert "Traceback" not in result.output
+    assert "cannot create the output folder" in result.output and str(blocker / "run") in result.output
+    assert "Not a directory" in result.output and "Traceback" not in result.output
 
 
 def test_disk_full_while_saving_a_checkpoint_exits_1_naming_the_file(data, tmp_path, monkeypatch):

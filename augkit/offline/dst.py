@@ -55,7 +55,8 @@ def locked(dst: Path, what: str = "DST") -> Iterator[None]:
     records); a run that locked a file removed meanwhile tries again on the new one. A folder
     this call created and the block left empty is removed too. ``what`` names the folder in the
     message (``augkit train`` locks its RUN_DIR the same way)."""
-    created = not dst.exists()
+    absent = [p for p in (dst, *dst.absolute().parents) if not p.exists()]  # the folders this call creates
+    created = bool(absent)
     try:
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -66,8 +67,9 @@ def locked(dst: Path, what: str = "DST") -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(dst / LOCK)  # while still holding it: nobody else can be inside
-            if created:
-                os.rmdir(dst)  # only if empty: a run refused before writing leaves nothing behind
+            if created:  # only if empty: a run refused before writing leaves nothing behind,
+                for folder in absent:  # its parents included (DST's own folder first, then up)
+                    os.rmdir(folder)
         os.close(fd)  # closing releases the lock
 
 
