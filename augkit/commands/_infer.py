@@ -12,7 +12,7 @@ from augkit.commands._common import err, is_tty
 from augkit.infer.options import describe_tta, tta_label
 from augkit.recipe.views import MERGE_MODES
 
-Merge = Enum("Merge", {m: m for m in MERGE_MODES}, type=str)
+Merge = Enum("Merge", {v: v for v in MERGE_MODES}, type=str)  # type: ignore[misc]  # members computed: mypy cannot follow
 TTA_HELP = (
     "TTA views: a preset (identity, flip, vflip, shift, five-crop, ten-crop, scales, d4; combine with +, "
     "e.g. flip+shift), a built-in recipe (tta-flip, tta-flip-shift, tta-ten-crop) or a recipe .yaml "

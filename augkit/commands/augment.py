@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
@@ -102,22 +102,21 @@ def command(
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        TaskID,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
+    from augkit.offline.executors.result import ItemResult
     from augkit.offline.labelled import LabelledOptions, make_labelled_plan, resolve_kind
-    from augkit.offline.run import AugmentOptions, make_plan, run_plan
+    from augkit.offline.run import AugmentOptions, Plan, make_plan, run_plan
     from augkit.recipe.api import load_recipe
 
     kind = resolve_kind(src, labels)  # a labelled-looking SRC is never augmented as class folders silently
     if kind is None and (link or augment_splits):
         raise UsageError("--link and --augment-splits need a labelled dataset (--labels yolo|coco|voc|masks)")
-    extra = {"link": link, "augment_splits": _split_list(augment_splits)} if kind else {}
-    opts = (LabelledOptions if kind else AugmentOptions)(
-        labels=kind or labels,
-        **extra,
+    common: dict[str, Any] = dict(
         copies=copies,
         per_class=per_class,
         seed=seed,
@@ -134,11 +133,16 @@ def command(
         require_change=require_change,
     )
     rec = load_recipe(recipe)
-    plan = (make_labelled_plan if kind else make_plan)(src, dst, rec, opts)
+    plan: Plan
     if kind:
-        err.print(f"{esc(str(src))}: {esc(_inputs(plan))}")
-        for w in plan.warnings:
+        lopts = LabelledOptions(labels=kind, link=link, augment_splits=_split_list(augment_splits), **common)
+        lplan = make_labelled_plan(src, dst, rec, lopts)
+        err.print(f"{esc(str(src))}: {esc(_inputs(lplan))}")
+        for w in lplan.warnings:
             err.print(f"[yellow]warning:[/] {esc(w)}")
+        plan = lplan
+    else:
+        plan = make_plan(src, dst, rec, AugmentOptions(labels=labels, **common))
     for cls in plan.empty_classes:
         err.print(f"[yellow]warning:[/] class folder {esc(str(src / cls))} has no images")
     for alias, target in plan.aliases:
@@ -162,14 +166,16 @@ def command(
         transient=False,
         disable=dry_run,
     )
-    task_id = None
+    task_id: TaskID | None = None
 
     def on_start(n: int) -> None:
         nonlocal task_id
         if n:  # nothing to write: no "0/0" bar (the summary says everything was already done)
             task_id = progress.add_task("augment", total=n, rate="")
 
-    def on_progress(res: dict) -> None:
+    def on_progress(res: ItemResult) -> None:
+        if task_id is None:
+            return
         t = progress.tasks[0]
         rate = f"{t.completed / t.elapsed:.1f} img/s" if t.elapsed else ""
         progress.update(task_id, advance=1, rate=rate)

@@ -19,7 +19,7 @@ app = typer.Typer(
     help="Check labelled datasets: YOLO, COCO, Pascal VOC and mask folders.", no_args_is_help=True, add_completion=False
 )
 
-Kind = Enum("Kind", {k: k for k in KINDS}, type=str)  # type: ignore[misc]  # --labels choices: the kinds augkit reads
+Kind = Enum("Kind", {v: v for v in KINDS}, type=str)  # type: ignore[misc]  # members computed: mypy cannot follow
 
 
 @app.callback()

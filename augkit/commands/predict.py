@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.markup import escape as esc
 
-from augkit.commands._common import cli_errors, on_interrupt
+from augkit.commands._common import cli_errors, interrupted_exit, on_interrupt
 from augkit.commands._infer import (
     BETA_HELP,
     MERGE_HELP,
@@ -27,7 +27,7 @@ from augkit.infer.files import FORMATS, check_output, errors_path, write_predict
 from augkit.infer.options import InferOptions
 from augkit.limits import DEFAULT_MAX_PIXELS
 
-Format = Enum("Format", {f: f for f in FORMATS}, type=str)
+Format = Enum("Format", {v: v for v in FORMATS}, type=str)  # type: ignore[misc]  # members computed: mypy cannot follow
 
 
 @cli_errors
@@ -98,8 +98,11 @@ def command(
     if output is not None:
         check_output(output, overwrite)
         check_output(errors_path(output), overwrite, "errors file")
-    with progress_bar("predict") as hooks:
-        preds = predict(run, [str(i) for i in inputs], opts, **hooks)
+    try:
+        with progress_bar("predict") as hooks:
+            preds = predict(run, [str(i) for i in inputs], opts, **hooks)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: keep what finished, beside the output
+        raise interrupted_exit(exc, _keep_partial(exc, output, fmt.value, top_k)) from None
     efile = write_predictions(preds, output, fmt.value, top_k)
     c = preds.counts
     say(
@@ -112,3 +115,21 @@ def command(
     list_skipped(preds.errors, f"in {efile}" if efile else "")
     if preds.errors:
         raise typer.Exit(code=EXIT_SKIPPED)
+
+
+def _keep_partial(exc: KeyboardInterrupt, output: Path | None, fmt: str, top_k: int) -> str:
+    """Write the predictions finished before an interruption to ``<output stem>.partial<suffix>``
+    (never to OUTPUT: it is written only once every input is done, so a re-run is not refused
+    by it) and say what was kept."""
+    partial = getattr(exc, "predictions", None)
+    if output is None or partial is None or not partial.rows:
+        return "no predictions were written (predict writes its output once every input is done); run the command again"
+    kept = Path(output).with_name(Path(output).stem + ".partial" + Path(output).suffix)
+    try:
+        write_predictions(partial, kept, fmt, top_k)
+    except Exception as err:  # noqa: BLE001 - the interruption is what the user must see
+        return f"no predictions were written ({kept}: {err}); run the command again"
+    return (
+        f"the {len(partial.rows)} finished predictions are in {kept} ({output} is written only when every "
+        "input is done); run the command again for all"
+    )

@@ -34,14 +34,15 @@ from augkit.training.config import (
     TrainConfig,
     parse_lr,
 )
+from augkit.training.feed import advice, from_rows
 from augkit.training.freeze import FREEZE_CHOICES, WARMUP_FRACTION
 from augkit.training.schedule import ONECYCLE_WARMUP, SCHEDULES
 
-Freeze = Enum("Freeze", {f: f for f in FREEZE_CHOICES}, type=str)
-Device = Enum("Device", {d: d for d in DEVICES}, type=str)
-Check = Enum("Check", {c: c for c in CHECKS}, type=str)
-PrecisionChoice = Enum("PrecisionChoice", {p: p for p in PRECISIONS}, type=str)
-ScheduleChoice = Enum("ScheduleChoice", {s: s for s in SCHEDULES}, type=str)
+Freeze = Enum("Freeze", {v: v for v in FREEZE_CHOICES}, type=str)  # type: ignore[misc]  # members computed: mypy cannot follow
+Device = Enum("Device", {v: v for v in DEVICES}, type=str)  # type: ignore[misc]  # members computed: mypy cannot follow
+Check = Enum("Check", {v: v for v in CHECKS}, type=str)  # type: ignore[misc]  # members computed: mypy cannot follow
+PrecisionChoice = Enum("PrecisionChoice", {v: v for v in PRECISIONS}, type=str)  # type: ignore[misc]  # members computed: mypy cannot follow
+ScheduleChoice = Enum("ScheduleChoice", {v: v for v in SCHEDULES}, type=str)  # type: ignore[misc]  # members computed: mypy cannot follow
 
 
 @cli_errors
@@ -287,6 +288,10 @@ def train(config: TrainConfig, console: Console | None = None) -> Any:
         reporter.stop()
     if is_main():
         console.print(summary_table(result))
+        feed = from_rows(result.history, result.workers)
+        tip = advice(feed, cache=config.cache, image_size=config.image_size) if feed is not None else None
+        if tip:
+            console.print(f"[yellow]{esc(tip)}[/yellow]")
     return result
 
 
@@ -412,6 +417,14 @@ def summary_table(result: Any) -> Table:
         f"thread(s), {result.workers} worker(s))",
     )
     t.add_row("engine", "", engine_line(str(result.device)))
+    feed = from_rows(result.history, result.workers)
+    if feed is not None:
+        loader = f"{'>= ' if feed.loader_at_least else ''}{feed.loader_img_s:.0f}"
+        t.add_row(
+            "waiting for data",
+            "",
+            f"{feed.data_wait:.0%} of the step time (loader {loader} img/s, model {feed.model_img_s:.0f} img/s)",
+        )
     t.add_row("freeze", "", result.plan.mode)
     lr = getattr(result, "lr", None)
     if lr is not None:

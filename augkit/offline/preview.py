@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +40,7 @@ MAX_ROWS_COLS = 64
 NO_AUGMENTATION = Recipe("none", "no augmentation", [], None)
 
 
-def pick_images(sources: list[str | os.PathLike], count: int) -> list[Path]:
+def pick_images(sources: Sequence[str | os.PathLike], count: int) -> list[Path]:
     """Images from files and folders: every file named explicitly (up to :data:`MAX_ROWS_COLS`), then
     up to ``count`` in all from the folders, taking classes in turn so each shows up."""
     named: list[Path] = []
@@ -169,7 +170,7 @@ def _fit(img: np.ndarray, cell: int) -> np.ndarray:
 
 def preview(
     recipe: Recipe | None,
-    sources: list[str | os.PathLike],
+    sources: Sequence[str | os.PathLike],
     output: str | os.PathLike,
     *,
     images: int = 4,

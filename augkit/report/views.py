@@ -10,6 +10,7 @@ as ``predict`` does; only the normalization is left out, so the colours are the 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def view_tiles(img: np.ndarray, spec: TTASpec, size: int) -> list[tuple[str, np.
 
 
 def tta_preview(
-    sources: list[str | os.PathLike],
+    sources: Sequence[str | os.PathLike],
     tta: str,
     output: str | os.PathLike,
     *,
