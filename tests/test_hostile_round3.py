@@ -338,7 +338,7 @@ def test_h_sigterm_in_train_draws_the_curves_and_exits_143(tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_h_an_interrupted_predict_says_that_nothing_was_written(digits_ff, run_ff, tmp_path, monkeypatch, sig):
+def test_h_an_interrupted_predict_keeps_what_finished_and_says_so(digits_ff, run_ff, tmp_path, monkeypatch, sig):
     import signal
 
     import augkit.infer.engine as engine
@@ -346,16 +346,42 @@ def test_h_an_interrupted_predict_says_that_nothing_was_written(digits_ff, run_f
     real = engine.DecodedImages.__getitem__
 
     def getitem(self, i):
-        if i == 3:
+        if i == 5:  # in the third batch of 2: two batches (4 images) are finished
             os.kill(os.getpid(), getattr(signal, sig))
         return real(self, i)
 
     monkeypatch.setattr(engine.DecodedImages, "__getitem__", getitem)
     out = tmp_path / "p.csv"
-    res = invoke("predict", run_ff, digits_ff, "-o", out, "--device", "cpu", "--workers", "0")
+    args = ("predict", run_ff, digits_ff, "-o", out, "--device", "cpu", "--workers", "0", "--batch-size", "2")
+    res = invoke(*args)
     assert res.exit_code == (143 if sig == "SIGTERM" else 130), res.output
-    assert "no predictions were written" in res.output and "kept" not in res.output
-    assert not out.exists()
+    said = " ".join(res.output.split())
+    assert "the 4 finished predictions are in" in said and "p.partial.csv" in said
+    assert not out.exists()  # OUTPUT is written only when every input is done
+    kept = (tmp_path / "p.partial.csv").read_bytes().splitlines()  # bytes: one name holds 0xFF
+    assert kept[0].startswith(b"path,") and len(kept) == 5
+    monkeypatch.undo()
+    assert invoke(*args).exit_code == 0 and len(out.read_bytes().splitlines()) == 14  # a re-run is not refused
+
+
+def test_h_predict_interrupted_before_any_batch_says_nothing_was_written(digits_ff, run_ff, tmp_path, monkeypatch):
+    import signal
+
+    import augkit.infer.engine as engine
+
+    real = engine.DecodedImages.__getitem__
+
+    def getitem(self, i):
+        if i == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, i)
+
+    monkeypatch.setattr(engine.DecodedImages, "__getitem__", getitem)
+    out = tmp_path / "p.csv"
+    res = invoke("predict", run_ff, digits_ff, "-o", out, "--device", "cpu", "--workers", "0")
+    assert res.exit_code == 130, res.output
+    assert "no predictions were written" in " ".join(res.output.split()) and "kept" not in res.output
+    assert not out.exists() and not (tmp_path / "p.partial.csv").exists()
 
 
 # ------------------------------------------------------------------ i. a damaged --cache store

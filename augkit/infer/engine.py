@@ -417,15 +417,19 @@ def run_tta(
     )
     acc = _Collected(paths)
     threads = cpu_threads(workers, device) if opt.set_threads else contextlib.nullcontext()
-    with torch.inference_mode(), opencv_threads(1 if workers else cv2.getNumThreads()), threads:
-        for idx, images, errs, details in loader:
-            good = acc.add_errors(idx, errs, details)
-            if good:
-                sel = images if len(good) == len(errs) else images[good]
-                vp = runner.probs(sel)
-                acc.add(idx, good, runner.merge_views(vp), vp if opt.keep_views else None)
-            if progress is not None:
-                progress(len(errs))
+    try:
+        with torch.inference_mode(), opencv_threads(1 if workers else cv2.getNumThreads()), threads:
+            for idx, images, errs, details in loader:
+                good = acc.add_errors(idx, errs, details)
+                if good:
+                    sel = images if len(good) == len(errs) else images[good]
+                    vp = runner.probs(sel)
+                    acc.add(idx, good, runner.merge_views(vp), vp if opt.keep_views else None)
+                if progress is not None:
+                    progress(len(errs))
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the finished batches go with it (predict keeps them)
+        exc.partial = acc.result(len(meta.classes), runner, opt.keep_views)  # type: ignore[attr-defined]
+        raise
     return acc.result(len(meta.classes), runner, opt.keep_views)
 
 

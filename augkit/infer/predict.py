@@ -99,19 +99,27 @@ def predict_local(
     hooks.tta(spec, source)
     paths = collect_inputs(inputs)
     hooks.start(len(paths))
-    res = run_tta(
-        model,
-        meta,
-        paths,
-        spec,
-        device=dev,
-        batch_size=opts.batch_size,
-        workers=opts.workers,
-        max_pixels=opts.max_pixels,
-        progress=hooks.progress,
-    )
-    rows = [top_row(paths[i], p, meta.classes, opts.top_k) for i, p in zip(res.ok, res.merged)]
-    return Predictions(list(meta.classes), rows, res.errors, spec, str(path), source)
+    def predictions(res) -> Predictions:
+        rows = [top_row(paths[i], p, meta.classes, opts.top_k) for i, p in zip(res.ok, res.merged)]
+        return Predictions(list(meta.classes), rows, res.errors, spec, str(path), source)
+
+    try:
+        res = run_tta(
+            model,
+            meta,
+            paths,
+            spec,
+            device=dev,
+            batch_size=opts.batch_size,
+            workers=opts.workers,
+            max_pixels=opts.max_pixels,
+            progress=hooks.progress,
+        )
+    except KeyboardInterrupt as exc:  # the caller may keep what finished (``exc.predictions``)
+        if getattr(exc, "partial", None) is not None:
+            exc.predictions = predictions(exc.partial)  # type: ignore[attr-defined]
+        raise
+    return predictions(res)
 
 
 register_engine("ray")(predict_ray_engine)
