@@ -47,7 +47,7 @@ class StepContext:
     source: str | None
     line: int | None
     p: float = 1.0
-    parse_steps: Callable[[Any, str, str, int | None], list] | None = None
+    parse_steps: Callable[[Any, str, str | None, int | None], list] | None = None
 
 
 @dataclass

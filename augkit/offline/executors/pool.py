@@ -138,6 +138,7 @@ class PoolStarter:
         """The pool, once a worker is up; None when it could not start, e.g. the task's setup fails
         in a worker (the caller runs in-process)."""
         self.start()
+        assert self._thread is not None  # start() made it
         self._thread.join()
         try:
             if self._ping is not None:
