@@ -161,6 +161,9 @@ def check_graph(info: OnnxInfo, props: dict[str, str], inputs: list, outputs: li
 class OnnxModel:
     """An exported model run by onnxruntime; :meth:`runner` serves a TTA from its views."""
 
+    #: the graph's inputs and outputs (onnxruntime NodeArg lists), set by :meth:`_read_props`
+    _io: tuple[list[Any], list[Any]]
+
     def __init__(self, path: str | os.PathLike, device: torch.device):
         ort = import_onnxruntime()
         self.path, self.device = Path(path), device

@@ -14,10 +14,11 @@ import io
 import math
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import torch
 from torch import nn
@@ -70,7 +71,14 @@ def versions() -> dict[str, str]:
     return out
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta, **extra: Any) -> Path:
+class HasStateDict(Protocol):
+    """What a checkpoint takes its weights from: a model (DDP-wrapped or not), or a copy of its
+    state dict with the same method (a training run's best epoch, kept until it is written)."""
+
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+
+def save_checkpoint(path: str | os.PathLike, model: HasStateDict, meta: ModelMeta, **extra: Any) -> Path:
     """Atomically write ``{format, state_dict, meta, **extra}``; ``extra`` holds only tensors,
     numbers, strings, lists and dicts (optimizer state, epoch, metrics), so weights_only loads it."""
     path = Path(path)
@@ -78,7 +86,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta, 
     return path
 
 
-def checkpoint_bytes(model: nn.Module, meta: ModelMeta, **extra: Any) -> bytes:
+def checkpoint_bytes(model: HasStateDict, meta: ModelMeta, **extra: Any) -> bytes:
     """The bytes :func:`save_checkpoint` writes: a snapshot, unaffected by later training steps."""
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     payload = {"format": FORMAT, "state_dict": state, "meta": asdict(meta), **extra}
@@ -87,7 +95,7 @@ def checkpoint_bytes(model: nn.Module, meta: ModelMeta, **extra: Any) -> bytes:
     return buf.getvalue()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def _unwrap(model: HasStateDict) -> HasStateDict:
     return getattr(model, "module", model)  # DDP / DataParallel
 
 

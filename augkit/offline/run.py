@@ -151,11 +151,14 @@ def _check_dirs(src: Path, dst: Path) -> None:
 check_dirs = _check_dirs  # public: a labelled dataset's plan checks SRC and DST the same way
 
 
-def _split_links_into_dst(src: Path, dst: Path, items: list[tuple[str, str]]):
+def _split_links_into_dst(
+    src: Path, dst: Path, items: list[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], list[str]]:
     """Inputs whose real path lies in DST (a symlink in SRC pointing there): augkit must never
     augment its own outputs. Returns (kept items, skipped relative paths)."""
     d = dst.resolve()
-    kept, links = [], []
+    kept: list[tuple[str, str]] = []
+    links: list[tuple[str, str]] = []
     for rel, cls in items:
         # os.path.realpath, not Path.resolve: a self-looping link (x.jpg -> x.jpg) makes resolve raise
         # RuntimeError; realpath returns the link, and the worker reports the file ("unreadable")
@@ -167,6 +170,7 @@ def _split_links_into_dst(src: Path, dst: Path, items: list[tuple[str, str]]):
 def _copies_per_file(by_class: dict[str, list[str]], options: AugmentOptions) -> tuple[dict[str, int], dict]:
     """Copies for each file; with ``per_class`` the remainder goes to files chosen by the seed."""
     if options.per_class is None:
+        assert options.copies is not None  # __post_init__ sets copies to 1 when per_class is not given
         return {rel: options.copies for rels in by_class.values() for rel in rels}, {}
     copies, counts = {}, {}
     for cls, rels in by_class.items():

@@ -30,10 +30,11 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
+from typing import overload
 
 import torch
 from torch import nn
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 from augkit.errors import UsageError
 from augkit.training.config import LIBRARY_ONLY
@@ -83,25 +84,23 @@ class DistContext:
         return self.rank == 0
 
     # ------------------------------------------------------------------ data
-    def train_sampler(self, ds, seed: int) -> Sampler | None:
+    def train_sampler(self, ds, seed: int) -> DistributedSampler | None:
         """Per-rank shards of ``ds``, shuffled per epoch (padded so that every rank runs the same
         number of steps, as DDP needs); None when not distributed."""
         if not self.enabled:
             return None
-        from torch.utils.data.distributed import DistributedSampler
-
         return DistributedSampler(
             ds, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed, drop_last=False
         )
 
-    def eval_sampler(self, ds) -> Sampler | None:
+    def eval_sampler(self, ds) -> ShardSampler | None:
         """Every ``world_size``-th image from ``rank`` on: each image once, no padding."""
         return ShardSampler(len(ds), self.rank, self.world_size) if self.enabled else None
 
     @staticmethod
     def set_epoch(loader, epoch: int) -> None:
         sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
+        if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
 
     # ------------------------------------------------------------------ model
@@ -122,6 +121,10 @@ class DistContext:
         return self._wrapped[key]
 
     # ------------------------------------------------------------------ metrics
+    @overload
+    def reduce(self, stats: dict) -> dict: ...
+    @overload
+    def reduce(self, stats: None) -> None: ...
     def reduce(self, stats: dict | None) -> dict | None:
         """Sum a :func:`~augkit.training.loop.train_one_epoch` / :func:`~augkit.training.loop.validate` result
         over ranks: loss and accuracy weighted by each rank's images, the slowest rank's seconds."""
@@ -187,8 +190,9 @@ def setup(device: torch.device) -> DistContext:
         raise UsageError(f"--device {device.type}: distributed training runs on cuda (nccl) or cpu (gloo)")
     owned = False
     if not torch.distributed.is_initialized():
+        # device_id binds the group to this process's GPU; None (the default) on CPU under gloo
         torch.distributed.init_process_group(
-            backend=backend, rank=rank, world_size=world, **({"device_id": device} if device.type == "cuda" else {})
+            backend=backend, rank=rank, world_size=world, device_id=device if device.type == "cuda" else None
         )
         owned = True
     return DistContext(

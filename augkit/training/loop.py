@@ -35,12 +35,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 import torch.distributed
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from augkit.devices import cpu_threads, resolve_device, usable_cores
 from augkit.errors import AugkitError, ImageError, UsageError
@@ -73,7 +74,7 @@ from augkit.training.config import (  # noqa: F401  (re-exported)
     default_workers,
 )
 from augkit.training.dataset import MEMORY_CACHE_BYTES, AugmentedImageFolder
-from augkit.training.distributed import DistContext, local_world_size
+from augkit.training.distributed import DistContext, ShardSampler, local_world_size
 from augkit.training.distributed import setup as dist_setup
 from augkit.training.ema import ModelEma
 from augkit.training.feed import FeedMeter, FeedStats
@@ -215,10 +216,22 @@ class RunState:
 # ====================================================================== data
 
 
+class _FolderOptions(TypedDict):
+    """The options every :class:`AugmentedImageFolder` of a run is made with (train and val alike)."""
+
+    image_size: int
+    seed: int
+    check: str
+    max_pixels: int | None
+    output: str
+    cache: ImageCache | None
+    memory_cache: int
+
+
 def load_data(cfg: TrainConfig, recipe: Recipe | None, cache: ImageCache | None = None) -> Data:
     """``DATA/train`` + ``DATA/val`` when present, else a stratified, seeded split of ``DATA``."""
     root = Path(cfg.data)
-    common = dict(
+    common = _FolderOptions(
         image_size=cfg.image_size,
         seed=cfg.seed,
         check=cfg.check,
@@ -251,7 +264,7 @@ def load_data(cfg: TrainConfig, recipe: Recipe | None, cache: ImageCache | None 
     return data
 
 
-def _with_val_folder(root: Path, full: AugmentedImageFolder, common: dict) -> Data:
+def _with_val_folder(root: Path, full: AugmentedImageFolder, common: _FolderOptions) -> Data:
     val_classes = AugmentedImageFolder(root / "val", None, check="none").classes
     missing = [c for c in val_classes if c not in full.classes]
     if missing:
@@ -298,7 +311,8 @@ def grouped_split(targets: list[int], groups: list[str], val_split: float, seed:
     by_class: dict[int, dict[str, list[int]]] = {}
     for i, (t, g) in enumerate(zip(targets, groups)):
         by_class.setdefault(t, {}).setdefault(g, []).append(i)
-    train, val = [], []
+    train: list[int] = []
+    val: list[int] = []
     for t, members in sorted(by_class.items()):
         n = sum(len(m) for m in members.values())
         k = max(round(n * val_split), 1 if val_split > 0 else 0)
@@ -341,7 +355,10 @@ def make_loader(
 ) -> DataLoader:
     """A loader whose shuffling uses its own generator (reseeded per epoch by the caller), so
     the order does not depend on the worker count, the global RNG or a resume."""
-    sampler = RandomSampler(ds, generator=order) if shuffle else None
+    assert cfg.workers is not None  # resolved by train (default_workers) before any loader is made
+    sampler: RandomSampler | DistributedSampler | ShardSampler | None = (
+        RandomSampler(ds, generator=order) if shuffle else None
+    )
     if dist is not None and dist.enabled:  # under torchrun: this rank's shard (augkit.training.distributed)
         sampler = dist.train_sampler(ds, cfg.seed) if shuffle else dist.eval_sampler(ds)
     n = len(sampler) if sampler is not None else len(ds)
@@ -383,7 +400,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     loop and 10 ms fused (steps of ~200 ms at 32 px). Elsewhere the default implementation."""
     backbone, head = split_params(model)
     groups = [{"params": backbone, "name": "backbone"}, {"params": head, "name": "head"}]
-    lr = DEFAULT_LR if cfg.lr_auto else cfg.lr  # the rates are set before every step anyway
+    lr = DEFAULT_LR if cfg.lr_auto else float(cfg.lr)  # the rates are set before every step anyway
     try:
         return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device/dtype or torch
@@ -400,11 +417,12 @@ def optimizer_kernel(optimizer: torch.optim.Optimizer) -> str:
 def epoch_lrs(cfg: TrainConfig, plan: FreezePlan, epoch: int) -> tuple[float, float]:
     """(backbone lr, head lr) for a 0-based epoch: constant during the head-only warm-up, then
     a cosine decay over the remaining epochs; a frozen backbone gets 0."""
+    peak = float(cfg.lr)  # a number: an --lr auto run takes its rates from RunState.lrs, never from here
     start = plan.warmup_epochs if plan.mode == "finetune" else 0
     if epoch < start:
-        return 0.0, cfg.lr
+        return 0.0, peak
     span = max(1, cfg.epochs - start)
-    lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch - start) / span))
+    lr = peak * 0.5 * (1 + math.cos(math.pi * (epoch - start) / span))
     return (0.0 if plan.phase(epoch) == "head" else lr * plan.backbone_lr_mult), lr
 
 
@@ -548,7 +566,8 @@ def _run_epoch(epoch: int, run: RunState) -> dict:
     set_phase(run.model, phase)
     net = dist.wrap(run.model)  # DistributedDataParallel under torchrun (rewrapped when the phase changes)
     dist.set_epoch(run.train_loader, epoch)
-    lrs = run.lrs.at(epoch, 0) if run.lrs is not None else epoch_lrs(cfg, run.plan, epoch)
+    schedule = run.lrs
+    lrs = schedule.at(epoch, 0) if schedule is not None else epoch_lrs(cfg, run.plan, epoch)
     set_lrs(run.optimizer, lrs)
     run.data.train.set_epoch(epoch)
     run.order.manual_seed(derive_seed(cfg.seed, "order", epoch, salt="train"))
@@ -568,7 +587,7 @@ def _run_epoch(epoch: int, run: RunState) -> dict:
             label_smoothing=cfg.label_smoothing,
             mix=run.mix,
             epoch=epoch,
-            lr_at=(lambda step: run.lrs.at(epoch, step)) if run.lrs is not None else None,
+            lr_at=(lambda step: schedule.at(epoch, step)) if schedule is not None else None,
             ema=run.ema,
         )
     )
@@ -596,7 +615,8 @@ def _run_epoch(epoch: int, run: RunState) -> dict:
         "ema_val_loss": ema_va["loss"] if ema_va else None,
         "ema_val_acc": ema_va["acc"] if ema_va else None,
     }
-    row["weights"] = "ema" if ema_va and _val_score(ema_va) > _val_score(va) else "raw"
+    # ema_va is only computed beside va
+    row["weights"] = "ema" if ema_va and va is not None and _val_score(ema_va) > _val_score(va) else "raw"
     row.update(FeedStats(tr["images"], seconds, tr.get("wait_seconds", 0.0), cfg.workers or 0).row())
     cb.on_epoch_end(row)
     return row
@@ -740,8 +760,10 @@ def _train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRe
     dist = dist_setup(resolve_device(cfg.device))  # DDP when launched by torchrun (augkit.training.distributed)
     device = dist.device
     cb = callbacks if callbacks is not None and dist.is_main else TrainCallbacks()  # only rank 0 reports
-    if cfg.workers is None:
-        cfg = replace(cfg, workers=default_workers(device.type, usable_cores()))
+    workers = cfg.workers
+    if workers is None:
+        workers = default_workers(device.type, usable_cores())
+        cfg = replace(cfg, workers=workers)
     if cfg.amp and device.type != "cuda":
         cb.on_note(f"--amp only has an effect on cuda; training on {device.type} without it")
     precision = choose_precision(cfg.precision, device, cfg.image_size, amp=cfg.amp and device.type == "cuda")
@@ -752,19 +774,19 @@ def _train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRe
         cb.on_note(f"warning: {w}")
     if str(cfg.weights) == "imagenet" and not cfg.resume:  # a first run offline: say so before any work
         check_imagenet_reachable(cfg.arch)
-    with cpu_threads(cfg.workers, device) as threads:  # before the first op: threads + workers <= cores
-        cfg = replace(cfg, threads=_set_threads(cfg, dist, device, threads))
-        threads = cfg.threads
+    with cpu_threads(workers, device) as default_threads:  # before the first op: threads + workers <= cores
+        threads = _set_threads(cfg, dist, device, default_threads, workers)
+        cfg = replace(cfg, threads=threads)
         data = load_data(cfg, recipe, _cache(cfg, cb.on_note))
         state = _start_state(cfg, out, resume_key(cfg, recipe), data.classes, cb.on_note)
         with deterministic(cfg.seed, device), opencv_threads(1):  # 1 OpenCV thread, set before workers fork
             run = _prepare(cfg, data, state, device, dist, precision, cb, recipe)
             history, best = _restore(state, run)
-            found = _resolve_lr(run, state)
+            lrs, found = _resolve_lr(run, state)
             cb.on_start(StartInfo(cfg, data, run.plan, device, precision, threads, out, len(history)))
             settings = settings_dict(cfg, recipe, data, run.plan, device, precision, threads)
             settings["resolved"]["optimizer"]["kernel"] = optimizer_kernel(run.optimizer)
-            _schedule_settings(settings, run, found)
+            _schedule_settings(settings, run, lrs, found)
             if dist.is_main:
                 _write_start(out, settings, data, dist)
                 if found is not None and state is None:
@@ -801,24 +823,24 @@ def _train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRe
         state["epoch"] if state else 0,
         precision.name,
         threads,
-        cfg.workers,
+        workers,
         stopped,
         run.mix is not None,
         best.get("weights", "raw"),
-        run.lrs.lr,
+        lrs.lr,
         found.to_dict() if found is not None else None,
-        run.lrs.describe(),
+        lrs.describe(),
     )
 
 
-def _set_threads(cfg: TrainConfig, dist: DistContext, device: torch.device, default: int) -> int:
+def _set_threads(cfg: TrainConfig, dist: DistContext, device: torch.device, default: int, workers: int) -> int:
     """``--threads`` if given; under torchrun on CPU each of this machine's processes gets its share
     of the cores; else the :func:`~augkit.devices.cpu_threads` rule already in force."""
     n = default
     if cfg.threads is not None:
         n = cfg.threads
     elif dist.enabled and device.type == "cpu":
-        n = max(1, usable_cores() // local_world_size() - cfg.workers)
+        n = max(1, usable_cores() // local_world_size() - workers)
     torch.set_num_threads(n)
     return n
 
@@ -847,7 +869,8 @@ def _prepare(
     else:
         model, pretrained = build_start_model(cfg.arch, len(data.classes), str(cfg.weights))
         plan = choose_freeze(cfg.freeze, len(data.train), len(data.classes), cfg.epochs, pretrained)
-    model.to(device, memory_format=torch.channels_last if precision.channels_last else torch.preserve_format)
+    # torch's stubs type memory_format only as Module.to's sole argument; at runtime it goes with a device
+    model.to(device, memory_format=torch.channels_last if precision.channels_last else torch.preserve_format)  # type: ignore[call-overload]  # stubs
     optimizer = make_optimizer(model, cfg)  # after the move: whether a fused kernel exists depends on the device
     order = torch.Generator()
     train_loader = make_loader(data.train, cfg, device, shuffle=True, order=order, dist=dist)
@@ -894,9 +917,10 @@ def _restore(state: dict | None, run: RunState) -> tuple[list[dict], dict]:
 # ====================================================================== learning rate
 
 
-def _resolve_lr(run: RunState, state: dict | None) -> LRFindResult | None:
+def _resolve_lr(run: RunState, state: dict | None) -> tuple[StepLRs, LRFindResult | None]:
     """Set ``run.lrs``, the rate of every step; with ``--lr auto`` its peak comes from a range test
-    (:func:`find_lr`; a resumed run reuses the one saved in ``last.pt``). Returns the test, if any."""
+    (:func:`find_lr`; a resumed run reuses the one saved in ``last.pt``). Returns ``run.lrs`` and
+    the test, if any."""
     cfg, found = run.cfg, None
     if cfg.lr_auto:
         saved = (state or {}).get("lr_find")
@@ -914,7 +938,7 @@ def _resolve_lr(run: RunState, state: dict | None) -> LRFindResult | None:
             run.callbacks.on_note(found.summary() + f" ({LR_FIND_PNG} in the run folder)")
     lr = found.lr if found is not None else float(cfg.lr)
     run.lrs = StepLRs(cfg.schedule, lr, cfg.epochs, len(run.train_loader), cfg.warmup, run.plan)
-    return found
+    return run.lrs, found
 
 
 def find_lr(run: RunState, start_epoch: int, steps: int) -> LRFindResult:
@@ -958,7 +982,7 @@ def find_lr(run: RunState, start_epoch: int, steps: int) -> LRFindResult:
             return range_test(step, steps)
     finally:
         feed.close()
-        if run.scaler is not None:
+        if run.scaler is not None and scaler is not None:  # (saved above whenever there is a scaler)
             run.scaler.load_state_dict(scaler)
 
 
@@ -970,12 +994,13 @@ def write_lr_find(out: Path, found: LRFindResult) -> None:
         )
 
 
-def _schedule_settings(settings: dict, run: RunState, found: LRFindResult | None) -> None:
-    """settings.yaml: the learning rate used, how it was chosen, the schedule and the EMA."""
+def _schedule_settings(settings: dict, run: RunState, lrs: StepLRs, found: LRFindResult | None) -> None:
+    """settings.yaml: the learning rate used (``lrs``: the run's schedule), how it was chosen, the
+    schedule and the EMA."""
     opt = settings["resolved"]["optimizer"]
-    opt["lr"] = run.lrs.lr
+    opt["lr"] = lrs.lr
     opt["lr_source"] = "--lr auto (range test)" if found is not None else "--lr"
-    opt["schedule"] = run.lrs.to_dict()
+    opt["schedule"] = lrs.to_dict()
     if found is not None:
         settings["resolved"]["lr_find"] = {
             "chosen_lr": found.lr,

@@ -37,7 +37,7 @@ from augkit.errors import AugkitError, ImageError
 from augkit.io.fileio import atomic_write_bytes, atomic_write_text
 from augkit.io.images import DECODE_POLICY
 from augkit.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICY
-from augkit.models.checkpoint import BEST, LAST, ModelMeta, checkpoint_bytes, versions
+from augkit.models.checkpoint import BEST, LAST, HasStateDict, ModelMeta, checkpoint_bytes, versions
 from augkit.offline.dst import locked
 from augkit.training.config import CURVES, ERRORS, METRICS, SETTINGS  # noqa: F401  (re-exported)
 from augkit.training.distributed import is_main
@@ -154,7 +154,7 @@ class CheckpointWriter:
 
     def __init__(self, out: Path, meta: ModelMeta, extra: dict, enabled: bool = True):
         self.out, self.meta, self.extra, self.enabled = out, meta, extra, enabled
-        self._best: tuple[_Weights, dict, int] | None = None  # weights, metrics, epoch not yet on disk
+        self._best: tuple[HasStateDict, dict, int] | None = None  # weights, metrics, epoch not yet on disk
         self._last_end: float | None = None
         self._cost = 0.0  # seconds the last checkpoint took: serializing + writing
         self._pool: ThreadPoolExecutor | None = None
