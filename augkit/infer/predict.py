@@ -99,6 +99,7 @@ def predict_local(
     hooks.tta(spec, source)
     paths = collect_inputs(inputs)
     hooks.start(len(paths))
+
     def predictions(res) -> Predictions:
         rows = [top_row(paths[i], p, meta.classes, opts.top_k) for i, p in zip(res.ok, res.merged)]
         return Predictions(list(meta.classes), rows, res.errors, spec, str(path), source)

@@ -396,8 +396,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
     PyTorch's fused AdamW kernel where this torch and device have one (CPU since torch 2.4, CUDA):
     one pass over the parameters instead of a dozen small ops per tensor. On CPU it is most of
-    what a step costs beside the model: ResNet-18's update took 58 ms with the default per-tensor
-    loop and 10 ms fused (steps of ~200 ms at 32 px). Elsewhere the default implementation."""
+    what a step costs beside the model (benchmarks/README.md has the figures). Elsewhere the default
+    implementation."""
     backbone, head = split_params(model)
     groups = [{"params": backbone, "name": "backbone"}, {"params": head, "name": "head"}]
     lr = DEFAULT_LR if cfg.lr_auto else float(cfg.lr)  # the rates are set before every step anyway
