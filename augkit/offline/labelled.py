@@ -21,7 +21,6 @@ byte-identical files and a killed run resumes to the files of an uninterrupted o
 
 from __future__ import annotations
 
-import errno
 import heapq
 import json
 import os
@@ -44,7 +43,7 @@ from augkit.limits import AUGMENT_PRELOAD, MAX_REDRAWS
 from augkit.offline.dst import ERRORS, latest_rows, read_rows, remove_stale_temps
 from augkit.offline.executors.result import ItemResult, Status
 from augkit.offline.run import MAX_PLANNED_OUTPUTS, AugmentOptions, AugmentResult, Plan, check_dirs, run_plan
-from augkit.offline.task import NAME_MAX, AugmentTask, TaskSettings, WorkItem, redraw_seed
+from augkit.offline.task import NAME_MAX, AugmentTask, TaskSettings, WorkItem, bad_item, redraw_seed, write_failed
 from augkit.recipe.api import Recipe, load_recipe, parse_recipe
 from augkit.seeding import derive_seed
 
@@ -409,15 +408,11 @@ class _Pending:
     copy_label_files: list[Path]
 
 
-def _bad(item: WorkItem, reason: str, detail: str = "") -> ItemResult:
-    return {"status": Status.BAD, "item": item, "reason": reason, "detail": detail[:500]}
-
-
 def _label_error(item: WorkItem, exc: ImageError) -> ItemResult:
     """A bad label file is reported like a bad image: its file (and line) and the reason."""
     line = getattr(exc, "line", None)
     where = f"{exc.path}:{line}" if line is not None else exc.path
-    return _bad(item, f"bad labels: {exc.reason}", where + (f": {exc.detail}" if exc.detail else ""))
+    return bad_item(item, f"bad labels: {exc.reason}", where + (f": {exc.detail}" if exc.detail else ""))
 
 
 class LabelledTask(AugmentTask):
@@ -442,9 +437,10 @@ class LabelledTask(AugmentTask):
         self._pipeline: LabelledPipeline | None = None
         self._items: dict[str, Item] | None = None
         self._label_writer: ThreadPoolExecutor | None = None  # _write's second thread
+        self._last_labels: tuple[str, Labels] | None = None  # the last source's parsed labels (_labels)
 
     def __getstate__(self) -> dict:
-        return dict(super().__getstate__(), _pipeline=None, _items=None, _label_writer=None)
+        return dict(super().__getstate__(), _pipeline=None, _items=None, _label_writer=None, _last_labels=None)
 
     def setup(self) -> None:
         if self._pipeline is None:
@@ -460,20 +456,19 @@ class LabelledTask(AugmentTask):
         self.setup()
         out_path = self.dst / item.out
         if len(os.fsencode(out_path.name)) > NAME_MAX:
-            return _bad(item, "name too long", f"output name {out_path.name!r} is over {NAME_MAX} bytes; rename it")
+            return bad_item(item, "name too long", f"output name {out_path.name!r} is over {NAME_MAX} bytes; rename it")
         assert self._items is not None  # setup() built it
         it = self._items[item.src]
         try:
             data, img = self._decoded(item.src, Path(it.image))  # (data.yaml may name images outside SRC)
         except ImageError as exc:
-            return _bad(item, exc.reason, exc.detail)
+            return bad_item(item, exc.reason, exc.detail)
         size = (int(img.shape[1]), int(img.shape[0]))
         try:
             mismatch = check_item_size(it, size)
             if mismatch is not None:
                 raise mismatch
-            # the size as decoded: a format that does not store it (YOLO) need not read the header again
-            labels = self.fmt.read(self.info, it if it.size is not None else replace(it, size=size))
+            labels = self._labels(item.src, it, size)
         except LabelError as exc:
             return _label_error(item, exc)
         source = self._source_record(item.src)
@@ -500,17 +495,30 @@ class LabelledTask(AugmentTask):
             except LabelError as exc:
                 return _label_error(item, exc)
             except Exception as exc:  # noqa: BLE001 - an op that fails on this image: report the file
-                return _bad(item, "augment failed", f"{type(exc).__name__}: {exc}")
+                return bad_item(item, "augment failed", f"{type(exc).__name__}: {exc}")
             rec["objects"] = stats_record(stats, self.info.names)
             try:
                 payload = encode_image(out, out_path.suffix, quality=self.settings.quality)
             except Exception as exc:  # noqa: BLE001 - ImageError or cv2.error
-                return _bad(item, "encode failed", f"{out.shape[1]}x{out.shape[0]} image to {out_path.suffix}: {exc}")
+                return bad_item(
+                    item, "encode failed", f"{out.shape[1]}x{out.shape[0]} image to {out_path.suffix}: {exc}"
+                )
             pending = _Pending(payload, None, it, out_labels, (int(out.shape[1]), int(out.shape[0])), [])
         if item.verify:
             return self._verify(item, out_path, pending, rec)
         done: ItemResult = {**rec, "seconds": time.perf_counter() - t0}
         return item, out_path, pending, done
+
+    def _labels(self, src: str, it: Item, size: tuple[int, int]) -> Labels:
+        """Parse a source's labels once: its copies are consecutive items (as :meth:`_decoded` reuses
+        its pixels), and the pipeline builds new labels, never changing the ones it is given."""
+        last = self._last_labels
+        if last is not None and last[0] == src:
+            return last[1]
+        # the size as decoded: a format that does not store it (YOLO) need not read the header again
+        labels = self.fmt.read(self.info, it if it.size is not None else replace(it, size=size))
+        self._last_labels = (src, labels)
+        return labels
 
     def _augment_both(
         self, img: np.ndarray, labels: Labels, seed: int
@@ -558,22 +566,14 @@ class LabelledTask(AugmentTask):
         if self._label_writer is None:
             self._label_writer = ThreadPoolExecutor(1, thread_name_prefix="augkit-labels")
         try:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
             labels = self._label_writer.submit(self._write_labels, item, pending)
             try:
                 if image:
-                    self._place(out_path, pending.link_to, pending.payload)
+                    self._place(out_path, pending.link_to, pending.payload)  # makes the folder
             finally:
                 rec["label_record"] = labels.result()  # raises what the label write raised
         except OSError as exc:
-            if exc.errno == errno.ENAMETOOLONG:
-                return _bad(item, "name too long", f"{out_path}: {exc.strerror}")
-            return {
-                "status": Status.FATAL,
-                "item": item,
-                "reason": "write failed",
-                "detail": f"{exc.filename or out_path}: {exc.strerror or exc}",
-            }
+            return write_failed(item, out_path, exc)
         return rec
 
     def _write_labels(self, item: WorkItem, pending: _Pending) -> dict:

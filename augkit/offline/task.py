@@ -73,8 +73,22 @@ def _settled(result: ItemResult | Future, item: WorkItem) -> ItemResult:
         return failure(item, "worker error", exc)
 
 
-def _bad(item: WorkItem, reason: str, detail: str = "") -> ItemResult:
+def bad_item(item: WorkItem, reason: str, detail: str = "") -> ItemResult:
+    """An input that is skipped and reported (its file and the reason); the run goes on."""
     return {"status": Status.BAD, "item": item, "reason": reason, "detail": detail[:500]}
+
+
+def write_failed(item: WorkItem, out_path: Path, exc: OSError) -> ItemResult:
+    """An output that could not be written: a name too long is this file's problem (reported, the
+    run goes on); any other OS error (disk full, read-only) ends the run."""
+    if exc.errno == errno.ENAMETOOLONG:
+        return bad_item(item, "name too long", f"{out_path}: {exc.strerror}")
+    return {
+        "status": Status.FATAL,
+        "item": item,
+        "reason": "write failed",
+        "detail": f"{exc.filename or out_path}: {exc.strerror or exc}",
+    }
 
 
 class AugmentTask:
@@ -165,7 +179,7 @@ class AugmentTask:
         t0 = time.perf_counter()
         out_path = self.dst / item.out
         if len(os.fsencode(out_path.name)) > NAME_MAX:
-            return _bad(
+            return bad_item(
                 item,
                 "name too long",
                 f"output name {out_path.name!r} is "
@@ -174,7 +188,7 @@ class AugmentTask:
         try:
             data, img = self._decoded(item.src, self.src / item.src)
         except ImageError as exc:
-            return _bad(item, exc.reason, exc.detail)
+            return bad_item(item, exc.reason, exc.detail)
         source = self._source_record(item.src)
         assert source is not None  # _decoded just read item.src and kept its record
         rec: ItemResult = {
@@ -193,12 +207,12 @@ class AugmentTask:
             try:
                 out, rec["transforms"], rec["redraws"], rec["unchanged"] = self._augment(img, item.seed)
             except Exception as exc:  # noqa: BLE001 - an op that fails on this image: report the file
-                return _bad(item, "augment failed", f"{type(exc).__name__}: {exc}")
+                return bad_item(item, "augment failed", f"{type(exc).__name__}: {exc}")
             try:
                 payload = encode_image(out, out_path.suffix, quality=self.settings.quality)
             except Exception as exc:  # noqa: BLE001 - ImageError or cv2.error (e.g. 2x20000 to webp)
                 detail = f"{out.shape[1]}x{out.shape[0]} image to {out_path.suffix}"
-                return _bad(item, "encode failed", detail if isinstance(exc, ImageError) else f"{detail}: {exc}")
+                return bad_item(item, "encode failed", detail if isinstance(exc, ImageError) else f"{detail}: {exc}")
         if item.verify:
             return self._verify(item, out_path, payload, rec)
         done: ItemResult = {**rec, "seconds": time.perf_counter() - t0}
@@ -218,12 +232,5 @@ class AugmentTask:
             out_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(out_path, payload)
         except OSError as exc:
-            if exc.errno == errno.ENAMETOOLONG:
-                return _bad(item, "name too long", f"{out_path}: {exc.strerror}")
-            return {
-                "status": Status.FATAL,
-                "item": item,
-                "reason": "write failed",
-                "detail": f"{exc.filename or out_path}: {exc.strerror or exc}",
-            }
+            return write_failed(item, out_path, exc)
         return rec

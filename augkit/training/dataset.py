@@ -52,7 +52,24 @@ MEMORY_CACHE_BYTES = 256 << 20
 _KEEP = object()
 
 
-class AugmentedImageFolder(Dataset):
+class SharedEpoch:
+    """The epoch a dataset's augmentations are drawn for, in a shared-memory tensor, so that
+    :meth:`set_epoch` reaches persistent DataLoader workers too."""
+
+    def _init_epoch(self, epoch: int = 0) -> None:
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._epoch[0] = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose augmentations ``__getitem__`` returns (call before each epoch)."""
+        self._epoch[0] = int(epoch)
+
+
+class AugmentedImageFolder(SharedEpoch, Dataset):
     """An image folder (``root/<class>/.../<file>``) or a list of ``(path, label)`` pairs, with a recipe.
 
     Args:
@@ -120,8 +137,7 @@ class AugmentedImageFolder(Dataset):
         if self.cache is not None:
             items = self._fill_cache(items)
         self._set_items(items)
-        # a shared-memory tensor, so set_epoch reaches persistent DataLoader workers too
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._init_epoch()
         self._augmenter = None
         self._memo = _Memo(memory_cache)
 
@@ -217,20 +233,11 @@ class AugmentedImageFolder(Dataset):
         sub._set_items([self._items[i] for i in indices])
         if recipe is not _KEEP:
             sub.recipe = load_recipe(recipe) if isinstance(recipe, (str, os.PathLike)) else recipe
-        sub._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-        sub._epoch[0] = int(self._epoch[0])
+        sub._init_epoch(self.epoch)
         sub._augmenter = None
         return sub
 
     # ------------------------------------------------------------------ the Dataset protocol
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch[0])
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose augmentations ``__getitem__`` returns (call before each epoch)."""
-        self._epoch[0] = int(epoch)
-
     def __len__(self) -> int:
         return len(self._items)
 

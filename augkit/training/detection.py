@@ -48,13 +48,14 @@ from augkit.labels.model import DatasetInfo, Item, Labels, box_area
 from augkit.limits import DEFAULT_MAX_PIXELS
 from augkit.recipe.api import Recipe, load_recipe
 from augkit.seeding import derive_seed
+from augkit.training.dataset import SharedEpoch
 
 OUTPUTS = ("float", "uint8")
 CHECKS = ("labels", "none")
 Reader = Callable[[DatasetInfo, Item], Labels]
 
 
-class LabelledDataset(Dataset):
+class LabelledDataset(SharedEpoch, Dataset):
     """One split of a labelled dataset, with a recipe, as ``(image, target)`` pairs (see the module doc).
 
     Args:
@@ -124,8 +125,7 @@ class LabelledDataset(Dataset):
             items = self._check(items)
         self.items = items
         self.keys = [_key(self.info, it) for it in items]
-        # a shared-memory tensor, so set_epoch reaches persistent DataLoader workers too
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._init_epoch()
 
     def _build(self) -> LabelledPipeline:
         assert self.recipe is not None
@@ -143,14 +143,6 @@ class LabelledDataset(Dataset):
         return keep
 
     # ------------------------------------------------------------------ the Dataset protocol
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch[0])
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose augmentations ``__getitem__`` returns (call before each epoch)."""
-        self._epoch[0] = int(epoch)
-
     def __len__(self) -> int:
         return len(self.items)
 
