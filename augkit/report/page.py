@@ -245,6 +245,10 @@ def build_report(
     settings = yaml.safe_load((run / SETTINGS).read_text(encoding="utf-8")) or {}
     rep: dict = {}
     if evaluation is not None:
+        if not Path(evaluation).is_file():
+            raise UsageError(
+                f"{evaluation}: evaluate report not found (write one with augkit evaluate ... --report FILE)"
+            )
         try:
             rep = json.loads(Path(evaluation).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
