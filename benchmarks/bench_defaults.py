@@ -5,17 +5,27 @@ scikit-image (an accuracy experiment, not a timing benchmark; run it alone).
 Data kinds (``--kinds``): ``digits10`` and ``digits50``: scikit-learn's digits (8x8, upscaled to
 32 px), the first 10 / 50 of each class for training and the next 50 of each held out; ``faces``:
 scikit-image's ``lfw_subset`` (25x25 gray, upscaled to 32 px), 20 faces and 20 non-faces for training,
-the other 160 held out (``bench_recipes.faces_split``). ResNet-18 from scratch at 32 px, batch 32,
+the other 160 held out (``bench_recipes.faces_split``); ``photos``: which of five scikit-image colour
+photos (astronaut, chelsea, coffee, rocket, immunohistochemistry) a random crop (30-60% of each side,
+resized to 48 px) comes from, 20 crops of each to train and 40 held out. ResNet-18 from scratch at 32 px, batch 32,
 the same epochs for every contender, seeds 0, 1, 2. Recipes: ``digits`` for digits, ``light`` for
-faces (the plain script's hand-written albumentations mirror them).
+faces, ``default`` for photos (the plain script's hand-written albumentations mirror them).
 
 Contenders (``--contenders``; :data:`CONTENDERS`): each augkit one is ``augkit train`` as a user runs
 it (its own validation split, 20% by default, ``best.pt`` scored), changing only the options named;
 ``plain`` is ``benchmarks/plain_onecycle.py`` (all training images, its last weights scored). Every
-model is scored on the held-out images without TTA (``augkit evaluate --tta none``).
+model is scored on the held-out images without TTA (``augkit evaluate --tta none``). ``onecycle`` at
+1e-3, 3e-3 and 1e-2 are the three hand-picked rates ``onecycle-auto`` is compared with; for each
+``--lr auto`` run the sweep's PNG is kept (``--keep DIR``) and the chosen rate's place in the sweep
+is recorded: ``drop``, how far the smoothed loss at the chosen rate has fallen from the sweep's start
+towards its lowest point (1 = at the bottom), and whether the rate lies in the flat bottom (the
+rates before the lowest point whose smoothed loss has made at least half of that fall).
 
-Run: .venv/bin/python benchmarks/bench_defaults.py [--kinds digits10,digits50,faces] [--seeds 0,1,2]
-     [--epochs 30] [--contenders old,onecycle,...,plain] [--json out.json]
+Runs are independent; ``--jobs 2`` runs two at a time (one thread each: accuracy does not depend on
+it, the seconds do).
+
+Run: .venv/bin/python benchmarks/bench_defaults.py [--kinds digits10,digits50,faces,photos] [--seeds 0,1,2]
+     [--epochs 30] [--contenders old,onecycle,...,plain] [--json out.json] [--keep DIR] [--jobs 2]
 Smoke run (end to end, numbers meaningless): --seeds 0 --epochs 1
 """
 
@@ -23,12 +33,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -48,9 +61,43 @@ CONTENDERS: dict[str, dict] = {
     "cosine-warmup": {"schedule": "cosine", "warmup": 1.0, "lr": 3e-3},
     "onecycle-ema": {"schedule": "onecycle", "lr": 3e-3, "ema": 0.999},
     "onecycle-auto-ema": {"schedule": "onecycle", "lr": "auto", "ema": 0.999},
+    "onecycle-lr1e-3": {"schedule": "onecycle", "lr": 1e-3},
+    "onecycle-lr1e-2": {"schedule": "onecycle", "lr": 1e-2},
 }
+#: run by default (onecycle-auto-ema only on request)
+DEFAULT_CONTENDERS = [
+    "old",
+    "onecycle",
+    "onecycle-lr1e-3",
+    "onecycle-lr1e-2",
+    "onecycle-auto",
+    "cosine-warmup",
+    "onecycle-ema",
+]
 PLAIN = "plain"
-KINDS = {"digits10": "digits", "digits50": "digits", "faces": "light"}  # data kind -> recipe
+KINDS = {"digits10": "digits", "digits50": "digits", "faces": "light", "photos": "default"}  # kind -> recipe
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")
+
+
+def photos_split(root: Path, per_class: int = 20, test_per_class: int = 40, size: int = 48) -> Path:
+    """root/{train,test}/<photo>/*.png: random crops (30-60% of each side) of five colour photos."""
+    import cv2
+    import numpy as np
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    for name in PHOTOS:
+        src = getattr(data, name)()[..., :3]
+        h, w = src.shape[:2]
+        for i in range(per_class + test_per_class):
+            ch, cw = int(h * rng.uniform(0.3, 0.6)), int(w * rng.uniform(0.3, 0.6))
+            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            img = cv2.resize(src[y : y + ch, x : x + cw], (size, size), interpolation=cv2.INTER_AREA)
+            out = root / ("train" if i < per_class else "test") / name / f"{name}_{i:03d}.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(out), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+                raise OSError(f"could not write {out}")
+    return root
 
 
 def make_data(kind: str, root: Path) -> Path:
@@ -58,10 +105,24 @@ def make_data(kind: str, root: Path) -> Path:
         return digits_split(root, 10, 50)
     if kind == "digits50":
         return digits_split(root, 50, 50)
+    if kind == "photos":
+        return photos_split(root)
     return faces_split(root)
 
 
-def run_augkit(data: Path, out: Path, kind: str, options: dict, seed: int, epochs: int) -> dict:
+def sweep_place(found: dict) -> dict:
+    """Where ``--lr auto``'s choice lies in its own sweep: ``drop`` (how far the smoothed loss at the
+    chosen rate has fallen from the start towards the lowest point) and ``in_flat_bottom`` (the chosen
+    rate is before the lowest point and has made at least half of that fall)."""
+    sm, low, near = found["smoothed"], found["minimum"], found["index"]
+    fall = sm[0] - sm[low]
+    drop = (sm[0] - sm[near]) / fall if fall > 0 else 0.0
+    return {"drop": round(drop, 3), "in_flat_bottom": bool(near <= low and drop >= 0.5)}
+
+
+def run_augkit(
+    data: Path, out: Path, kind: str, options: dict, seed: int, epochs: int, keep: Path | None = None
+) -> dict:
     from augkit.infer.evaluate import evaluate
     from augkit.training.config import TrainConfig
     from augkit.training.loop import train
@@ -85,7 +146,7 @@ def run_augkit(data: Path, out: Path, kind: str, options: dict, seed: int, epoch
         )
     )
     acc = evaluate(out / "best.pt", data / "test", tta="none", device="cpu", workers=0)["accuracy"]["plain"]
-    return {
+    row = {
         "test_acc": round(acc, 4),
         "seconds": round(time.perf_counter() - t0, 1),
         "lr": result.lr,
@@ -93,6 +154,23 @@ def run_augkit(data: Path, out: Path, kind: str, options: dict, seed: int, epoch
         "best_epoch": result.best_epoch,
         "lr_find_steps": result.lr_find["steps"] if result.lr_find else 0,
     }
+    if result.lr_find:
+        row.update(sweep_place(result.lr_find))
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / "lr_find.png", keep / f"lr_find_{kind}_{out.name}.png")
+    return row
+
+
+def run_task(task: tuple) -> dict:
+    """One (kind, contender, seed) run, in a worker process of ``--jobs``."""
+    kind, c, seed, data, tmp, epochs, keep = task
+    if c == PLAIN:
+        row = run_plain(data, kind, seed, epochs)
+    else:
+        row = run_augkit(data, tmp / f"{c}_seed{seed}", kind, CONTENDERS[c], seed, epochs, keep)
+    row.update(kind=kind, contender=c, seed=seed, load=os.getloadavg()[0])
+    return row
 
 
 def run_plain(data: Path, kind: str, seed: int, epochs: int) -> dict:
@@ -143,8 +221,10 @@ def main() -> None:
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--contenders", default=",".join([*CONTENDERS, PLAIN]))
+    p.add_argument("--contenders", default=",".join([*DEFAULT_CONTENDERS, PLAIN]))
     p.add_argument("--json", type=Path)
+    p.add_argument("--keep", type=Path, help="keep each --lr auto sweep's PNG here")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (each one thread)")
     args = p.parse_args()
     kinds, contenders = args.kinds.split(","), args.contenders.split(",")
     unknown = [c for c in contenders if c not in CONTENDERS and c != PLAIN] + [k for k in kinds if k not in KINDS]
@@ -155,25 +235,24 @@ def main() -> None:
 
     results: dict = {"epochs": args.epochs, "batch": BATCH, "load_before": os.getloadavg(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench_defaults_") as tmp:
+        tasks = []
         for kind in kinds:
             data = make_data(kind, Path(tmp) / kind)
             for seed in map(int, args.seeds.split(",")):
-                for c in contenders:
-                    if c == PLAIN:
-                        row = run_plain(data, kind, seed, args.epochs)
-                    else:
-                        row = run_augkit(
-                            data, Path(tmp) / f"run_{kind}_{c}_{seed}", kind, CONTENDERS[c], seed, args.epochs
-                        )
-                    row.update(kind=kind, contender=c, seed=seed, load=os.getloadavg()[0])
-                    results["runs"].append(row)
-                    extra = f", lr {row['lr']:.3g}, best.pt {row['best_weights']}" if c != PLAIN else ""
-                    print(
-                        f"  {kind:9s} {c:18s} seed {seed}: {row['test_acc']:.1%} ({row['seconds']:.0f} s{extra})",
-                        flush=True,
-                    )
-                    if args.json:
-                        args.json.write_text(json.dumps(results, indent=2))
+                tasks += [(kind, c, seed, data, Path(tmp) / f"runs_{kind}", args.epochs, args.keep) for c in contenders]
+        with ProcessPoolExecutor(max(1, args.jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+            for row in pool.map(run_task, tasks):
+                results["runs"].append(row)
+                c = row["contender"]
+                extra = f", lr {row['lr']:.3g}, best.pt {row['best_weights']}" if c != PLAIN else ""
+                if "drop" in row:
+                    extra += f", sweep drop {row['drop']:.2f}{'' if row['in_flat_bottom'] else ' NOT in flat bottom'}"
+                print(
+                    f"  {row['kind']:9s} {c:18s} seed {row['seed']}: {row['test_acc']:.1%} ({row['seconds']:.0f} s{extra})",
+                    flush=True,
+                )
+                if args.json:
+                    args.json.write_text(json.dumps(results, indent=2))
     results["load_after"] = os.getloadavg()
     results["summary"] = summarize(results["runs"], kinds, contenders)
     print_table(results["summary"], contenders)

@@ -5,7 +5,7 @@ measures augkit's defaults against; not tuned against them (max_lr 3e-3 and batc
 usual starting points, the augmentations mirror augkit's recipes by hand).
 
 Usage: python benchmarks/plain_onecycle.py TRAIN_DIR TEST_DIR [--epochs 30] [--batch 32]
-       [--max-lr 3e-3] [--aug digits|light|none] [--seed 0] [--size 32]
+       [--max-lr 3e-3] [--aug digits|light|default|none] [--seed 0] [--size 32]
 Prints one JSON line: {"test_acc": ..., "seconds": ...}. Folders are TRAIN_DIR/<class>/<image>.
 """
 
@@ -31,7 +31,7 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def augmentations(name: str, seed: int) -> A.Compose:
-    """By hand, the same kinds of change as augkit's ``digits`` and ``light`` recipes."""
+    """By hand, the same kinds of change as augkit's ``digits``, ``light`` and ``default`` recipes."""
     steps = {
         "digits": [
             A.Affine(
@@ -50,6 +50,24 @@ def augmentations(name: str, seed: int) -> A.Compose:
             A.HorizontalFlip(p=0.5),
             A.Affine(translate_percent=(-0.05, 0.05), border_mode=cv2.BORDER_REFLECT_101, p=0.5),
             A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.0, p=0.5),
+        ],
+        "default": [
+            A.HorizontalFlip(p=0.5),
+            A.Affine(
+                scale=(0.9, 1.1),
+                translate_percent=(-0.06, 0.06),
+                rotate=(-12, 12),
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=0.7,
+            ),
+            A.OneOf(
+                [
+                    A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.03, p=2 / 3),
+                    A.RandomBrightnessContrast(brightness_limit=0.08, contrast_limit=0.2, p=1 / 3),
+                ],
+                p=0.8,
+            ),
+            A.GaussianBlur(blur_limit=(3, 5), p=0.1),
         ],
         "none": [],
     }[name]
@@ -81,7 +99,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max-lr", type=float, default=3e-3)
-    p.add_argument("--aug", choices=("digits", "light", "none"), default="digits")
+    p.add_argument("--aug", choices=("digits", "light", "default", "none"), default="digits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=32)
     args = p.parse_args()
