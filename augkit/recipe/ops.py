@@ -258,8 +258,9 @@ def _affine(prm, p, border, fill):
     example={"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02, "p": 0.8},
 )
 def _color(prm, p, border, fill):
-    A = import_albumentations()
-    return A.ColorJitter(
+    from augkit.recipe.colour import ColorJitter  # albumentations' ColorJitter in fewer uint8 passes; loads it
+
+    return ColorJitter(
         brightness=_t(prm["brightness"]),
         contrast=_t(prm["contrast"]),
         saturation=_t(prm["saturation"]),
@@ -280,11 +281,12 @@ def _color(prm, p, border, fill):
     manifest=lambda sampled: {"a": sampled.get("alpha"), "b": sampled.get("beta")},
 )
 def _linear(prm, p, border, fill):
-    A = import_albumentations()
     # RandomBrightnessContrast with brightness_by_max computes clip(img * alpha + beta * 255)
     # with alpha = 1 + U(contrast_limit) and beta = U(brightness_limit): exactly a * x + b.
+    from augkit.recipe.colour import RandomBrightnessContrast  # as albumentations', one table pass on uint8
+
     a, b = _t(prm["a"]), _t(prm["b"])
-    return A.RandomBrightnessContrast(
+    return RandomBrightnessContrast(
         brightness_limit=(b[0] / 255.0, b[1] / 255.0),
         contrast_limit=(a[0] - 1.0, a[1] - 1.0),
         brightness_by_max=True,
