@@ -304,6 +304,16 @@ def _decode_jpeg(data: bytes, info: JpegInfo, k: int, path: str | os.PathLike) -
     return img
 
 
+def decode_jpeg_bgr(data: bytes, info: JpegInfo, k: int, path: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """A JPEG (``info`` from :func:`read_header`, whose limits it has passed) decoded at 1/``k`` scale
+    (1, 2, 4, 8), EXIF-oriented, truncation checked, still in OpenCV's BGR order: the policy's RGB is
+    ``[..., ::-1]`` of it. For callers that keep only part of the picture (:mod:`augkit.io.warped`)
+    and so convert only that part."""
+    if k not in _REDUCED_FLAGS:
+        raise UsageError(f"JPEG scale denominator must be one of {', '.join(map(str, _REDUCED_FLAGS))}, got {k!r}")
+    return _decode_jpeg(data, info, k, path)
+
+
 def _grey_corner(img: np.ndarray) -> bool:
     """Whether a corner pixel (where the last block lands, whatever the EXIF rotation) is exactly 128."""
     corners = img[[0, 0, -1, -1], [0, -1, 0, -1]].reshape(4, -1)

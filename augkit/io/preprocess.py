@@ -37,10 +37,18 @@ def resize_short(
     if min(h, w) == size:
         return img
     scale = size / max(1, min(h, w))
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    nh, nw = short_side_shape(h, w, size)
     _check_resize(w, h, nw, nh, max_pixels, path)
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     return cv2.resize(img, (nw, nh), interpolation=interp)
+
+
+def short_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """(height, width) that :func:`resize_short` gives an ``h x w`` image (shorter side ``size``)."""
+    if min(h, w) == size:
+        return h, w
+    scale = size / max(1, min(h, w))
+    return max(size, round(h * scale)), max(size, round(w * scale))
 
 
 def _check_resize(w: int, h: int, nw: int, nh: int, max_pixels: int | None, path: str | os.PathLike) -> None:

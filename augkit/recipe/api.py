@@ -24,6 +24,7 @@ from augkit.albu import import_albumentations
 from augkit.errors import ImageError, RecipeError, UsageError
 from augkit.io.fileio import read_bytes
 from augkit.recipe.batchspec import BatchSpec, parse_batch
+from augkit.recipe.fuse import Source, run_fused
 from augkit.recipe.labelspec import LabelSpec, parse_labels
 from augkit.recipe.ops import (
     ALBU_OP,  # noqa: F401  (re-exported: the pass-through op's name)
@@ -216,11 +217,36 @@ class Augmenter:
         self.compose, self._leaves = build_compose(recipe.train, recipe.border, recipe.fill)
         self._all = leaf_transforms(self.compose)
 
-    def __call__(self, image: np.ndarray, seed: int) -> tuple[np.ndarray, list[dict]]:
+    def __call__(self, image: np.ndarray, seed: int, *, fused: bool = True) -> tuple[np.ndarray, list[dict]]:
+        """The augmented image and the applied steps. ``fused`` (default): consecutive geometric steps
+        are one warp (:mod:`augkit.recipe.fuse`; same parameters and manifest); ``fused=False``: each
+        step by itself, the pixels an exported albumentations pipeline reproduces exactly."""
         for t in self._all:
             t.params = {}
         seed_random_state(self.compose, seed)
-        out = self.compose(image=image)["image"]
+        if fused:
+            out = run_fused(self.compose, image)[0]
+        else:
+            out = self.compose(image=image)["image"]
+        return out, applied_steps(self._leaves)
+
+    def view(
+        self, source: np.ndarray | Source, seed: int, size: int, *, fused: bool = True
+    ) -> tuple[np.ndarray, list[dict]]:
+        """The training view: the pipeline on ``source`` (the working image, or a
+        :class:`~augkit.recipe.fuse.Source` such as a file to decode), then resize_short + centre crop
+        to ``size x size``. ``fused``: the final resize and crop (and whatever the source folds, e.g. the
+        resize from the decoded file) join the last geometric run's single warp."""
+        for t in self._all:
+            t.params = {}
+        seed_random_state(self.compose, seed)
+        if fused:
+            out = run_fused(self.compose, source, size)[0]
+        else:
+            from augkit.io.preprocess import eval_image  # OpenCV loads when pixels are made, not with recipes
+
+            image = source if isinstance(source, np.ndarray) else source.start()
+            out = eval_image(self.compose(image=image)["image"], size)
         return out, applied_steps(self._leaves)
 
 

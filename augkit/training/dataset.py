@@ -9,6 +9,15 @@ load as images or even as a class; it also reads only ``.jpg .jpeg .png .bmp .we
 
 Per sample: ``read_image`` (augkit's decode policy) -> ``resize_short(image_size)`` -> the
 recipe's ``train`` pipeline -> ``resize_short`` + ``center_crop(image_size)`` -> a CHW tensor.
+That is what ``fused=False`` computes step by step. By default (``fused=True``) the recipe's
+consecutive geometric steps are one warp (:mod:`augkit.recipe.fuse`, same parameters), the final
+resize + crop joins the last geometric run's warp, and with the memory cache off (``memory_cache=0``,
+no ``cache=``) so does the first resize: a recipe whose geometry runs first and last (flip + affine)
+goes from the decoded file straight to ``image_size x image_size`` in one ``cv2.warpAffine``,
+decoding the JPEG at the DCT scale that warp needs and converting only the region it reaches
+(:class:`~augkit.io.warped.DecodedFile`). The parameters are drawn for the same working-size image
+either way, so seeds and manifests do not change; the pixels agree within tests/test_fuse.py's
+tolerance. The evaluation view (no recipe) is never fused: it stays ``eval_image``, as predict's.
 JPEGs are decoded at reduced size (libjpeg DCT scaling: the largest 1/2, 1/4, 1/8 whose shorter
 side is still >= ``image_size``) when the decode policy allows it, then resized as above. With
 ``cache=`` the first two steps are done once per image (:mod:`augkit.training.cache`).
@@ -40,6 +49,7 @@ from augkit.io.fileio import read_bytes
 from augkit.io.images import DECODE_POLICY, check_image_bytes, decode_policy_reduces, max_bytes_for, read_image
 from augkit.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, eval_image, resize_short
 from augkit.io.scan import scan_folder
+from augkit.io.warped import DecodedFile, ShapeChanged
 from augkit.limits import DEFAULT_MAX_PIXELS
 from augkit.recipe.api import Recipe, load_recipe
 from augkit.seeding import derive_seed
@@ -90,7 +100,10 @@ class AugmentedImageFolder(SharedEpoch, Dataset):
             and resized once, at construction, and read from a memory-mapped file afterwards.
             Files that fail to decode are left out and listed in ``errors``.
         memory_cache: bytes of decoded, resized images each process keeps in memory (the
-            first ones it loads, until the budget is used); 0 turns this off.
+            first ones it loads, until the budget is used); 0 turns this off (and lets the fused
+            view fold the first resize too: one warp from the decoded file).
+        fused: one warp per geometric run, folded with the final resize + crop (default); False:
+            every step by itself, as the recipe's exported albumentations pipeline does it.
     """
 
     def __init__(
@@ -110,6 +123,7 @@ class AugmentedImageFolder(SharedEpoch, Dataset):
         check_workers: int = 4,
         cache: ImageCache | str | os.PathLike | None = None,
         memory_cache: int = MEMORY_CACHE_BYTES,
+        fused: bool = True,
     ):
         if output not in OUTPUTS:
             raise UsageError(f"output {output!r} is not one of {', '.join(OUTPUTS)}")
@@ -140,6 +154,7 @@ class AugmentedImageFolder(SharedEpoch, Dataset):
         self._init_epoch()
         self._augmenter = None
         self._memo = _Memo(memory_cache)
+        self.fused = bool(fused)
 
     # ------------------------------------------------------------------ building the sample list
     def _from_folder(self, root, classes) -> list[tuple[str, int, str]]:
@@ -246,10 +261,18 @@ class AugmentedImageFolder(SharedEpoch, Dataset):
         return self.load(path, key), target
 
     def load(self, path: str, key: str) -> torch.Tensor:
-        img = self.start_image(path)
-        if self.recipe is not None and self.recipe.train:
-            img, _ = self._get_augmenter()(img, derive_seed(self.seed, key, self.epoch, salt="train"))
-        return self.to_tensor(eval_image(img, self.image_size))
+        if self.recipe is None or not self.recipe.train:
+            return self.to_tensor(eval_image(self.start_image(path), self.image_size))
+        seed = derive_seed(self.seed, key, self.epoch, salt="train")
+        aug = self._get_augmenter()
+        if not (self.fused and self.cache is None and self._memo.budget == 0):
+            return self.to_tensor(aug.view(self.start_image(path), seed, self.image_size, fused=self.fused)[0])
+        # no decoded image kept anywhere: draw the recipe for the working size, then warp from the file
+        src = DecodedFile(path, self.image_size, max_pixels=self.max_pixels, reduced=self._reduced)
+        try:
+            return self.to_tensor(aug.view(src, seed, self.image_size)[0])
+        except ShapeChanged:  # EXIF turned the picture: the same draws for the turned shape
+            return self.to_tensor(aug.view(src, seed, self.image_size)[0])
 
     def start_image(self, path: str) -> np.ndarray:
         """The decoded image resized to shorter side ``image_size``: what the recipe starts from.
