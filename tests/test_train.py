@@ -676,7 +676,7 @@ batch:
 
 def test_label_smoothing_reaches_the_loss(data):
     """The reported loss of a batch is torch's CrossEntropyLoss(label_smoothing=E) on that batch."""
-    from augkit.training.loop import model_input
+    from augkit.training.prefetch import model_input
 
     torch.manual_seed(0)
     model = build_model("resnet18", 3)

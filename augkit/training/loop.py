@@ -82,7 +82,8 @@ from augkit.training.freeze import FreezePlan, choose_freeze, set_phase, split_p
 from augkit.training.lr_find import LRFindResult, preserved, range_test, sweep_steps
 from augkit.training.mixing import BatchAugment, soft_target_cross_entropy
 from augkit.training.plot import plot_lr_find
-from augkit.training.precision import Precision, choose_precision
+from augkit.training.precision import Precision, choose_precision, model_kind
+from augkit.training.prefetch import Prefetcher, describe_feed
 from augkit.training.run_files import (
     CheckpointWriter,
     make_run_dir,
@@ -434,16 +435,6 @@ def set_lrs(optimizer: torch.optim.Optimizer, lrs: tuple[float, float]) -> None:
 # ====================================================================== one epoch
 
 
-def model_input(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """A batch on ``device``; uint8 batches are scaled and normalized there (ImageNet mean/std)."""
-    x = x.to(device, non_blocking=True)
-    if x.dtype == torch.uint8:
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-        x = (x.float().div_(255.0) - mean) / std
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -466,6 +457,8 @@ def train_one_epoch(
     ``lr_at(step)`` gives the (backbone, head) learning rates of each step of the epoch (set before
     it; None: the optimizer's rates as they are); ``ema`` is updated after every step.
 
+    Batches reach the device through :class:`~augkit.training.prefetch.Prefetcher` (on CUDA the next
+    batch is copied and prepared on a side stream while this one trains).
     ``mix`` (mixup/cutmix) mixes each normalized batch on the device, its draws seeded from
     (its seed, ``epoch``, batch index) alone; the loss is then the soft-target cross entropy
     (smoothed by ``mix.label_smoothing``) and accuracy counts :data:`MIXED_ACC`. Without it the
@@ -478,18 +471,14 @@ def train_one_epoch(
     total = correct = 0
     loss_sum = 0.0
     lr_first = lr_last = None
-    meter = FeedMeter()  # who waited: the time spent in the loader's next()
+    meter = FeedMeter()  # who waited: the time in the loader's next() (inside the prefetcher: the loader alone)
+    feed = Prefetcher(device, channels_last=precision.channels_last, mix=mix, epoch=epoch)
     start = time.perf_counter()
-    for step, (x, y) in enumerate(meter.iterate(loader)):
+    for step, (x, target, y) in enumerate(feed(meter.iterate(loader))):
         if lr_at is not None:
             set_lrs(optimizer, lr_at(step))
         lr_last = optimizer.param_groups[-1]["lr"]
         lr_first = lr_last if lr_first is None else lr_first
-        x, y = model_input(x, device, precision.channels_last), y.to(device, non_blocking=True)
-        target = y
-        if mix is not None:  # after normalization (mixing is linear, so it commutes with it)
-            x, target, _ = mix(x, y, epoch=epoch, step=step)
-            y = target.argmax(1)  # the dominant label, for accuracy
         with precision.autocast(device):
             logits = model(x)
             loss = criterion(logits, target) if mix is None else soft_target_cross_entropy(logits, target)
@@ -547,8 +536,7 @@ def validate(
     criterion = nn.CrossEntropyLoss(reduction="sum")
     total = correct = 0
     loss_sum = 0.0
-    for x, y in loader:
-        x, y = model_input(x, device, precision.channels_last), y.to(device, non_blocking=True)
+    for x, _, y in Prefetcher(device, channels_last=precision.channels_last)(loader):
         with precision.autocast(device):
             logits = model(x)
         loss_sum += criterion(logits.float(), y).item()
@@ -766,7 +754,8 @@ def _train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRe
         cfg = replace(cfg, workers=workers)
     if cfg.amp and device.type != "cuda":
         cb.on_note(f"--amp only has an effect on cuda; training on {device.type} without it")
-    precision = choose_precision(cfg.precision, device, cfg.image_size, amp=cfg.amp and device.type == "cuda")
+    # refuses an impossible --precision before any work; decided again with the model built (_prepare)
+    choose_precision(cfg.precision, device, cfg.image_size, amp=cfg.amp and device.type == "cuda")
     recipe, out = _resolve_recipe(cfg.recipe), Path(cfg.out)
     _refuse_existing_run(cfg, out)
     _refuse_labelled_data(Path(cfg.data))
@@ -780,12 +769,14 @@ def _train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRe
         data = load_data(cfg, recipe, _cache(cfg, cb.on_note))
         state = _start_state(cfg, out, resume_key(cfg, recipe), data.classes, cb.on_note)
         with deterministic(cfg.seed, device), opencv_threads(1):  # 1 OpenCV thread, set before workers fork
-            run = _prepare(cfg, data, state, device, dist, precision, cb, recipe)
+            run = _prepare(cfg, data, state, device, dist, cb, recipe)
             history, best = _restore(state, run)
             lrs, found = _resolve_lr(run, state)
+            precision = run.precision
             cb.on_start(StartInfo(cfg, data, run.plan, device, precision, threads, out, len(history)))
             settings = settings_dict(cfg, recipe, data, run.plan, device, precision, threads)
             settings["resolved"]["optimizer"]["kernel"] = optimizer_kernel(run.optimizer)
+            settings["resolved"]["feed"] = describe_feed(device, mixed=run.mix is not None)
             _schedule_settings(settings, run, lrs, found)
             if dist.is_main:
                 _write_start(out, settings, data, dist)
@@ -858,7 +849,6 @@ def _prepare(
     state: dict | None,
     device: torch.device,
     dist: DistContext,
-    precision: Precision,
     cb: TrainCallbacks,
     recipe: Recipe | None = None,
 ) -> RunState:
@@ -869,6 +859,9 @@ def _prepare(
     else:
         model, pretrained = build_start_model(cfg.arch, len(data.classes), str(cfg.weights))
         plan = choose_freeze(cfg.freeze, len(data.train), len(data.classes), cfg.epochs, pretrained)
+    # the layout (channels_last) depends on the kind of model: decided again now that it is built
+    amp = cfg.amp and device.type == "cuda"
+    precision = choose_precision(cfg.precision, device, cfg.image_size, amp=amp, kind=model_kind(model))
     # torch's stubs type memory_format only as Module.to's sole argument; at runtime it goes with a device
     model.to(device, memory_format=torch.channels_last if precision.channels_last else torch.preserve_format)  # type: ignore[call-overload]  # stubs
     optimizer = make_optimizer(model, cfg)  # after the move: whether a fused kernel exists depends on the device
