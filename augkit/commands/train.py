@@ -131,8 +131,9 @@ def command(
         "auto",
         "--precision",
         help="auto: bf16 autocast + channels_last on CPUs with native "
-        "bfloat16 at image sizes >= 96, else fp32; on cuda fp32 (fp16 with "
-        "--amp). fp32, bf16, fp16: as named.",
+        "bfloat16 at image sizes >= 96, else fp32; on cuda bf16 where native "
+        "(compute capability >= 8.0), else fp32 (fp16 with --amp), conv nets "
+        "channels_last under autocast. fp32, bf16, fp16: as named.",
     ),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (float16), on cuda only."),
     cache: bool = typer.Option(
