@@ -3,7 +3,10 @@
 The question users ask first ("is my data pipeline the bottleneck?"), answered from the epoch itself:
 :class:`FeedMeter` wraps the loader and times each ``next()``. The rest of the epoch is the step
 (copy to the device, forward, backward, update; ``loss.item()`` synchronizes the device every step,
-so wall times are the device's too).
+so wall times are the device's too). In training the meter wraps the DataLoader inside the
+:class:`~augkit.training.prefetch.Prefetcher`, so the copy, normalization and mixing are never counted
+as waiting for the loader: on CUDA they overlap the previous step on a side stream, and what the step
+still waits for them is step time.
 
 - ``data_wait``: the share of the epoch spent waiting for the next batch.
 - ``model_img_s``: images per second of the step alone, what the model would do with free data.
