@@ -722,3 +722,79 @@ def test_recipes_check_labels_cli(tmp_path):
     assert kinds_of_format("yolo") == ("boxes", "polygons", "keypoints")
     with pytest.raises(UsageError):
         kinds_of_format("folders")
+
+
+# ============================================================================= how points are moved
+
+
+REPLAY_RECIPE = """train:
+  - flip: {direction: both, p: 0.5}
+  - shift: {x: 0.1, y: 0.1, p: 0.5}
+  - affine: {scale: [0.8, 1.2], translate: 0.1, rotate: 20, shear: 10, p: 0.7}
+  - some_of: {n: 2, steps: [{flip: {direction: horizontal}}, {rotate: {degrees: 15}}, {color: {brightness: 0.2}}]}
+  - trivial_augment: {}
+  - rand_augment: {n: 2, m: 9}
+  - albumentations: {transform: RandomResizedCrop, size: [100, 120], scale: [0.5, 1.0]}
+  - albumentations: {transform: Perspective, scale: [0.05, 0.1]}
+  - albumentations: {transform: Transpose, p: 0.5}
+"""
+
+
+def _same_labels(a: Labels, b: Labels, what: str, tol: float = 1e-3) -> None:
+    assert len(a.objects) == len(b.objects), what
+    for oa, ob in zip(a.objects, b.objects):
+        assert np.abs(oa.box - ob.box).max() <= tol, what
+        for pa, pb in zip(oa.polygons, ob.polygons, strict=True):
+            assert pa.shape == pb.shape and np.abs(pa - pb).max() <= tol, what
+        if oa.keypoints is not None:
+            assert ob.keypoints is not None and np.abs(oa.keypoints - ob.keypoints).max() <= tol, what
+
+
+def test_points_replayed_after_the_pipeline_equal_the_compose_moving_them(monkeypatch):
+    """Points are moved by replaying each applied step's keypoint function with the parameters it drew
+    (no albumentations keypoint processor per call); the Compose moving them as keypoints gives the
+    same labels (to float32 precision), for every kind of step and container."""
+    import augkit.labels.geometry as geometry
+
+    info = info_for("polygons", keypoints=True)
+    fast = build_labelled(parse_recipe(REPLAY_RECIPE), info)
+    monkeypatch.setattr(geometry, "replayable", lambda compose: False)
+    slow = build_labelled(parse_recipe(REPLAY_RECIPE), info)
+    assert fast.replay and not slow.replay
+    for index in range(3):
+        img, labels, _ = scene(index, "polygons", keypoints=True)
+        for seed in range(12):
+            a_img, a, _, a_applied = fast(img.copy(), labels, seed)
+            b_img, b, _, b_applied = slow(img.copy(), labels, seed)
+            assert np.array_equal(a_img, b_img) and a_applied == b_applied
+            _same_labels(a, b, f"image {index} seed {seed}")
+
+
+def test_a_pipeline_that_may_repeat_a_step_moves_points_in_the_compose():
+    r = parse_recipe("train:\n  - some_of: {n: 2, replace: true, steps: [{flip: {}}, {rotate: {degrees: 10}}]}\n")
+    pipe = build_labelled(r, info_for("polygons"))
+    assert not pipe.replay
+    img, labels, shapes = scene(0, "polygons")
+    for seed in range(4):
+        out_img, out, stats, applied = pipe(img.copy(), labels, seed)
+        check_output(out_img, out, shapes, "polygons", False, stats, f"seed {seed}", _mirrored(applied))
+
+
+@pytest.mark.parametrize("replace", [False, True])
+@pytest.mark.parametrize("step", ["rotate: {degrees: [25, 25]}", "affine: {scale: [0.7, 0.7], rotate: [-20, -20]}"])
+def test_reflect_border_keeps_each_object_labelled_where_it_is(step, replace):
+    """With a mirroring border albumentations adds a mirrored copy of every point per image copy the
+    border shows; the object's own label must stay on the object (mirror copies stay unlabelled), so
+    the labels equal those with a constant border. Both ways of moving points (``replace``: the
+    Compose moves them)."""
+    body = f"some_of: {{n: 1, replace: {str(replace).lower()}, steps: [{{{step}}}]}}"
+    info = info_for("polygons", keypoints=True)
+    img, labels, _ = scene(1, "polygons", keypoints=True)
+    outs = {}
+    for border in ("constant", "reflect"):
+        r = parse_recipe(f"train: [{{{body}}}]\nlabels: {{border: {border}}}\n")
+        pipe = build_labelled(r, info)
+        assert pipe.replay is not replace
+        out_img, outs[border], _, _ = pipe(img.copy(), labels, 0)
+    assert len(outs["reflect"].objects) >= 2
+    _same_labels(outs["reflect"], outs["constant"], step)

@@ -100,6 +100,9 @@ RESIZERS = (
     "RandomScale",
 )
 _CV2_INTER_NEAREST, _CV2_INTER_NEAREST_EXACT = 0, 6
+#: cv2.BORDER_CONSTANT, and the border modes whose keypoint functions add mirrored copies
+#: (albumentations' REFLECT_BORDER_MODES: cv2.BORDER_REFLECT and BORDER_REFLECT_101)
+_CV2_BORDER_CONSTANT, _MIRRORING_BORDERS = 0, (2, 4)
 #: OpenCV border modes that copy image content into the frame (cv2.BORDER_REFLECT, _WRAP, _REFLECT_101)
 _COPYING_CV2 = {2: "reflect", 3: "wrap", BORDER_MODES["reflect"]: "reflect", BORDER_MODES["wrap"]: "wrap"}
 _EPS = 1e-6
@@ -395,14 +398,21 @@ class LabelledPipeline:
         self.recipe, self.info = recipe, info
         self.spec = recipe.labels or LabelSpec()
         self.kinds = tuple(kinds) if kinds is not None else label_kinds(info)
-        with warnings.catch_warnings():  # a pixel-only recipe has no step that moves points: fine here
-            warnings.filterwarnings("ignore", message="Got processor for keypoints", category=UserWarning)
-            self.compose, self._leaves = build_compose(
-                recipe.train,
-                self.spec.border,
-                recipe.fill,
-                keypoint_params=A.KeypointParams(format="xy", label_fields=["point_ids"], remove_invisible=False),
-            )
+        # Points are moved by replaying the steps a call applied (:meth:`_replay_points`) when the
+        # pipeline allows it (:func:`replayable`), else by the Compose itself (its keypoint processor).
+        self.compose, self._leaves = build_compose(recipe.train, self.spec.border, recipe.fill)
+        self.replay = replayable(self.compose)
+        if not self.replay:
+            with warnings.catch_warnings():  # a pixel-only recipe has no step that moves points: fine here
+                warnings.filterwarnings("ignore", message="Got processor for keypoints", category=UserWarning)
+                self.compose, self._leaves = build_compose(
+                    recipe.train,
+                    self.spec.border,
+                    recipe.fill,
+                    keypoint_params=A.KeypointParams(
+                        format="xy", label_fields=["point_ids"], remove_invisible=False, check_each_transform=False
+                    ),
+                )
         _check_leaves(recipe, self._leaves, self.kinds)
         self.warnings = label_warnings(recipe, self._leaves)
         self._all = leaf_transforms(self.compose)
@@ -414,13 +424,17 @@ class LabelledPipeline:
                     if getattr(leaf, "mask_interpolation", None) == _CV2_INTER_NEAREST:
                         leaf.mask_interpolation = _CV2_INTER_NEAREST_EXACT
                     _keypoints_in_edge_coordinates(leaf)
+                if getattr(leaf, "border_mode", None) in _MIRRORING_BORDERS:
+                    _keypoints_without_mirror_copies(leaf)
 
     def __call__(
         self, image: np.ndarray, labels: Labels, seed: int
     ) -> tuple[np.ndarray, Labels, LabelStats, list[dict]]:
         H, W = image.shape[:2]
         points, spans, probes, finite = self._points(labels, W, H)
-        data: dict[str, Any] = {"image": image, "keypoints": points - 0.5, "point_ids": np.arange(len(points))}
+        data: dict[str, Any] = {"image": image}
+        if not self.replay:
+            data.update(keypoints=points - 0.5, point_ids=np.arange(len(points)))
         if labels.semantic is not None:
             if labels.semantic.shape[:2] != (H, W):
                 raise UsageError(
@@ -438,10 +452,13 @@ class LabelledPipeline:
         out = self.compose(**data)
         img = out["image"]
         H2, W2 = img.shape[:2]
-        moved = np.full((len(points), 2), np.nan)
-        ids = np.asarray(out["point_ids"], dtype=np.int64).reshape(-1)
-        if len(ids):
-            moved[ids] = np.asarray(out["keypoints"], dtype=np.float64).reshape(len(ids), -1)[:, :2] + 0.5
+        if self.replay:
+            moved = self._replay_points(points - 0.5) + 0.5
+        else:
+            moved = np.full((len(points), 2), np.nan)
+            ids = np.asarray(out["point_ids"], dtype=np.int64).reshape(-1)
+            if len(ids):
+                moved[ids] = np.asarray(out["keypoints"], dtype=np.float64).reshape(len(ids), -1)[:, :2] + 0.5
         mirror, scale = _orientation(points[probes], moved[probes])
         # no step moved anything (pixel-only steps, or none applied): boxes stay as given, not re-derived
         diff = np.abs(moved - points)
@@ -457,6 +474,22 @@ class LabelledPipeline:
             if new is not None:
                 result.objects.append(new)
         return img, result, stats, applied_steps(self._leaves)
+
+    def _replay_points(self, xy: np.ndarray) -> np.ndarray:
+        """``xy`` (pixel-index coordinates) moved by the steps the last call applied, in the order it
+        applied them, each with the parameters it drew (``leaf.params``: its sampled values and the
+        image shape it saw): the same functions the Compose would call on the points, without its
+        per-call conversion, validation and filtering of a keypoint array (which
+        ``remove_invisible=False`` makes a no-op). Points stay float64 (the Compose keeps float32)."""
+        kp = np.zeros((len(xy), 5), dtype=np.float64)  # albumentations' columns: x, y, z, angle, scale
+        kp[:, :2] = xy
+        for leaf in self._all:
+            fn = leaf._key2func.get("keypoints") if leaf.params else None
+            if fn is not None:
+                kp = np.ascontiguousarray(fn(kp, **leaf.params), dtype=np.float64)
+                if len(kp) != len(xy):  # a transform that adds or removes points: never silently misassigned
+                    raise RuntimeError(f"{type(leaf).__name__} returned {len(kp)} points for {len(xy)}")
+        return kp[:, :2]
 
     # ------------------------------------------------------------------ points in, points out
     @staticmethod
@@ -564,6 +597,52 @@ class LabelledPipeline:
         out[ok, 2] = v[ok]
         flip = flip_index(self.info, len(out)) if mirror else None
         return out[flip] if flip is not None else out
+
+
+def replayable(compose) -> bool:
+    """Whether the applied steps of a call can be replayed on points afterwards, in the order of
+    :func:`leaf_transforms`: every container applies each child at most once, in list order
+    (Compose, Sequential, OneOf, and SomeOf without replacement, which sorts what it draws), and no
+    transform object appears twice. Anything else (SomeOf with replacement, other containers)
+    moves the points inside the Compose, as albumentations does."""
+    A = import_albumentations()
+    seen: set[int] = set()
+
+    def ok(t) -> bool:
+        if id(t) in seen:
+            return False
+        seen.add(id(t))
+        if not isinstance(t, A.BaseCompose):
+            return hasattr(t, "_key2func")
+        if type(t) not in (A.Compose, A.Sequential, A.OneOf, A.SomeOf):
+            return False
+        if isinstance(t, A.SomeOf) and getattr(t, "replace", True):
+            return False
+        return all(ok(c) for c in t.transforms)
+
+    return ok(compose)
+
+
+def _keypoints_without_mirror_copies(leaf) -> None:
+    """Make ``leaf``'s keypoint function ignore its mirroring border: with ``border_mode`` reflect,
+    albumentations 2.0.8 (``keypoints_affine``, ``pad_keypoints``) adds a mirrored copy of every point
+    for each copy of the image the border shows; augkit labels only the object itself (the copies
+    stay unlabelled, as documented for ``reflect``), and a copy must never stand in for it. The
+    pixels keep the mirroring border: only the points' call sees a constant one (the same mapping
+    of the point itself, without the copies)."""
+    apply = leaf._key2func.get("keypoints", leaf.apply_to_keypoints)
+
+    def wrapped(keypoints: np.ndarray, *args: Any, **params: Any) -> np.ndarray:
+        mode = leaf.border_mode
+        leaf.border_mode = _CV2_BORDER_CONSTANT
+        try:
+            return apply(keypoints, *args, **params)
+        finally:
+            leaf.border_mode = mode
+
+    leaf.apply_to_keypoints = wrapped
+    if "keypoints" in getattr(leaf, "_key2func", {}):
+        leaf._key2func["keypoints"] = wrapped
 
 
 def _keypoints_in_edge_coordinates(leaf) -> None:
