@@ -23,6 +23,7 @@ bridges (as Ultralytics' own COCO converter does), and keypoints outside the ima
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from augkit.errors import UsageError
 from augkit.io.fileio import atomic_write_text
 from augkit.io.scan import is_image_name
 from augkit.labels.formats import (
+    TOLERANCE_PX,
     LabelError,
     LabelFormat,
     fit_range,
@@ -291,16 +293,19 @@ class YoloFormat(LabelFormat):
 
     @staticmethod
     def _box(v: np.ndarray, W: int, H: int) -> np.ndarray:
-        cx, cy, w, h = v
-        if not np.all(np.isfinite(v)) or w < 0 or h < 0:
+        """A ``cx cy w h`` row in pixels (:func:`fit_range`'s rule, in plain floats: a label file is
+        read for every image, and numpy's per-call cost on four numbers dominated it)."""
+        cx, cy, w, h = (float(x) for x in v)
+        if not all(math.isfinite(x) for x in (cx, cy, w, h)) or w < 0 or h < 0:
             raise _RowProblem("coordinate out of range", f"box {_short(v)}")
-        xs = fit_range(np.array([cx - w / 2, cx + w / 2]) * W, W)
-        ys = fit_range(np.array([cy - h / 2, cy + h / 2]) * H, H)
-        if xs is None or ys is None:
+        x0, x1, y0, y1 = (cx - w / 2) * W, (cx + w / 2) * W, (cy - h / 2) * H, (cy + h / 2) * H
+        tol = TOLERANCE_PX
+        if x0 < -tol or x1 > W + tol or y0 < -tol or y1 > H + tol:
             raise _RowProblem("coordinate out of range", f"box {_short(v)} reaches outside 0..1")
-        if xs[1] <= xs[0] or ys[1] <= ys[0]:
+        x0, x1, y0, y1 = max(x0, 0.0), min(x1, float(W)), max(y0, 0.0), min(y1, float(H))
+        if x1 <= x0 or y1 <= y0:
             raise _RowProblem("degenerate box", f"box {_short(v)} has no width or no height")
-        return np.array([xs[0], ys[0], xs[1], ys[1]])
+        return np.array([x0, y0, x1, y1])
 
     @staticmethod
     def _keypoints(kp: np.ndarray, W: int, H: int) -> np.ndarray:
