@@ -140,7 +140,7 @@ def export_cmd(
     if needs:
         err.print(
             f"note: the pipeline uses augkit's own transforms: run import {', '.join(needs)} before "
-            "albumentations.load (importing them registers the policies and the colour transforms with it)"
+            "albumentations.load (albumentations 2.0.8 has no TrivialAugment or RandAugment)"
         )
     if rec.batch is not None:
         err.print(

@@ -515,9 +515,11 @@ def step_extremes(step: Step) -> list[tuple[str, Step]]:
 
 
 def export_imports(compose: A.BaseCompose) -> list[str]:
-    """Modules that define transforms of ``compose`` outside albumentations (augkit's policies):
-    ``albumentations.load`` of the export needs them imported first."""
-    mods = {type(t).__module__ for t in leaf_transforms(compose)}
+    """Modules that define transforms the export names outside albumentations (augkit's policies):
+    ``albumentations.load`` of the export needs them imported first. augkit's colour transforms are
+    written as albumentations' own classes (same pixels), so they need none."""
+    names = {t.to_dict_private()["__class_fullname__"] for t in leaf_transforms(compose)}
+    mods = {n.rsplit(".", 1)[0] for n in names if "." in n}  # albumentations' own names are shortened
     return sorted(m for m in mods if m.split(".")[0] != "albumentations")
 
 

@@ -21,9 +21,8 @@ What changes is how uint8 pixels are touched (measured in benchmarks/bench_colou
   hue table applied to the H channel alone and nothing done when the drawn hue shift is 0.
 
 No float32 copy of the image is made on uint8 images; float32 images take albumentations' own path.
-Importing this module registers both classes with albumentations' serializer, which
-``albumentations.load`` of an exported recipe needs (``import augkit.recipe.colour`` first;
-``recipes export`` lists it under ``import_first``).
+Serialized (``recipes export --to albumentations``), both are written as albumentations' own
+classes: the exported file loads without augkit and gives the same pixels (tested in a fresh process).
 """
 
 from __future__ import annotations
@@ -156,9 +155,17 @@ def color_jitter(
 # ====================================================================== the transforms
 
 
+def _as_albumentations(state: dict, base: Any) -> dict:
+    """A serialized transform under albumentations' own class name (the arguments are the same)."""
+    return {**state, "__class_fullname__": base.get_class_fullname()}
+
+
 class ColorJitter(_ColorJitter):
     """albumentations' ColorJitter (same draws, same arguments) whose uint8 pixels go through
     :func:`color_jitter`. Named as albumentations' class so that manifests name the same transform."""
+
+    def to_dict_private(self) -> dict[str, Any]:
+        return _as_albumentations(super().to_dict_private(), _ColorJitter)
 
     def apply(
         self,
@@ -179,6 +186,9 @@ class ColorJitter(_ColorJitter):
 class RandomBrightnessContrast(_RandomBrightnessContrast):
     """albumentations' RandomBrightnessContrast (same draws, same arguments): on uint8, ``img * alpha +
     beta`` as one table built with albucore's arithmetic, applied in one pass."""
+
+    def to_dict_private(self) -> dict[str, Any]:
+        return _as_albumentations(super().to_dict_private(), _RandomBrightnessContrast)
 
     def apply(self, img: np.ndarray, alpha: float, beta: float, **params: Any) -> np.ndarray:
         if img.dtype != np.uint8:
