@@ -153,7 +153,7 @@ def test_policies_draw_only_listed_ops_within_their_ranges(photo):
     aug = recipe.build()
     seen = {"trivial_augment": set(), "rand_augment": set()}
     for seed in range(250):
-        out, applied = aug(photo, seed)
+        out, applied = aug(photo, seed, fused=False)  # step by step: the records replay it exactly (fused: test_fuse)
         img = photo
         assert [a["op"] for a in applied] == ["trivial_augment", "rand_augment"]
         for a, bin_, n in zip(applied, (None, 9), (1, 2)):
@@ -226,7 +226,7 @@ def test_export_reproduces_policies_and_says_what_to_import(photo, tmp_path):
     aug = recipe.build()
     for seed in range(6):
         seed_random_state(loaded, seed)
-        assert np.array_equal(loaded(image=photo)["image"], aug(photo, seed)[0])
+        assert np.array_equal(loaded(image=photo)["image"], aug(photo, seed, fused=False)[0])  # fused: test_fuse
     res = CliRunner().invoke(cli.app, ["recipes", "export", "digits-trivial", "-o", str(tmp_path / "d.yaml")])
     assert res.exit_code == 0 and "import augkit.recipe.policies.transform before" in " ".join(res.output.split())
 
