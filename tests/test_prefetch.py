@@ -159,6 +159,18 @@ def test_cuda_prepares_the_next_batch_on_a_side_stream_and_hands_it_over_safely(
     assert all(torch.equal(a.images, r.images) and torch.equal(a.targets, r.targets) for a, r in zip(got, reference))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the fakes above run everywhere)")
+def test_on_a_real_gpu_the_prefetched_batches_are_the_cpu_ones_to_rounding(loader):
+    pinned = torch.utils.data.DataLoader(loader.dataset, batch_size=6, pin_memory=True)
+    cuda = torch.device("cuda")
+    pre = Prefetcher(cuda, channels_last=True, mix=mixer(4), epoch=1)
+    got = [(b.images.cpu(), b.targets.cpu(), b.labels.cpu()) for b in pre(pinned)]
+    ref = list(Prefetcher(CPU, channels_last=True, mix=mixer(4), epoch=1)(loader))
+    assert pre.overlapped and len(got) == len(ref) == 4
+    for (x, t, y), r in zip(got, ref):
+        assert torch.allclose(x, r.images, atol=1e-5) and torch.allclose(t, r.targets) and torch.equal(y, r.labels)
+
+
 def test_a_cuda_device_gets_streams_and_a_cpu_one_none(fake_cuda):
     assert Prefetcher(torch.device("cuda")).overlapped and not Prefetcher(CPU).overlapped
 
