@@ -165,6 +165,19 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
+#: every uint8 value once: an op that maps each value on its own, run on this, is its 256-entry table
+_VALUES = np.arange(256, dtype=np.uint8)
+_VALUES.setflags(write=False)
+
+
+def _lut(img: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[img]`` in one uint8 pass, no float copy of the image. The table is the op's own arithmetic
+    run on :data:`_VALUES`, so the pixels are the op's."""
+    from albucore import sz_lut  # stringzilla's byte translation: faster here than cv2.LUT or numpy indexing
+
+    return sz_lut(img, table, inplace=False)
+
+
 def _blend(img: np.ndarray, other: np.ndarray | float, ratio: float) -> np.ndarray:
     """torchvision v2's ``_blend`` on uint8: ``img.mul(r).add_(other, alpha=1 - r)``, clamp, truncate."""
     return _to_uint8(_fma32(_mul32(img, ratio), 1.0 - float(ratio), other))
@@ -196,13 +209,18 @@ def _sharpness(img: np.ndarray, factor: float) -> np.ndarray:
 
 
 def _autocontrast(img: np.ndarray) -> np.ndarray:
-    """v2: per channel ``(x - min) / ((max - min) * (1/255))`` in float32; a flat channel is kept."""
-    lo = img.min(axis=(0, 1), keepdims=True).astype(np.float32)
-    hi = img.max(axis=(0, 1), keepdims=True).astype(np.float32)
+    """v2: per channel ``(x - min) / ((max - min) * (1/255))`` in float32; a flat channel is kept. Run on
+    every value, that arithmetic is one table per channel, applied to the channel's plane."""
+    import cv2  # see _warp
+    from albucore import sz_lut  # see _lut
+
+    planes = [cv2.extractChannel(img, c) for c in range(img.shape[2])]  # copies: translated in place below
+    lo, hi = np.array([cv2.minMaxLoc(p)[:2] for p in planes], np.float32).T  # exact integers
     flat = hi == lo
     inv_scale = np.where(flat, np.float32(1.0), (hi - lo) * np.float32(1.0 / 255.0)).astype(np.float32)
     lo = np.where(flat, np.float32(0.0), lo).astype(np.float32)
-    return _to_uint8((img.astype(np.float32) - lo) / inv_scale)
+    tables = _to_uint8((_VALUES[:, None].astype(np.float32) - lo) / inv_scale)  # (256, channels)
+    return cv2.merge([sz_lut(p, np.ascontiguousarray(tables[:, c]), inplace=True) for c, p in enumerate(planes)])
 
 
 def _equalize(img: np.ndarray) -> np.ndarray:
@@ -248,19 +266,19 @@ def apply_op(img: np.ndarray, name: str, magnitude: float, border: int = 0, fill
         c, s = math.cos(a), math.sin(a)
         inv = np.array([[c, -s, cx - c * cx + s * cy], [s, c, cy - s * cx - c * cy]])
         return _warp(img, inv, border, fill)
-    if name == "Brightness":
-        return _to_uint8(_mul32(img, 1.0 + m))
+    if name == "Brightness":  # per-value ops (Brightness, Contrast, Solarize, AutoContrast): tables
+        return _lut(img, _to_uint8(_mul32(_VALUES, 1.0 + m)))
     if name == "Color":
         return _blend(img, _gray(img), 1.0 + m)
     if name == "Contrast":  # the mean of the floored gray, exactly (a sum of integers), as float32
         mean = np.float32(_gray(img).sum(dtype=np.float64) / (img.shape[0] * img.shape[1]))
-        return _blend(img, mean, 1.0 + m)  # type: ignore[arg-type]  # a float32 scalar broadcasts like a float
+        return _lut(img, _blend(_VALUES, mean, 1.0 + m))  # type: ignore[arg-type]  # a float32 scalar broadcasts
     if name == "Sharpness":
         return _sharpness(img, 1.0 + m)
     if name == "Posterize":
         return img & np.uint8((0xFF << (8 - int(m))) & 0xFF)
     if name == "Solarize":
-        return np.where(img >= np.float32(m), 255 - img, img).astype(np.uint8)  # v2 compares in float32
+        return _lut(img, np.where(_VALUES >= np.float32(m), 255 - _VALUES, _VALUES).astype(np.uint8))  # float32 test
     if name == "AutoContrast":
         return _autocontrast(img)
     if name == "Equalize":
