@@ -241,3 +241,13 @@ assert not any(m.startswith("augkit") for m in sys.modules), "the export importe
     assert type(loaded.transforms[0]) is A.ColorJitter  # albumentations' class, also where augkit is imported
     seed_random_state(loaded, 3)
     assert np.array_equal(loaded(image=img)["image"], aug(img, 3)[0])
+
+
+def test_policy_per_value_ops_make_no_float_copy():
+    """trivial_augment/rand_augment's Brightness, Solarize and AutoContrast are tables (their pixels are
+    checked against torchvision v2 in tests/test_policies.py): one uint8 output, no float image."""
+    from augkit.recipe.policies.functional import apply_op
+
+    img = photo("coffee", (320, 240))
+    for name, m in (("Brightness", 0.6), ("Brightness", -0.6), ("Solarize", 100.0), ("AutoContrast", 0.0)):
+        assert peak_over_image(lambda: apply_op(img, name, m), img) < 2.5, name
