@@ -100,7 +100,7 @@ class CudaStreams:
 
 
 class Prefetcher:
-    """Turn a loader's ``(images, labels)`` batches into :class:`DeviceBatch` es on ``device``.
+    """Turn a loader's ``(images, labels)`` batches into :class:`DeviceBatch` objects on ``device``.
 
     ``prefetcher(batches)`` yields one :class:`DeviceBatch` per batch, in order; batch ``k`` is
     mixed as step ``k`` of ``epoch`` (``mix``: the recipe's ``batch:`` section, or None). On CUDA (or
