@@ -14,12 +14,14 @@ what the step-by-step pipeline draws. What changes is how the pixels of geometri
   matrix such as ``ElasticTransform``, a step whose border, fill or interpolation differs from the
   run's). The run is then drawn with ONE ``cv2.warpAffine`` (the run's border and fill), and the
   step that ended it runs on those pixels, where today's order runs it. Pixel steps are never moved.
-* A run with at most one resampling step (flips are exact index maps) is replayed step by step:
-  fusing gains nothing there, so its pixels are exactly the step-by-step ones.
-* A :class:`Source` may fold more into the run: :class:`~augkit.io.warped.DecodedFile` (training)
-  folds the resize from the decoded file to the working size, and :func:`run_fused` with ``size``
-  folds the final resize + centre crop, so a recipe whose last applied step is geometric goes from
-  the decoded JPEG straight to ``size x size`` in one warp.
+* On an image (offline ``augment``, the training memory cache), a run with at most one resampling
+  step (flips are exact index maps) is replayed step by step: fusing gains nothing there, so its
+  pixels are exactly the step-by-step ones.
+* A :class:`Source` may fold more into the run: :class:`~augkit.io.warped.DecodedFile` (training,
+  memory cache off) folds the resize from the decoded file to the working size into every run that
+  starts from the file (flips only, or none, included: every such sample is resampled once, the
+  same way), and :func:`run_fused` with ``size`` folds the final resize + centre crop, so a recipe
+  whose last applied step is geometric goes from the decoded JPEG straight to ``size x size``.
 
 Where fused and step-by-step pixels differ: (1) interpolation rounding (one bilinear resampling
 instead of several: less blur, the point); (2) near the borders: a chain fills each step's border
@@ -43,6 +45,7 @@ import numpy as np
 from augkit.albu import import_albumentations
 
 _EYE = np.eye(3)
+_LINEAR, _REPLICATE = 1, 1  # cv2.INTER_LINEAR, cv2.BORDER_REPLICATE (OpenCV loads when pixels are made)
 
 
 class Source(Protocol):
@@ -123,9 +126,9 @@ class _Run:
     inv: np.ndarray = field(default_factory=lambda: _EYE.copy())
     steps: list[Callable[[np.ndarray], np.ndarray]] = field(default_factory=list)
     warps: int = 0
-    border: int = 0
+    border: int = _REPLICATE  # a run of flips only (or none) folded with a resize: edges as cv2.resize
     fill: Any = 0
-    interp: int = 1
+    interp: int = _LINEAR
 
 
 def _same_fill(a: Any, b: Any) -> bool:
@@ -174,7 +177,7 @@ class Walk:
         centre crop to ``size`` folded in."""
         run = self.run
         base = self.img
-        folding = base is None and run.warps > 0 and self.source.folds(run.interp)
+        folding = base is None and self.source.folds(run.interp)  # a run of flips only too: one resampling
         if not folding:
             if base is None:
                 base = self.source.start()

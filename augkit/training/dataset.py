@@ -12,8 +12,9 @@ recipe's ``train`` pipeline -> ``resize_short`` + ``center_crop(image_size)`` ->
 That is what ``fused=False`` computes step by step. By default (``fused=True``) the recipe's
 consecutive geometric steps are one warp (:mod:`augkit.recipe.fuse`, same parameters), the final
 resize + crop joins the last geometric run's warp, and with the memory cache off (``memory_cache=0``,
-no ``cache=``) so does the first resize: a recipe whose geometry runs first and last (flip + affine)
-goes from the decoded file straight to ``image_size x image_size`` in one ``cv2.warpAffine``,
+no ``cache=``) so does the first resize, for every sample (one bilinear resampling from the file,
+whatever was drawn): a recipe whose geometry runs first and last (flip + affine) goes from the
+decoded file straight to ``image_size x image_size`` in one ``cv2.warpAffine``,
 decoding the JPEG at the DCT scale that warp needs and converting only the region it reaches
 (:class:`~augkit.io.warped.DecodedFile`). The parameters are drawn for the same working-size image
 either way, so seeds and manifests do not change; the pixels agree within tests/test_fuse.py's
