@@ -208,7 +208,8 @@ def test_pixel_statistics_of_a_recipe_do_not_change(photos):
 def jpeg_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("fusejpegs")
     for i, name in enumerate(("chelsea", "astronaut", "coffee") * 2):
-        write(root / f"c{i % 2}" / f"{name}{i}.jpg", make_photo(name, (200, 150), offset=i))
+        ext = ".png" if i == 5 else ".jpg"  # one PNG: decoded whole, warped the same way
+        write(root / f"c{i % 2}" / f"{name}{i}{ext}", make_photo(name, (200, 150), offset=i))
     return root
 
 
