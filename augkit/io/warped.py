@@ -189,6 +189,7 @@ class DecodedFile:
         if self._rgb is not None:
             img, k, bgr = self._rgb, 1, False
         else:
+            assert self.head.jpeg is not None  # not decoded at construction: a JPEG
             if self._bgr is None:
                 k = dct_scale(m_full, allowed=self.reduced)
                 self._bgr = (k, decode_jpeg_bgr(self.data, self.head.jpeg, k, self.path))

@@ -190,7 +190,7 @@ class Walk:
             out_hw, final = (size, size), final_matrix(run.shape, size)
         inv = run.inv @ final
         self.warps_done += 1
-        if folding:
+        if base is None:  # folding: the source draws the run (and what it folds) itself
             return self.source.render(inv, out_hw, run.border, run.fill, run.interp)
         return ImageSource(base).render(inv, out_hw, run.border, run.fill, run.interp)
 
