@@ -191,6 +191,32 @@ def _gray(img: np.ndarray) -> np.ndarray:
     return np.floor(g)[..., None]
 
 
+@functools.lru_cache(maxsize=128)
+def _grey_blend_table(ratio: float) -> np.ndarray:
+    """``_blend(value, grey, ratio)`` for every uint8 value (column) and integer grey (row): 256 x 256.
+    Cached per ratio (a policy has 62); callers must not modify it."""
+    values, greys = np.tile(_VALUES, 256), np.repeat(_VALUES.astype(np.float32), 256)
+    table = _blend(values, greys, ratio).reshape(256, 256)
+    table.setflags(write=False)
+    return table
+
+
+def _color(img: np.ndarray, ratio: float) -> np.ndarray:
+    """v2's Color: each value blended with its pixel's floored grey. The blend of a (value, grey) pair is
+    read from :func:`_grey_blend_table` (the same arithmetic) by a nearest-neighbour ``cv2.remap`` at
+    integer coordinates: no float copy of the three channels (the grey plane is still computed in float)."""
+    import cv2  # see _warp
+
+    grey = _gray(img)[..., 0].astype(np.int16)  # floored: exact integers 0..254
+    table = _grey_blend_table(float(ratio))
+    return cv2.merge(
+        [
+            cv2.remap(table, cv2.merge([cv2.extractChannel(img, c).astype(np.int16), grey]), None, cv2.INTER_NEAREST)
+            for c in range(img.shape[2])
+        ]
+    )
+
+
 def _sharpness(img: np.ndarray, factor: float) -> np.ndarray:
     """v2: the 3x3 [1 1 1; 1 5 1; 1 1 1] / 13 blur rounded (an integer sum over 13 never ties, so
     it is computed exactly), then ``x + (1 - factor) * (blur - x)`` inside a 1-pixel frame."""
@@ -269,7 +295,7 @@ def apply_op(img: np.ndarray, name: str, magnitude: float, border: int = 0, fill
     if name == "Brightness":  # per-value ops (Brightness, Contrast, Solarize, AutoContrast): tables
         return _lut(img, _to_uint8(_mul32(_VALUES, 1.0 + m)))
     if name == "Color":
-        return _blend(img, _gray(img), 1.0 + m)
+        return _color(img, 1.0 + m)
     if name == "Contrast":  # the mean of the floored gray, exactly (a sum of integers), as float32
         mean = np.float32(_gray(img).sum(dtype=np.float64) / (img.shape[0] * img.shape[1]))
         return _lut(img, _blend(_VALUES, mean, 1.0 + m))  # type: ignore[arg-type]  # a float32 scalar broadcasts
