@@ -217,20 +217,43 @@ def _color(img: np.ndarray, ratio: float) -> np.ndarray:
     )
 
 
+@functools.lru_cache(maxsize=128)
+def _sharpness_table(factor: float) -> np.ndarray:
+    """v2's ``x + (1 - factor) * (blur - x)`` (float32, one rounding, truncated) for every uint8 value x
+    (column) and rounded blur (row): 256 x 256. Cached per factor; callers must not modify it."""
+    x = np.tile(_VALUES, 256).astype(np.float32)
+    blur = np.repeat(np.arange(256, dtype=np.float64), 256)
+    table = _to_uint8(_fma32(x, 1.0 - float(factor), blur - x)).reshape(256, 256)
+    table.setflags(write=False)
+    return table
+
+
 def _sharpness(img: np.ndarray, factor: float) -> np.ndarray:
-    """v2: the 3x3 [1 1 1; 1 5 1; 1 1 1] / 13 blur rounded (an integer sum over 13 never ties, so
-    it is computed exactly), then ``x + (1 - factor) * (blur - x)`` inside a 1-pixel frame."""
+    """v2: the 3x3 [1 1 1; 1 5 1; 1 1 1] / 13 blur rounded, then ``x + (1 - factor) * (blur - x)`` inside
+    a 1-pixel frame. In integers: the sum ``t`` is a box sum plus 4 x the centre, and ``floor(t / 13 + 0.5)``
+    is ``(2t + 13) // 26`` (t / 13 never ties); the blend is read from :func:`_sharpness_table` by a nearest
+    ``cv2.remap`` at integer coordinates (as :func:`_color`). No float copy of the image."""
     import cv2  # see _warp
 
     if img.shape[0] <= 2 or img.shape[1] <= 2:
         return img
-    kernel = np.ones((3, 3), np.float32)
-    kernel[1, 1] = 5.0
-    total = cv2.filter2D(img.astype(np.float32), -1, kernel, borderType=cv2.BORDER_CONSTANT)  # exact integers
-    blur = np.floor(total[1:-1, 1:-1] / np.float64(13.0) + 0.5)
-    inner = img[1:-1, 1:-1].astype(np.float32)
+    box = cv2.boxFilter(img, cv2.CV_16U, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    total = box[1:-1, 1:-1] + 4 * img[1:-1, 1:-1].astype(np.uint16)  # at most 13 x 255: fits
+    blur = ((2 * total + 13) // 26).astype(np.int16)
+    table = _sharpness_table(float(factor))
+    inner = img[1:-1, 1:-1]
     out = img.copy()
-    out[1:-1, 1:-1] = _to_uint8(_fma32(inner, 1.0 - float(factor), blur - inner))
+    out[1:-1, 1:-1] = cv2.merge(
+        [
+            cv2.remap(
+                table,
+                cv2.merge([cv2.extractChannel(inner, c).astype(np.int16), cv2.extractChannel(blur, c)]),
+                None,
+                cv2.INTER_NEAREST,
+            )
+            for c in range(img.shape[2])
+        ]
+    )
     return out
 
 
