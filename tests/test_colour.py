@@ -251,3 +251,13 @@ def test_policy_per_value_ops_make_no_float_copy():
     img = photo("coffee", (320, 240))
     for name, m in (("Brightness", 0.6), ("Brightness", -0.6), ("Solarize", 100.0), ("AutoContrast", 0.0)):
         assert peak_over_image(lambda: apply_op(img, name, m), img) < 2.5, name
+    # Color and Sharpness blend through (value, grey/blur) tables: no float copy of the three channels (the
+    # float kernels peaked at 24 x and 44 x the image; Color's grey plane is still float)
+    for name in ("Color", "Sharpness"):
+        assert peak_over_image(lambda: apply_op(img, name, 0.7), img) < 12, name
+
+
+def test_sharpness_rounds_its_integer_blur_as_v2():
+    """floor(t / 13 + 0.5) in float64 (v2) is (2t + 13) // 26 for every 3x3 sum t of uint8 values."""
+    t = np.arange(13 * 255 + 1)
+    assert np.array_equal(np.floor(t.astype(np.float32) / np.float64(13.0) + 0.5), (2 * t + 13) // 26)
