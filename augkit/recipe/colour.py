@@ -31,7 +31,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from albucore import sz_lut
+from albucore import sz_lut  # type: ignore[import-untyped]
 
 from augkit.albu import import_albumentations
 

@@ -173,7 +173,7 @@ _VALUES.setflags(write=False)
 def _lut(img: np.ndarray, table: np.ndarray) -> np.ndarray:
     """``table[img]`` in one uint8 pass, no float copy of the image. The table is the op's own arithmetic
     run on :data:`_VALUES`, so the pixels are the op's."""
-    from albucore import sz_lut  # stringzilla's byte translation: faster here than cv2.LUT or numpy indexing
+    from albucore import sz_lut  # type: ignore[import-untyped]  # stringzilla: faster here than cv2.LUT
 
     return sz_lut(img, table, inplace=False)
 
