@@ -5,7 +5,8 @@ median time of ``apply`` over many calls with the same drawn parameters for both
 pixels are touched differs), and the ratio stock / augkit (above 1: augkit is faster). The ``draws``
 rows draw the parameters as the ``color``/``linear`` ops of the ``default`` recipe do (a seeded
 generator, one draw per call, the same sequence for both), so ColorJitter's random order is mixed in
-as in training. OpenCV runs on one thread (as in augkit's workers).
+as in training. OpenCV runs on one thread (as in augkit's workers). A second table times the policies'
+colour ops (trivial_augment/rand_augment) against torchvision v2's, which they match pixel for pixel.
 
 Run alone on a quiet machine (timings are meaningless next to other busy processes):
     .venv/bin/python benchmarks/bench_colour.py            # --count 400
@@ -122,7 +123,53 @@ def main() -> None:
             median_us(lambda img, p: stock_lin.apply(img, **p), drawn),
             median_us(lambda img, p: linear_t.apply(img, **p), drawn),
         )
+    policies(args.count)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+#: the policies' colour ops at TrivialAugment's bin 15 (factor 1.5; Posterize 5 bits; Solarize 127.5)
+POLICY_OPS = {
+    "Brightness": 0.5,
+    "Color": 0.5,
+    "Contrast": 0.5,
+    "Sharpness": 0.5,
+    "Posterize": 5,
+    "Solarize": 127.5,
+    "AutoContrast": 0.0,
+    "Equalize": 0.0,
+}
+
+
+def policies(count: int) -> None:
+    """trivial_augment/rand_augment's colour ops: augkit's uint8 kernels vs torchvision v2's on uint8 tensors
+    (the reference they are pixel-equal to; one torch thread, the tensor made before timing)."""
+    from augkit.recipe.policies.functional import apply_op
+
+    try:
+        import torch
+        from torchvision.transforms.v2 import functional as TF
+    except ImportError:
+        print("(torchvision not installed: the policies' table is skipped)")
+        return
+    torch.set_num_threads(1)
+    v2 = {
+        "Brightness": lambda t, m: TF.adjust_brightness(t, 1 + m),
+        "Color": lambda t, m: TF.adjust_saturation(t, 1 + m),
+        "Contrast": lambda t, m: TF.adjust_contrast(t, 1 + m),
+        "Sharpness": lambda t, m: TF.adjust_sharpness(t, 1 + m),
+        "Posterize": lambda t, m: TF.posterize(t, int(m)),
+        "Solarize": lambda t, m: TF.solarize(t, m),
+        "AutoContrast": lambda t, m: TF.autocontrast(t),
+        "Equalize": lambda t, m: TF.equalize(t),
+    }
+    print("\n| policy op | size | torchvision v2 us | augkit us | ratio |\n| --- | --- | ---: | ---: | ---: |")
+    for size in SIZES:
+        imgs = photos(size)
+        tensors = [torch.from_numpy(i).permute(2, 0, 1).contiguous() for i in imgs]
+        for name, m in POLICY_OPS.items():
+            ours = [(imgs[i % len(imgs)], name, m) for i in range(count)]
+            theirs = [(tensors[i % len(imgs)], m) for i in range(count)]
+            row(f"policy {name}", size, median_us(v2[name], theirs), median_us(apply_op, ours))
 
 
 if __name__ == "__main__":

@@ -273,19 +273,23 @@ def _autocontrast(img: np.ndarray) -> np.ndarray:
 
 
 def _equalize(img: np.ndarray) -> np.ndarray:
-    out = np.empty_like(img)
+    """v2: per channel, a table from the channel's histogram (integers throughout), applied to its plane."""
+    import cv2  # see _warp
+    from albucore import sz_lut  # see _lut
+
+    out = []
     for c in range(img.shape[2]):
-        chan = img[..., c]
+        chan = cv2.extractChannel(img, c)  # a contiguous copy: counted fast, translated in place
         hist = np.bincount(chan.ravel(), minlength=256)
         nonzero = hist[hist != 0]
         step = int(nonzero[:-1].sum()) // 255
         if step == 0:
-            out[..., c] = chan
+            out.append(chan)
             continue
         lut = (np.cumsum(hist) + step // 2) // step
         lut = np.concatenate([[0], lut[:-1]]).clip(0, 255).astype(np.uint8)
-        out[..., c] = lut[chan]
-    return out
+        out.append(sz_lut(chan, lut, inplace=True))
+    return cv2.merge(out)
 
 
 def apply_op(img: np.ndarray, name: str, magnitude: float, border: int = 0, fill: Any = 0) -> np.ndarray:
