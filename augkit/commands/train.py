@@ -74,7 +74,8 @@ def command(
         "--lr",
         help="Peak AdamW learning rate of the head (the backbone gets less when fine-tuning pretrained "
         "weights), or auto: a short learning-rate range test on the training data picks it (fastai's "
-        "lr_find, valley rule; the sweep is drawn in RUN_DIR/lr_find.png).",
+        "lr_find: a tenth of the rate at the smoothed loss's lowest point; the sweep is drawn in "
+        "RUN_DIR/lr_find.png).",
     ),
     schedule: ScheduleChoice = typer.Option(
         DEFAULT_SCHEDULE,
