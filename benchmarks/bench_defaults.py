@@ -17,9 +17,10 @@ it (its own validation split, 20% by default, ``best.pt`` scored), changing only
 model is scored on the held-out images without TTA (``augkit evaluate --tta none``). ``onecycle`` at
 1e-3, 3e-3 and 1e-2 are the three hand-picked rates ``onecycle-auto`` is compared with; for each
 ``--lr auto`` run the sweep's PNG is kept (``--keep DIR``) and the chosen rate's place in the sweep
-is recorded: ``drop``, how far the smoothed loss at the chosen rate has fallen from the sweep's start
-towards its lowest point (1 = at the bottom), and whether the rate lies in the flat bottom (the
-rates before the lowest point whose smoothed loss has made at least half of that fall).
+is recorded (:func:`sweep_place`): ``drop``, how far the loss at the chosen rate has fallen from the
+sweep's start towards its lowest point (1 = at the bottom; on a centred average of the raw losses,
+which does not lag as the plotted exponential average does), and whether the rate lies in the flat
+bottom (the lower half of that fall).
 
 Runs are independent; ``--jobs 2`` runs two at a time (one thread each: accuracy does not depend on
 it, the seconds do).
@@ -110,14 +111,32 @@ def make_data(kind: str, root: Path) -> Path:
     return faces_split(root)
 
 
+def centred(values: list[float], w: int) -> list[float]:
+    """A centred moving average over ``w`` values (fewer at the ends): unlike the sweep's exponential
+    average it does not lag, so a rate is judged by the losses around it."""
+    h = w // 2
+    return [sum(values[max(0, i - h) : i + h + 1]) / len(values[max(0, i - h) : i + h + 1]) for i in range(len(values))]
+
+
 def sweep_place(found: dict) -> dict:
-    """Where ``--lr auto``'s choice lies in its own sweep: ``drop`` (how far the smoothed loss at the
-    chosen rate has fallen from the start towards the lowest point) and ``in_flat_bottom`` (the chosen
-    rate is before the lowest point and has made at least half of that fall)."""
-    sm, low, near = found["smoothed"], found["minimum"], found["index"]
-    fall = sm[0] - sm[low]
-    drop = (sm[0] - sm[near]) / fall if fall > 0 else 0.0
-    return {"drop": round(drop, 3), "in_flat_bottom": bool(near <= low and drop >= 0.5)}
+    """Where ``--lr auto``'s choice lies in its own sweep, judged on a centred moving average of the raw
+    losses (window: a tenth of the steps, at least 3): ``drop``, how far the loss at the chosen rate has
+    fallen from the sweep's start (the first window's mean) towards its lowest point (1 = at the
+    bottom), and ``in_flat_bottom``: the chosen rate lies in the lower half of that fall. Also
+    ``drop_ema``, the same on the debiased exponential average the sweep's plot draws (it lags)."""
+    losses, near = found["losses"], found["index"]
+    w = max(3, (len(losses) // 10) | 1)
+    c = centred(losses, w)
+    start, bottom = sum(losses[:w]) / w, min(c)
+    drop = (start - c[near]) / (start - bottom) if start > bottom else 0.0
+    sm, low = found["smoothed"], found["minimum"]
+    drop_ema = (sm[0] - sm[near]) / (sm[0] - sm[low]) if sm[0] > sm[low] else 0.0
+    return {
+        "drop": round(drop, 3),
+        "drop_ema": round(drop_ema, 3),
+        "in_flat_bottom": bool(drop >= 0.5),
+        "sweep": {"lrs": found["lrs"], "losses": losses, "chosen": found["lr"], "index": near},
+    }
 
 
 def run_augkit(
