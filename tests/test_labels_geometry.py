@@ -727,7 +727,8 @@ def test_recipes_check_labels_cli(tmp_path):
 # ============================================================================= how points are moved
 
 
-REPLAY_RECIPE = """train:
+REPLAY_RECIPE = """border: constant
+train:
   - flip: {direction: both, p: 0.5}
   - shift: {x: 0.1, y: 0.1, p: 0.5}
   - affine: {scale: [0.8, 1.2], translate: 0.1, rotate: 20, shear: 10, p: 0.7}
@@ -753,20 +754,25 @@ def _same_labels(a: Labels, b: Labels, what: str, tol: float = 1e-3) -> None:
 def test_points_replayed_after_the_pipeline_equal_the_compose_moving_them(monkeypatch):
     """Points are moved by replaying each applied step's keypoint function with the parameters it drew
     (no albumentations keypoint processor per call); the Compose moving them as keypoints gives the
-    same labels (to float32 precision), for every kind of step and container."""
+    same labels (to float32 precision), for every kind of step and container. The image is then made
+    as for an unlabelled dataset: geometric steps as one warp (the same pixels as ``Augmenter``)."""
     import augkit.labels.geometry as geometry
 
+    recipe = parse_recipe(REPLAY_RECIPE)
     info = info_for("polygons", keypoints=True)
-    fast = build_labelled(parse_recipe(REPLAY_RECIPE), info)
+    fast = build_labelled(recipe, info)
+    unlabelled = recipe.build()
     monkeypatch.setattr(geometry, "replayable", lambda compose: False)
-    slow = build_labelled(parse_recipe(REPLAY_RECIPE), info)
+    slow = build_labelled(recipe, info)
     assert fast.replay and not slow.replay
     for index in range(3):
         img, labels, _ = scene(index, "polygons", keypoints=True)
         for seed in range(12):
             a_img, a, _, a_applied = fast(img.copy(), labels, seed)
             b_img, b, _, b_applied = slow(img.copy(), labels, seed)
-            assert np.array_equal(a_img, b_img) and a_applied == b_applied
+            assert a_applied == b_applied and a_img.shape == b_img.shape
+            fused, applied = unlabelled(img.copy(), seed)
+            assert np.array_equal(a_img, fused) and applied == a_applied
             _same_labels(a, b, f"image {index} seed {seed}")
 
 

@@ -49,6 +49,7 @@ from augkit.albu import import_albumentations
 from augkit.errors import RecipeError, UsageError
 from augkit.labels.model import DatasetInfo, Labels, Obj, box_from_mask, box_from_points
 from augkit.recipe.api import Recipe, applied_steps, build_compose, leaf_transforms, seed_random_state
+from augkit.recipe.fuse import run_fused
 from augkit.recipe.labelspec import COPYING_BORDERS, LabelSpec
 from augkit.recipe.ops import ALBU_OP, BORDER_MODES
 from augkit.recipe.params import suggest
@@ -449,8 +450,11 @@ class LabelledPipeline:
         for t in self._all:
             t.params = {}
         seed_random_state(self.compose, seed)
-        out = self.compose(**data)
-        img = out["image"]
+        if self.replay and len(data) == 1:  # the image alone: its geometric steps as one warp, as unlabelled
+            img, out = run_fused(self.compose, image)[0], {}
+        else:  # masks (and points, unless replayed) move inside the Compose, step by step
+            out = self.compose(**data)
+            img = out["image"]
         H2, W2 = img.shape[:2]
         if self.replay:
             moved = self._replay_points(points - 0.5) + 0.5
