@@ -489,10 +489,15 @@ class LabelledPipeline:
         kp[:, :2] = xy
         for leaf in self._all:
             fn = leaf._key2func.get("keypoints") if leaf.params else None
-            if fn is not None:
-                kp = np.ascontiguousarray(fn(kp, **leaf.params), dtype=np.float64)
-                if len(kp) != len(xy):  # a transform that adds or removes points: never silently misassigned
-                    raise RuntimeError(f"{type(leaf).__name__} returned {len(kp)} points for {len(xy)}")
+            if fn is None:
+                continue
+            m = _point_matrix(leaf)
+            if m is not None:  # the same map as the step's keypoint function, without its per-call cost
+                kp[:, :2] = kp[:, :2] @ m[:, :2].T + m[:, 2]
+                continue
+            kp = np.ascontiguousarray(fn(kp, **leaf.params), dtype=np.float64)
+            if len(kp) != len(xy):  # a transform that adds or removes points: never silently misassigned
+                raise RuntimeError(f"{type(leaf).__name__} returned {len(kp)} points for {len(xy)}")
         return kp[:, :2]
 
     # ------------------------------------------------------------------ points in, points out
@@ -601,6 +606,21 @@ class LabelledPipeline:
         out[ok, 2] = v[ok]
         flip = flip_index(self.info, len(out)) if mirror else None
         return out[flip] if flip is not None else out
+
+
+def _point_matrix(leaf) -> np.ndarray | None:
+    """The 2x3 map (pixel-index coordinates) albumentations 2.0.8 applies to the points of an applied
+    flip (``keypoints_hflip``/``vflip``: ``W - 1 - x``) or ``Affine`` (``keypoints_affine`` with its
+    ``matrix``; mirrored copies are never added here, see :func:`_keypoints_without_mirror_copies`),
+    or None for any other step (its own keypoint function moves the points)."""
+    name, prm = type(leaf).__name__, leaf.params
+    if name == "HorizontalFlip":
+        return np.array([[-1.0, 0.0, prm["shape"][1] - 1.0], [0.0, 1.0, 0.0]])
+    if name == "VerticalFlip":
+        return np.array([[1.0, 0.0, 0.0], [0.0, -1.0, prm["shape"][0] - 1.0]])
+    if name == "Affine" and "matrix" in prm:
+        return np.asarray(prm["matrix"], dtype=np.float64)[:2]
+    return None
 
 
 def replayable(compose) -> bool:
