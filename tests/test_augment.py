@@ -375,3 +375,31 @@ def test_chunks_with_overlapped_writes_equal_item_by_item_and_report_each_failur
     assert "ValueError: a bug in a write" in res[1]["detail"] and "No space left" in res[2]["detail"]
     assert [r["item"] for r in res] == items3[:5]
     assert all((tmp_path / "faulty" / r["item"].out).is_file() == (r["status"] == "ok") for r in res)
+
+
+def test_in_process_run_overlaps_each_write_with_the_next_item_and_records_in_order(src, tmp_path, monkeypatch):
+    """With one worker the run stays in this process; each file's write (fsync included) runs in the
+    writer thread while the next item is made, one item ahead, and results come back in plan order."""
+    import threading
+
+    from augkit.offline.executors.local import LocalExecutor
+
+    task, items = _task_and_items(src, tmp_path / "out", copies=1, seed=3)
+    events: list[str] = []
+    real_make, real_write = task._make, task._write
+
+    def make(item):
+        events.append(f"make {item.out}")
+        return real_make(item)
+
+    def write(item, *rest):
+        if threading.current_thread() is not threading.main_thread():
+            events.append(f"write {item.out} in the writer thread")
+        return real_write(item, *rest)
+
+    monkeypatch.setattr(task, "_make", make)
+    monkeypatch.setattr(task, "_write", write)
+    results = list(LocalExecutor(workers=1).run(task, items))
+    assert [r["item"] for r in results] == items and all(r["status"] == "ok" for r in results)
+    # every write ran in the writer thread (one by one, they ran here, between the items' work)
+    assert sum(e.endswith("in the writer thread") for e in events) == len(items)

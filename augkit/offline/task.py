@@ -12,6 +12,8 @@ import errno
 import hashlib
 import os
 import time
+from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,16 +165,27 @@ class AugmentTask:
         writer thread while the next item is decoded and augmented: fsync waits for the disk
         (~10% of an item here), and that wait no longer leaves the core idle. A result still
         comes back only once its file is in place, so the manifest never names a missing file."""
+        return list(self.iter_items(items, ahead=len(items)))
+
+    def iter_items(self, items: Iterable[WorkItem], ahead: int = 1) -> Iterator[ItemResult]:
+        """The items' results in order, each as soon as its file is in place, with the writes of at
+        most ``ahead`` items in flight (in the writer thread) while the next item is made: what
+        :meth:`run_chunk` does for a chunk, and the local executor for the whole plan in its own
+        process (``ahead=1``: an interruption leaves at most one finished file unrecorded, and a
+        resumed run verifies it)."""
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="augkit-writer")
-        pending: list = []
+        pending: deque = deque()
         for item in items:
             try:
                 made = self._make(item)
-                pending.append(self._writer.submit(self._write, *made) if isinstance(made, tuple) else made)
+                pending.append((self._writer.submit(self._write, *made) if isinstance(made, tuple) else made, item))
             except Exception as exc:  # noqa: BLE001 - as the executors' call_safely: reported per file
-                pending.append(failure(item, "worker error", exc))
-        return [_settled(p, item) for p, item in zip(pending, items)]
+                pending.append((failure(item, "worker error", exc), item))
+            while len(pending) > ahead:
+                yield _settled(*pending.popleft())
+        while pending:
+            yield _settled(*pending.popleft())
 
     def _make(self, item: WorkItem) -> ItemResult | tuple[WorkItem, Path, bytes, ItemResult]:
         """Everything but the write: a finished result (bad input, verify) or what to write."""

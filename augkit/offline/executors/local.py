@@ -106,10 +106,14 @@ class LocalExecutor:
                 s.close()
 
     def _in_process(self, task: Task, items: list) -> Iterator[ItemResult]:
+        """The items here, in order: through the task's ``iter_items`` when it has one (each file's
+        write, fsync included, overlaps the next item's work, as in a pool worker; a result comes
+        as soon as its file is in place), else one by one."""
         task.setup()
-        for item in items:
+        pipelined = getattr(task, "iter_items", None)
+        for res in pipelined(items) if pipelined is not None else (call_safely(task, it) for it in items):
             self.stats["in_process"] += 1
-            yield call_safely(task, item)
+            yield res
 
     def _adaptive(self, task: Task, items: list, starter: PoolStarter) -> Iterator[ItemResult]:
         task.setup()
