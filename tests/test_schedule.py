@@ -94,14 +94,15 @@ def test_cosine_step_constant_are_torchs_schedulers_after_linear_warmup(warmup):
 
 
 def test_cosine_epoch_is_the_old_per_epoch_schedule():
-    """The default keeps augkit's schedule before per-step ones: loop.epoch_lrs, the same at every step of an epoch."""
+    """``cosine-epoch`` keeps augkit's schedule before per-step ones (its default until issue 20's
+    measurement chose onecycle): loop.epoch_lrs, the same at every step of an epoch."""
     cfg = TrainConfig(data=".", out="x", lr=PEAK, epochs=7)
     for plan in (FreezePlan("none", ""), FreezePlan("finetune", "", 2, 0.1), FreezePlan("head", "")):
         lrs = StepLRs("cosine-epoch", PEAK, 7, 5, None, plan)
         for epoch in range(7):
             for step in range(5):
                 assert lrs.at(epoch, step) == pytest.approx(loop.epoch_lrs(cfg, plan, epoch), abs=1e-15)
-    assert DEFAULT_SCHEDULE == "cosine-epoch"
+    assert DEFAULT_SCHEDULE == "onecycle"
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

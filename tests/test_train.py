@@ -203,7 +203,8 @@ def test_resume_continues_and_ends_like_an_uninterrupted_run(run_a, data, tmp_pa
     done = cli(data, "-o", out, "--weights", "none", *FAST, "--resume")
     assert done.exit_code == 0 and "already done" in done.output
     changed = cli(data, "-o", out, "--weights", "none", *FAST, "--resume", "--lr", "0.01")
-    assert changed.exit_code == 2 and "lr: run has 0.001, now 0.01" in changed.output
+    assert changed.exit_code == 2 and "lr: run has 0.003, now 0.01" in changed.output
+    assert f"--weights {out} starts" in changed.output.replace("\n", "")
 
 
 # ------------------------------------------------------------------ freezing
@@ -717,7 +718,7 @@ def test_mixed_batches_train_the_same_at_any_worker_count(data, tmp_path):
 
 
 def test_patience_stops_at_the_right_epoch_and_resumes(data, tmp_path, monkeypatch):
-    """val_acc 0.5, 0.7, 0.6, 0.7 (same loss: a tie is no improvement) with --patience 2 stops after
+    """(No weight average: validate is faked once per epoch.) val_acc 0.5, 0.7, 0.6, 0.7 (same loss: a tie is no improvement) with --patience 2 stops after
     epoch 4 with best.pt from epoch 2; resumed with the same patience nothing runs; with 3 it
     runs epoch 5 (0.65) and stops there. Changing --label-smoothing refuses to resume."""
     accs = iter([0.5, 0.7, 0.6, 0.7, 0.65, 0.9, 0.9, 0.9])
@@ -728,7 +729,7 @@ def test_patience_stops_at_the_right_epoch_and_resumes(data, tmp_path, monkeypat
         lambda *a, **k: {"loss": 1.0, "acc": 0.5, "images": 24, "seconds": 0.01},
     )
     out = tmp_path / "p"
-    res = train(_cfg(data, out, epochs=8, patience=2, val_split=0.2, progress=False))
+    res = train(_cfg(data, out, epochs=8, patience=2, val_split=0.2, progress=False, ema=0))
     assert res.epochs == 4 and res.best_epoch == 2
     assert res.stopped == (
         "early stop: no improvement in val_acc (an equal val_acc with a lower val_loss counts as an improvement) "
@@ -736,13 +737,13 @@ def test_patience_stops_at_the_right_epoch_and_resumes(data, tmp_path, monkeypat
     )
     assert load_checkpoint(out / "best.pt")["epoch"] == 2 and load_checkpoint(out / "last.pt")["epoch"] == 4
     assert yaml.safe_load((out / "settings.yaml").read_text())["resolved"]["outcome"]["stopped"] == res.stopped
-    again = train(_cfg(data, out, epochs=8, patience=2, val_split=0.2, resume=True, progress=False))
+    again = train(_cfg(data, out, epochs=8, patience=2, val_split=0.2, resume=True, progress=False, ema=0))
     assert again.epochs == 4 and again.stopped == res.stopped
-    more = train(_cfg(data, out, epochs=8, patience=3, val_split=0.2, resume=True, progress=False))
+    more = train(_cfg(data, out, epochs=8, patience=3, val_split=0.2, resume=True, progress=False, ema=0))
     assert more.epochs == 5 and more.best_epoch == 2 and "for 3 epochs after epoch 2" in more.stopped
     with pytest.raises(UsageError, match="label_smoothing"):
-        train(_cfg(data, out, epochs=8, patience=3, val_split=0.2, resume=True, label_smoothing=0.1))
-    done = train(_cfg(data, tmp_path / "full", epochs=2, patience=5, progress=False))
+        train(_cfg(data, out, epochs=8, patience=3, val_split=0.2, resume=True, label_smoothing=0.1, ema=0))
+    done = train(_cfg(data, tmp_path / "full", epochs=2, patience=5, progress=False, ema=0))
     assert done.stopped == "completed"
 
 
@@ -755,7 +756,7 @@ def test_patience_counts_an_equal_val_acc_with_a_lower_val_loss_as_improvement_a
     monkeypatch.setattr(
         trainmod, "train_one_epoch", lambda *a, **k: {"loss": 1.0, "acc": 0.5, "images": 24, "seconds": 0.01}
     )
-    res = train(_cfg(data, tmp_path / "tie", epochs=6, patience=2, val_split=0.2, progress=False))
+    res = train(_cfg(data, tmp_path / "tie", epochs=6, patience=2, val_split=0.2, progress=False, ema=0))
     assert res.epochs == 4 and res.best_epoch == 2
     assert load_checkpoint(tmp_path / "tie" / "best.pt")["epoch"] == 2
     assert "no improvement in val_acc (an equal val_acc with a lower val_loss counts" in res.stopped

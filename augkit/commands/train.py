@@ -24,6 +24,7 @@ from augkit.errors import EXIT_SKIPPED, UsageError
 from augkit.limits import DEFAULT_MAX_PIXELS
 from augkit.training.config import (
     CHECKS,
+    DEFAULT_EMA,
     DEFAULT_LR,
     DEFAULT_SCHEDULE,
     DEVICES,
@@ -91,11 +92,11 @@ def command(
         help=f"Linear warm-up, in epochs (fractions allowed), before the schedule \\[default: 0; onecycle "
         f"rises over {ONECYCLE_WARMUP:.0%} of its steps].",
     ),
-    ema: Optional[float] = typer.Option(
-        None,
+    ema: float = typer.Option(
+        DEFAULT_EMA,
         "--ema",
-        help="Also keep an exponential moving average of the weights with this decay (e.g. 0.999; "
-        "timm's ModelEmaV3 with decay warm-up), validated each epoch: best.pt is whichever is better.",
+        help="Also keep an exponential moving average of the weights with this decay (timm's ModelEmaV3 "
+        "with decay warm-up), validated each epoch: best.pt is whichever is better. 0: none.",
     ),
     weight_decay: float = typer.Option(1e-2, "--weight-decay", min=0.0, help="AdamW weight decay."),
     image_size: int = typer.Option(224, "--image-size", min=16, help="Training and prediction size (square)."),

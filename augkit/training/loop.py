@@ -635,6 +635,7 @@ def _better(row: dict, best: dict) -> bool:
 def resume_key(cfg: TrainConfig, recipe: Recipe | None) -> dict:
     d = {k: getattr(cfg, k) for k in RESUME_KEYS if k != "recipe_hash"}
     d["weights"] = str(d["weights"])
+    d["ema"] = cfg.ema or None  # 0 and None both mean no average
     d["recipe_hash"] = recipe.hash if recipe is not None else None
     return d
 
@@ -726,7 +727,7 @@ def _start_state(cfg: TrainConfig, out: Path, key: dict, classes: list[str], not
     if diff:
         raise UsageError(
             f"{last}: cannot resume with different settings ({'; '.join(diff)}). Use the original "
-            "settings, or start a new run folder (--weights {out} starts from its weights)"
+            f"settings, or start a new run folder (--weights {out} starts from its weights)"
         )
     return ckpt
 
@@ -873,7 +874,7 @@ def _prepare(
         if recipe is not None and recipe.batch is not None
         else None
     )
-    ema = ModelEma(model, cfg.ema) if cfg.ema is not None else None
+    ema = ModelEma(model, cfg.ema) if cfg.ema else None  # 0 or None: no average
     return RunState(
         cfg,
         plan,
@@ -1005,7 +1006,7 @@ def _schedule_settings(settings: dict, run: RunState, lrs: StepLRs, found: LRFin
             "sweep": f"{found.lrs[0]:.3g} to {found.lrs[-1]:.3g}",
             "plot": LR_FIND_PNG,
         }
-    if run.cfg.ema is not None:
+    if run.cfg.ema:
         settings["resolved"]["ema"] = {
             "decay": run.cfg.ema,
             "semantics": "timm ModelEmaV3 (decay warm-up 1-(1+n)^-2/3, buffers copied), updated every step",
