@@ -26,7 +26,6 @@ import json
 import os
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -436,11 +435,10 @@ class LabelledTask(AugmentTask):
         # the base's ``_aug`` (an Augmenter) stays None: this task moves labels with the pixels
         self._pipeline: LabelledPipeline | None = None
         self._items: dict[str, Item] | None = None
-        self._label_writer: ThreadPoolExecutor | None = None  # _write's second thread
         self._last_labels: tuple[str, Labels] | None = None  # the last source's parsed labels (_labels)
 
     def __getstate__(self) -> dict:
-        return dict(super().__getstate__(), _pipeline=None, _items=None, _label_writer=None, _last_labels=None)
+        return dict(super().__getstate__(), _pipeline=None, _items=None, _last_labels=None)
 
     def setup(self) -> None:
         if self._pipeline is None:
@@ -557,21 +555,17 @@ class LabelledTask(AugmentTask):
     def _write(
         self, item: WorkItem, out_path: Path, pending: _Pending | bytes, rec: ItemResult, image: bool = True
     ) -> ItemResult:
-        """The label file (the format's writer) and the image, each atomically, the label file in a
-        second thread meanwhile: both wait for the disk (fsync), and their waits overlap. The result
-        (and so the manifest row) comes back only once both are in place; an image found without a
-        row by a resumed run is verified and its label file written again (:meth:`_verify`).
-        ``pending`` is what this task's ``_make`` made (the base class's takes its bare image bytes)."""
+        """The image, then its label file (the format's writer), each atomically (fsync, rename). This
+        runs in the writer thread while the next item is made (``iter_items``/``run_chunk``), so the two
+        fsyncs wait there, not on the core. The result (and so the manifest row) comes back only once
+        both are in place; an image found without a row by a resumed run is verified and its label file
+        written again (:meth:`_verify`). ``pending`` is what this task's ``_make`` made (the base class's
+        takes its bare image bytes)."""
         assert isinstance(pending, _Pending)
-        if self._label_writer is None:
-            self._label_writer = ThreadPoolExecutor(1, thread_name_prefix="augkit-labels")
         try:
-            labels = self._label_writer.submit(self._write_labels, item, pending)
-            try:
-                if image:
-                    self._place(out_path, pending.link_to, pending.payload)  # makes the folder
-            finally:
-                rec["label_record"] = labels.result()  # raises what the label write raised
+            if image:
+                self._place(out_path, pending.link_to, pending.payload)  # makes the folder
+            rec["label_record"] = self._write_labels(item, pending)
         except OSError as exc:
             return write_failed(item, out_path, exc)
         return rec
