@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from bench_augment import PLAIN  # noqa: E402  (the plain loop: cv2 read, exported pipeline, JPEG write)
 from photos import make_photos  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,30 +51,6 @@ train:
   - rotate: {degrees: 15, p: 0.7}
   - affine: {scale: [0.9, 1.1], shear: 5, p: 0.7}
 """
-
-PLAIN = r'''
-"""The plain loop: cv2 read, the exported albumentations pipeline step by step, JPEG write."""
-import os, random, sys, zlib
-import albumentations as A
-import cv2
-import numpy as np
-src, dst, pipeline, copies = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-aug = A.load(pipeline)
-for root, _, names in sorted(os.walk(src)):
-    for name in sorted(names):
-        if not name.endswith(".jpg"):
-            continue
-        img = cv2.cvtColor(cv2.imread(os.path.join(root, name)), cv2.COLOR_BGR2RGB)
-        out_dir = os.path.join(dst, os.path.relpath(root, src))
-        os.makedirs(out_dir, exist_ok=True)
-        for k in range(copies):
-            seed = zlib.crc32(f"{name}:{k}".encode())
-            aug.set_random_state(np.random.default_rng(seed), random.Random(seed))
-            out = aug(image=img)["image"]
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-            with open(os.path.join(out_dir, f"{name[:-4]}__aug{k}.jpg"), "wb") as fh:
-                fh.write(buf.tobytes())
-'''
 
 
 # ====================================================================== (a) loaders
@@ -186,7 +163,7 @@ def bench_offline(tmp: Path, src: Path, count: int, copies: int) -> dict[str, fl
         )
         / outputs,
         "plain albumentations loop": cpu_of(
-            [sys.executable, str(script), str(src), str(tmp / "plain"), str(pipeline), str(copies)]
+            [sys.executable, str(script), str(src), str(tmp / "plain"), str(pipeline), str(copies), "0"]
         )
         / outputs,  # fmt: skip
     }
