@@ -43,7 +43,9 @@ ELLIPSE_POINTS = 32
 
 def sample_photos(folder: Path) -> tuple[list[str], list[tuple[int, np.ndarray]]]:
     """Class names (sorted class folders) and every (class id, RGB photo)."""
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = sorted(  # class folders: those holding photos (never __pycache__ and the like)
+        p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and any(p.glob("*.jpg"))
+    )
     photos = []
     for cls, name in enumerate(names):
         for f in sorted((folder / name).glob("*.jpg")):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -509,3 +510,19 @@ def test_non_ascii_names_in_a_labelled_dataset(tmp_path):
     assert r.exit_code == 0 and r.written == 3
     ds = read_yolo(dst)
     assert len(ds["train"]["кот 😺 00__aug0.png"][1]) == 3
+
+
+def test_sample_maker_names_only_folders_with_photos(tmp_path):
+    """samples/make_labelled.py's class names are the folders holding photos: a __pycache__ (made when
+    the script runs as ``python -m samples.make_labelled``) or an empty folder is not a class."""
+    from samples.make_labelled import sample_photos
+
+    src = Path(__file__).resolve().parents[1] / "samples"
+    for name in ("cat", "coffee"):
+        shutil.copytree(src / name, tmp_path / name)
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "make_labelled.cpython-311.pyc").write_bytes(b"\0")
+    (tmp_path / "empty").mkdir()
+    names, photos = sample_photos(tmp_path)
+    assert names == ["cat", "coffee"]
+    assert {c for c, _ in photos} == {0, 1}
