@@ -24,6 +24,7 @@ from augkit.errors import EXIT_SKIPPED, UsageError
 from augkit.limits import DEFAULT_MAX_PIXELS
 from augkit.training.config import (
     CHECKS,
+    DECODES,
     DEFAULT_EMA,
     DEFAULT_LR,
     DEFAULT_SCHEDULE,
@@ -42,6 +43,7 @@ from augkit.training.schedule import ONECYCLE_WARMUP, SCHEDULES
 Freeze = Enum("Freeze", {v: v for v in FREEZE_CHOICES}, type=str)  # type: ignore[misc]  # members computed: mypy cannot follow
 Device = Enum("Device", {v: v for v in DEVICES}, type=str)  # type: ignore[misc]  # members computed: mypy cannot follow
 Check = Enum("Check", {v: v for v in CHECKS}, type=str)  # type: ignore[misc]  # members computed: mypy cannot follow
+Decode = Enum("Decode", {v: v for v in DECODES}, type=str)  # type: ignore[misc]  # members computed: mypy cannot follow
 PrecisionChoice = Enum("PrecisionChoice", {v: v for v in PRECISIONS}, type=str)  # type: ignore[misc]  # members computed: mypy cannot follow
 ScheduleChoice = Enum("ScheduleChoice", {v: v for v in SCHEDULES}, type=str)  # type: ignore[misc]  # members computed: mypy cannot follow
 
@@ -166,6 +168,14 @@ def command(
         "--check",
         help="Check every file before training: header (signature, size, end marker), full (decode) or none.",
     ),
+    decode: Decode = typer.Option(
+        "cpu",
+        "--decode",
+        help="Where training images are decoded and augmented. cpu: in the loader workers. gpu: the workers only "
+        "plan each sample; JPEGs are decoded by nvJPEG on the CUDA device and warped there in one batched "
+        "grid_sample (needs CUDA; recipes of geometric steps then color/linear/GaussianBlur; not with --cache). "
+        "Validation stays on the CPU. docs/training.md, Decoding on the GPU.",
+    ),
     max_pixels: int = typer.Option(
         DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Reject images with more pixels (read from the header)."
     ),
@@ -213,6 +223,7 @@ def command(
         cache_dir=cache_dir,
         resume=resume,
         check=check.value,
+        decode=decode.value,
         max_pixels=max_pixels,
         label_smoothing=label_smoothing,
         patience=patience,

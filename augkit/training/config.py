@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # annotation only: recipe.py imports albumentations
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHECKS = ("none", "header", "full")
+#: ``--decode``: where training images are decoded and augmented (gpu: augkit.training.gpu_decode)
+DECODES = ("cpu", "gpu")
 #: the files of a run folder (written by augkit.training.run_files)
 METRICS, SETTINGS, CURVES, ERRORS = "metrics.csv", "settings.yaml", "curves.png", "errors.jsonl"
 #: fields of :class:`TrainConfig` that are library-only (no ``augkit train`` option)
@@ -87,6 +89,7 @@ class TrainConfig:
     #: decay of an exponential moving average of the weights (augkit.training.ema); 0 or None: none
     ema: float | None = DEFAULT_EMA
     check: str = "header"
+    decode: str = "cpu"  # gpu: nvJPEG + one grid_sample on the device (training batches only; validation on the CPU)
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     progress: bool = True
 
@@ -116,6 +119,7 @@ class TrainConfig:
             (self.device in DEVICES, f"--device {self.device!r} is not one of {', '.join(DEVICES)}"),
             (self.precision in PRECISIONS, f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}"),
             (self.check in CHECKS, f"--check {self.check!r} is not one of {', '.join(CHECKS)}"),
+            (self.decode in DECODES, f"--decode {self.decode!r} is not one of {', '.join(DECODES)}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (_lr_ok(self.lr), f"--lr must be > 0 (a number) or {LR_AUTO}, got {self.lr!r}"),

@@ -122,7 +122,7 @@ def check_recipe(recipe: Recipe | None) -> DeviceSpec:
         return DeviceSpec()
     A = import_albumentations()
     compose, leaves = build_compose(recipe.train, recipe.border, recipe.fill)
-    names = {id(leaf): f"{step.where} ({step.op})" for step, t in leaves for leaf in leaf_transforms(t)}
+    names = {id(leaf): step.where for step, t in leaves for leaf in leaf_transforms(t)}
     state: dict[str, Any] = {"pixel": None, "warp": None, "slots": [], "width": _HEAD}
 
     def refuse(t: Any, why: str) -> UsageError:
@@ -171,6 +171,20 @@ def _fill3(fill: Any) -> tuple[float, float, float]:
     vals = [float(v) for v in fill] if isinstance(fill, (list, tuple)) else [float(fill)]
     vals = (vals * 3)[:3] if len(vals) == 1 else (vals + [0.0, 0.0])[:3]
     return vals[0], vals[1], vals[2]
+
+
+def check_options(recipe: Recipe | None, device: torch.device, *, cache: bool) -> DeviceSpec:
+    """Everything ``--decode gpu`` needs, checked before any data is read (UsageError: exit 2): a recipe
+    the device can run, no ``--cache`` (its store holds images decoded on the CPU: one or the other),
+    a CUDA training device. The recipe is checked first: that answer does not depend on the machine."""
+    spec = check_recipe(recipe)
+    if cache:
+        raise UsageError(
+            "--decode gpu with --cache: the cache stores images decoded on the CPU, --decode gpu decodes on the "
+            "device every epoch; choose one (--cache for few cores and a dataset that fits on disk)"
+        )
+    check_device(device)
+    return spec
 
 
 def check_device(device: torch.device) -> None:

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import torch
 import torch.distributed
@@ -79,6 +79,8 @@ from augkit.training.distributed import setup as dist_setup
 from augkit.training.ema import ModelEma
 from augkit.training.feed import FeedMeter, FeedStats
 from augkit.training.freeze import FreezePlan, choose_freeze, set_phase, split_params, train_mode
+from augkit.training.gpu_decode import DeviceDecoder, GpuDecodeFolder, check_options, check_recipe, collate
+from augkit.training.gpu_decode import describe as describe_decode
 from augkit.training.lr_find import LRFindResult, preserved, range_test, sweep_steps
 from augkit.training.mixing import BatchAugment, soft_target_cross_entropy
 from augkit.training.plot import plot_lr_find
@@ -212,6 +214,7 @@ class RunState:
     mix: BatchAugment | None = None  # the recipe's batch: section (mixup/cutmix), else None
     lrs: StepLRs | None = None  # the learning rate of every step (None: epoch_lrs, once per epoch)
     ema: ModelEma | None = None  # --ema: the weights' moving average, updated after every step
+    decode: DeviceDecoder | None = None  # --decode gpu: the training batches' pixels are made on the device
 
 
 # ====================================================================== data
@@ -353,9 +356,11 @@ def make_loader(
     shuffle: bool,
     order: torch.Generator | None = None,
     dist: DistContext | None = None,
+    plans: bool = False,
 ) -> DataLoader:
     """A loader whose shuffling uses its own generator (reseeded per epoch by the caller), so
-    the order does not depend on the worker count, the global RNG or a resume."""
+    the order does not depend on the worker count, the global RNG or a resume. ``plans``
+    (``--decode gpu``): its batches are plans (:mod:`augkit.training.gpu_decode`), not pixels."""
     assert cfg.workers is not None  # resolved by train (default_workers) before any loader is made
     sampler: RandomSampler | DistributedSampler | ShardSampler | None = (
         RandomSampler(ds, generator=order) if shuffle else None
@@ -365,7 +370,7 @@ def make_loader(
     n = len(sampler) if sampler is not None else len(ds)
     drop_last = shuffle and n > cfg.batch_size and n % cfg.batch_size == 1  # BatchNorm needs 2+
     return DataLoader(
-        ds,
+        GpuDecodeFolder(ds) if plans else ds,
         batch_size=cfg.batch_size,
         sampler=sampler,
         shuffle=False,
@@ -374,6 +379,7 @@ def make_loader(
         drop_last=drop_last,
         persistent_workers=cfg.workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed),
+        collate_fn=collate if plans else None,
     )
 
 
@@ -450,6 +456,7 @@ def train_one_epoch(
     epoch: int = 0,
     lr_at: Callable[[int], tuple[float, float]] | None = None,
     ema: ModelEma | None = None,
+    decode: Callable[[Any, torch.device], torch.Tensor] | None = None,
 ) -> dict:
     """One pass over ``loader``; returns loss, accuracy, images, seconds and the head's learning
     rate at the first and last step (``lr_first``, ``lr_last``).
@@ -472,7 +479,7 @@ def train_one_epoch(
     loss_sum = 0.0
     lr_first = lr_last = None
     meter = FeedMeter()  # who waited: the time in the loader's next() (inside the prefetcher: the loader alone)
-    feed = Prefetcher(device, channels_last=precision.channels_last, mix=mix, epoch=epoch)
+    feed = Prefetcher(device, channels_last=precision.channels_last, mix=mix, epoch=epoch, decode=decode)
     start = time.perf_counter()
     for step, (x, target, y) in enumerate(feed(meter.iterate(loader))):
         if lr_at is not None:
@@ -577,6 +584,7 @@ def _run_epoch(epoch: int, run: RunState) -> dict:
             epoch=epoch,
             lr_at=(lambda step: schedule.at(epoch, step)) if schedule is not None else None,
             ema=run.ema,
+            decode=run.decode,
         )
     )
     va = ema_va = None
@@ -758,6 +766,8 @@ def _train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRe
     # refuses an impossible --precision before any work; decided again with the model built (_prepare)
     choose_precision(cfg.precision, device, cfg.image_size, amp=cfg.amp and device.type == "cuda")
     recipe, out = _resolve_recipe(cfg.recipe), Path(cfg.out)
+    if cfg.decode == "gpu":  # a recipe the device can run, no --cache, a CUDA device: before any work
+        check_options(recipe, device, cache=cfg.cache_folder() is not None)
     _refuse_existing_run(cfg, out)
     _refuse_labelled_data(Path(cfg.data))
     for w in size_warnings(recipe, cfg.image_size) if recipe is not None else []:
@@ -778,6 +788,8 @@ def _train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRe
             settings = settings_dict(cfg, recipe, data, run.plan, device, precision, threads)
             settings["resolved"]["optimizer"]["kernel"] = optimizer_kernel(run.optimizer)
             settings["resolved"]["feed"] = describe_feed(device, mixed=run.mix is not None)
+            if run.decode is not None:
+                settings["resolved"]["decode"] = describe_decode(run.decode.spec)
             _schedule_settings(settings, run, lrs, found)
             if dist.is_main:
                 _write_start(out, settings, data, dist)
@@ -867,7 +879,8 @@ def _prepare(
     model.to(device, memory_format=torch.channels_last if precision.channels_last else torch.preserve_format)  # type: ignore[call-overload]  # stubs
     optimizer = make_optimizer(model, cfg)  # after the move: whether a fused kernel exists depends on the device
     order = torch.Generator()
-    train_loader = make_loader(data.train, cfg, device, shuffle=True, order=order, dist=dist)
+    gpu = cfg.decode == "gpu"
+    train_loader = make_loader(data.train, cfg, device, shuffle=True, order=order, dist=dist, plans=gpu)
     val_loader = make_loader(data.val, cfg, device, shuffle=False, dist=dist) if data.val is not None else None
     mix = (
         BatchAugment(recipe.batch, len(data.classes), cfg.seed, cfg.label_smoothing)
@@ -891,6 +904,7 @@ def _prepare(
         cb,
         mix,
         ema=ema,
+        decode=DeviceDecoder(check_recipe(recipe), cfg.image_size) if gpu else None,
     )
 
 
@@ -964,6 +978,7 @@ def find_lr(run: RunState, start_epoch: int, steps: int) -> LRFindResult:
                 label_smoothing=cfg.label_smoothing,
                 mix=run.mix,
                 lr_at=lambda _: (lr * mult, lr),
+                decode=run.decode,
             )
         except AugkitError:  # train_one_epoch refuses a non-finite loss: for the sweep, that is divergence
             return math.nan

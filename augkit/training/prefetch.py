@@ -33,7 +33,7 @@ step's time (``loss.item()`` synchronizes every step), never in the loader's.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -105,7 +105,8 @@ class Prefetcher:
     ``prefetcher(batches)`` yields one :class:`DeviceBatch` per batch, in order; batch ``k`` is
     mixed as step ``k`` of ``epoch`` (``mix``: the recipe's ``batch:`` section, or None). On CUDA (or
     with ``streams`` given) the next batch is prepared on a side stream while the current one is used;
-    elsewhere each batch is prepared when asked for. See the module docstring.
+    elsewhere each batch is prepared when asked for. ``decode`` (``--decode gpu``): turns the loader's
+    images (a batch of plans) into uint8 pixels on the device first, on the same stream. See the module docstring.
     """
 
     def __init__(
@@ -116,8 +117,10 @@ class Prefetcher:
         mix: BatchAugment | None = None,
         epoch: int = 0,
         streams: CudaStreams | None = None,
+        decode: Callable[[Any, torch.device], torch.Tensor] | None = None,
     ):
         self.device = device
+        self.decode = decode  # --decode gpu: makes a batch's pixels on the device (augkit.training.gpu_decode)
         self.channels_last = channels_last
         self.mix = mix
         self.epoch = epoch
@@ -132,6 +135,8 @@ class Prefetcher:
     def prepare(self, batch: Any, step: int) -> DeviceBatch:
         """One loader batch on the device: copied, normalized, laid out and mixed as step ``step``."""
         x, y = batch[0], batch[1]
+        if self.decode is not None:  # a batch of plans: decoded and augmented here, on this stream
+            x = self.decode(x, self.device)
         if self._stats is None:  # made on the stream that uses them (the side stream on CUDA)
             self._stats = norm_stats(self.device)
         x = model_input(x, self.device, self.channels_last, self._stats)
