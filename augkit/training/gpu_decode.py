@@ -525,9 +525,10 @@ def multiply_add(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> to
 
 
 def grey(x: torch.Tensor) -> torch.Tensor:
-    """OpenCV's uint8 RGB2GRAY: ``(4899 R + 9617 G + 1868 B + 8192) >> 14`` (exact in float32), (N, 1, H, W)."""
-    y = x[:, 0:1] * 4899 + x[:, 1:2] * 9617 + x[:, 2:3] * 1868 + 8192
-    return torch.floor(y / 16384)
+    """OpenCV's uint8 RGB2GRAY, (N, 1, H, W): ``(9798 R + 19235 G + 3735 B + 2**14) >> 15`` (what its
+    code computes, checked bit-exact on random pixels; exact in float32: the sum stays below 2**24)."""
+    y = x[:, 0:1] * 9798 + x[:, 1:2] * 19235 + x[:, 2:3] * 3735 + 16384
+    return torch.floor(y / 32768)
 
 
 def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -575,7 +576,8 @@ def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     """OpenCV's uint8 RGB -> HSV (H in [0, 180), its integer tables: exact), H shifted by
-    albumentations' hue table, HSV -> RGB (OpenCV's float conversion, truncated)."""
+    albumentations' hue table, HSV -> RGB (OpenCV's float conversion, truncated as its vectorised code
+    does; the pixels its scalar code converts at the end of a row differ by up to 1 level)."""
     xi = x.to(torch.int64)
     r, g, b = xi[:, 0], xi[:, 1], xi[:, 2]
     v = torch.maximum(torch.maximum(r, g), b)
@@ -604,7 +606,9 @@ def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     sectors = torch.tensor([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]], device=x.device)
     pick = sectors[sector]  # (N, H, W, 3): indices of b, g, r in tab
     bgr = torch.gather(tab, 1, pick.permute(0, 3, 1, 2))
-    rgb = (bgr.flip(1) * 255).floor()  # truncated: what OpenCV's uint8 result matches (1 pixel in ~12,000 is 1 off)
+    # truncated, as OpenCV's vectorised code does for whole runs of pixels (64 at a time with AVX-512 here); its
+    # scalar code, for the rest of a row (which pixels depends on the width and the CPU), rounds: 1 level there
+    rgb = (bgr.flip(1) * 255).floor()
     return torch.where((s == 0).unsqueeze(1), v.unsqueeze(1).to(torch.float32).expand_as(rgb), rgb).clamp(0, 255)
 
 
