@@ -8,15 +8,32 @@ grows while it is read.
 Writes are atomic: a hidden temp file ``.<name>.<hex8>.tmp`` in the target folder, fsync,
 then ``os.replace``. Temp names always fit the 255-byte file name limit (the name part is
 cut on a UTF-8 character boundary), so a long output name never stops a run at its temp.
+
+Group commit (:class:`Staged`, Linux): a thread that writes many small files can stage them
+instead: inside ``with staging(batch):`` :func:`atomic_write_bytes` writes the temp file and
+returns; ``batch.commit()`` then makes every staged file durable with ONE ``syncfs`` of each
+file system they are on, and only then renames them into place, in order. A reader or a resumed
+run still sees each file whole or not at all (a killed run leaves temps, which resumes delete),
+and nothing is visible before it is on disk; what changes is that the barrier (a journal commit
+and a cache flush) is paid once per batch rather than once per file: per output file it cost
+0.2-0.5 ms of CPU here (ext4, fsync each), a labelled output writes two. This is git's
+``core.fsyncMethod=batch`` idea, with ``syncfs`` as the barrier (it also flushes other
+processes' dirty data on that file system; batches are small so that a busy disk costs little).
+Where ``syncfs`` is missing (macOS, Windows) staging is off and each write syncs itself.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import re
 import secrets
 import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from augkit.errors import ImageError
@@ -143,13 +160,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     if len(os.fsencode(path.name)) > NAME_MAX:
         raise OSError(errno.ENAMETOOLONG, f"file name longer than {NAME_MAX} bytes", str(path))
     tmp = path.with_name(temp_name(path.name))
+    batch: Staged | None = getattr(_local, "batch", None)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if batch is None:
+                os.fsync(fh.fileno())
         if tmp.stat().st_size != len(data):
             raise OSError(28, "short write (disk full?)", str(tmp))
+        if batch is not None:
+            batch.files.append((tmp, path))
+            return
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -159,7 +181,116 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def atomic_symlink(target: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Put a symbolic link to ``target`` at ``path`` atomically (a temp link, then ``os.replace``);
+    staged like :func:`atomic_write_bytes` inside :func:`staging`, so that it keeps its place in order
+    among the staged writes."""
+    path = Path(path)
+    tmp = path.with_name(temp_name(path.name))
+    os.symlink(target, tmp)
+    batch: Staged | None = getattr(_local, "batch", None)
+    if batch is not None:
+        batch.files.append((tmp, path))
+        return
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write UTF-8 text atomically; a path from a non-UTF-8 file name (``os.fsdecode`` surrogates) keeps
     its original bytes."""
     atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
+
+
+# ---------------------------------------------------------------- group commit
+
+
+def _find_syncfs():
+    """libc's ``syncfs(fd)`` (Linux), or None."""
+    if not hasattr(os, "sched_getaffinity"):  # not Linux (the only place syncfs exists)
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn
+
+
+_SYNCFS = _find_syncfs()
+_local = threading.local()
+
+
+class Staged:
+    """Files written (temp names, not synced) and waiting for :meth:`commit`: ``files`` is
+    (temp, final path) in write order. Used by one thread at a time."""
+
+    def __init__(self) -> None:
+        self.files: list[tuple[Path, Path]] = []
+
+    def commit(self) -> None:
+        """Make every staged file durable (one ``syncfs`` per file system), then rename each into
+        place, in order. On an error every temp not yet renamed is removed, and the error raised."""
+        files, self.files = self.files, []
+        done = 0
+        try:
+            if files:
+                _barrier([tmp for tmp, _ in files])
+            for tmp, path in files:
+                os.replace(tmp, path)
+                done += 1
+        except BaseException:
+            for tmp, _ in files[done:]:
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+            raise
+
+    def discard(self) -> None:
+        """Remove every staged temp (nothing of it becomes visible)."""
+        files, self.files = self.files, []
+        for tmp, _ in files:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+def _barrier(paths: list[Path]) -> None:
+    """Everything written to the file systems holding ``paths`` is on disk (``syncfs`` each)."""
+    assert _SYNCFS is not None  # staging is only turned on where syncfs exists
+    seen: set[int] = set()
+    for p in paths:
+        folder = os.path.dirname(p) or "."  # the folder: a staged temp may be a symbolic link
+        dev = os.stat(folder).st_dev
+        if dev in seen:
+            continue
+        seen.add(dev)
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if _SYNCFS(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), str(p))
+        finally:
+            os.close(fd)
+
+
+def can_stage() -> bool:
+    """Whether group commit is available here (Linux's ``syncfs``)."""
+    return _SYNCFS is not None
+
+
+@contextmanager
+def staging(batch: Staged | None) -> Iterator[None]:
+    """Within the block, this thread's :func:`atomic_write_bytes` calls stage into ``batch`` (None,
+    or no ``syncfs`` here: each write syncs and renames itself, as outside the block)."""
+    before = getattr(_local, "batch", None)
+    _local.batch = batch if can_stage() else None
+    try:
+        yield
+    finally:
+        _local.batch = before

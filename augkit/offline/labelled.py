@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from augkit.errors import ImageError, UsageError
-from augkit.io.fileio import atomic_write_bytes, atomic_write_text, temp_name
+from augkit.io.fileio import atomic_symlink, atomic_write_bytes, atomic_write_text
 from augkit.io.images import OUTPUT_FORMATS, encode_image
 from augkit.labels.formats import FORMATS, LabelError, LabelFormat, check_item_size, detect_kind, open_dataset
 from augkit.labels.geometry import LabelledPipeline, LabelStats, build_labelled
@@ -585,12 +585,6 @@ class LabelledTask(AugmentTask):
             return
         assert source is not None  # no payload: an unchanged original or label file, placed from its source
         if self.link:
-            tmp = path.with_name(temp_name(path.name))
-            os.symlink(Path(source).resolve(), tmp)
-            try:
-                os.replace(tmp, path)
-            except OSError:
-                tmp.unlink(missing_ok=True)
-                raise
+            atomic_symlink(Path(source).resolve(), path)
         else:
             atomic_write_bytes(path, Path(source).read_bytes())

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from augkit.errors import ImageError
-from augkit.io.fileio import atomic_write_bytes, read_bytes
+from augkit.io.fileio import Staged, atomic_write_bytes, read_bytes, staging
 from augkit.io.images import decode_image, encode_image, max_bytes_for
 from augkit.limits import AUGMENT_PRELOAD, MAX_REDRAWS
 from augkit.offline.executors.result import ItemResult, Status, failure
@@ -29,6 +29,11 @@ from augkit.recipe.api import Augmenter, parse_recipe
 from augkit.seeding import derive_seed
 
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+#: Outputs written by the in-process run before one durability barrier (:class:`~augkit.io.fileio.Staged`):
+#: a kill leaves at most this many finished outputs unrecorded (a resumed run verifies them)
+STAGE_ITEMS = 16
+#: Bytes of outputs waiting in the writer (to be written, or staged) at most: huge images commit sooner
+STAGE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,19 @@ def write_failed(item: WorkItem, out_path: Path, exc: OSError) -> ItemResult:
         "reason": "write failed",
         "detail": f"{exc.filename or out_path}: {exc.strerror or exc}",
     }
+
+
+class _Group:
+    """Writes staged together (``staged``) and, once asked for, their commit in the writer thread."""
+
+    def __init__(self) -> None:
+        self.staged = Staged()
+        self.commit: Future | None = None
+
+
+def _payload_size(payload: object) -> int:
+    data = getattr(payload, "payload", payload)  # a labelled task's pending output holds its image bytes
+    return len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
 
 
 class AugmentTask:
@@ -161,31 +179,87 @@ class AugmentTask:
         return self._write(*made) if isinstance(made, tuple) else made
 
     def run_chunk(self, items: list[WorkItem]) -> list[ItemResult]:
-        """The items of one pool chunk, in order. Each file's write (fsync, then rename) runs in a
-        writer thread while the next item is decoded and augmented: fsync waits for the disk
-        (~10% of an item here), and that wait no longer leaves the core idle. A result still
-        comes back only once its file is in place, so the manifest never names a missing file."""
+        """The items of one pool chunk, in order. Each file's write runs in a writer thread while the
+        next item is decoded and augmented, and the chunk's files are made durable together (one
+        barrier, then the renames: :class:`~augkit.io.fileio.Staged`). A result still comes back only
+        once its file is in place, so the manifest never names a missing file."""
         return list(self.iter_items(items, ahead=len(items)))
 
-    def iter_items(self, items: Iterable[WorkItem], ahead: int = 1) -> Iterator[ItemResult]:
-        """The items' results in order, each as soon as its file is in place, with the writes of at
-        most ``ahead`` items in flight (in the writer thread) while the next item is made: what
+    def iter_items(self, items: Iterable[WorkItem], ahead: int = STAGE_ITEMS) -> Iterator[ItemResult]:
+        """The items' results in order, each once its files are in place, with at most ``ahead`` items
+        (and :data:`STAGE_BYTES` of output) between being made and being in place: what
         :meth:`run_chunk` does for a chunk, and the local executor for the whole plan in its own
-        process (``ahead=1``: an interruption leaves at most one finished file unrecorded, and a
-        resumed run verifies it)."""
+        process. Writes run in the writer thread while the next items are made; they are staged
+        (written under temp names) and committed in groups: one durability barrier for the group,
+        then the renames in order (group commit, :mod:`augkit.io.fileio`). When the oldest item is
+        due, everything staged so far is committed. A failed barrier or rename fails each item of the
+        group (``write failed``); an interrupted run leaves only temps, which a resumed run removes."""
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="augkit-writer")
-        pending: deque = deque()
-        for item in items:
+        writer = self._writer
+        pending: deque[tuple[ItemResult | Future, WorkItem, _Group | None, int]] = deque()
+        group, waiting = _Group(), 0
+        stop: BaseException | None = None
+        try:
             try:
-                made = self._make(item)
-                pending.append((self._writer.submit(self._write, *made) if isinstance(made, tuple) else made, item))
-            except Exception as exc:  # noqa: BLE001 - as the executors' call_safely: reported per file
-                pending.append((failure(item, "worker error", exc), item))
-            while len(pending) > ahead:
-                yield _settled(*pending.popleft())
-        while pending:
-            yield _settled(*pending.popleft())
+                for item in items:
+                    try:
+                        made = self._make(item)
+                        if isinstance(made, tuple):
+                            size = _payload_size(made[2])
+                            job = writer.submit(self._staged_write, group.staged, made)
+                            pending.append((job, item, group, size))
+                            waiting += size
+                        else:
+                            pending.append((made, item, None, 0))
+                    except Exception as exc:  # noqa: BLE001 - as the executors' call_safely: reported per file
+                        pending.append((failure(item, "worker error", exc), item, None, 0))
+                    while len(pending) > ahead or (waiting > STAGE_BYTES and len(pending) > 1):
+                        if pending[0][2] is group:
+                            group = _Group()  # the oldest is in the open group: commit it, open another
+                        res, size = self._settle(writer, *pending.popleft())
+                        waiting -= size
+                        yield res
+            except GeneratorExit:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - interrupted (SIGTERM, Ctrl-C) while making an item:
+                stop = exc  # what is made is committed and handed over first, then the interruption goes on
+            group = _Group()
+            while pending:
+                yield self._settle(writer, *pending.popleft())[0]
+            if stop is not None:
+                raise stop
+        finally:  # closed early (a fatal result ends the run): what was made but not committed is dropped
+            for res, _, _, _ in pending:
+                if isinstance(res, Future):
+                    res.exception()  # every write has ended before any temp is removed
+            for _, _, g, _ in pending:
+                if g is not None and g.commit is None:
+                    g.staged.discard()
+
+    def _staged_write(self, staged: Staged, made: tuple) -> ItemResult:
+        with staging(staged):
+            return self._write(*made)
+
+    def _settle(
+        self, writer: ThreadPoolExecutor, res: ItemResult | Future, item: WorkItem, group: _Group | None, size: int
+    ) -> tuple[ItemResult, int]:
+        """The item's final result: its write's, once its group is committed (the commit is started
+        now if it has not been)."""
+        result = _settled(res, item)
+        if group is None:
+            return result, size
+        if group.commit is None:
+            group.commit = writer.submit(group.staged.commit)
+        try:
+            group.commit.result()
+        except OSError as exc:
+            if result.get("status") == Status.OK:
+                result = write_failed(item, self.dst / item.out, exc)
+        except Exception as exc:  # noqa: BLE001 - reported per file, as a write that raised
+            if result.get("status") == Status.OK:
+                result = failure(item, "worker error", exc)
+        return result, size
 
     def _make(self, item: WorkItem) -> ItemResult | tuple[WorkItem, Path, bytes, ItemResult]:
         """Everything but the write: a finished result (bad input, verify) or what to write."""
