@@ -230,9 +230,9 @@ class AugmentTask:
             if stop is not None:
                 raise stop
         finally:  # closed early (a fatal result ends the run): what was made but not committed is dropped
-            for job, _, _, _ in pending:
-                if isinstance(job, Future):
-                    job.exception()  # every write has ended before any temp is removed
+            for entry in pending:
+                if isinstance(entry[0], Future):
+                    entry[0].exception()  # every write has ended before any temp is removed
             for _, _, g, _ in pending:
                 if g is not None and g.commit is None:
                     g.staged.discard()
