@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from augkit.albu import import_albumentations
 from augkit.cli import app
-from augkit.errors import UsageError
+from augkit.errors import ImageError, UsageError
 from augkit.io.warped import DecodedFile, ShapeChanged
 from augkit.recipe import colour
 from augkit.recipe.api import leaf_transforms, load_recipe, parse_recipe
@@ -337,6 +337,21 @@ def test_exif_orientation_is_folded_into_the_matrix(tmp_path, orientation):
     for seed in range(3):
         mean, p99 = diff_stats(device_view(planner, path, seed), cpu_view(r.build(), path, seed))
         assert mean <= 0.1 and p99 <= 1, (seed, mean, p99)
+
+
+def test_bytes_no_decoder_takes_are_an_image_error_naming_the_file(jpegs):
+    """A batch the decoder refuses is decoded image by image; the image that fails names its file."""
+    good = gd.Planner(None, SIZE, max_pixels=None).plan(str(jpegs["small"]), 0)
+    junk = torch.from_numpy(np.frombuffer(b"\xff\xd8\xff\xe0" + bytes(200), np.uint8).copy())
+    batch = gd.PlannedBatch(
+        [good.payload, junk],
+        torch.from_numpy(np.stack([good.matrix] * 2)),
+        torch.ones(2, dtype=torch.int64),
+        torch.zeros((2, 0, gd.DeviceSpec().width), dtype=torch.float64),
+        [good.path, "/data/cat/broken.jpg"],
+    )
+    with pytest.raises(ImageError, match="broken.jpg: not decoded"):
+        gd.DeviceDecoder(gd.DeviceSpec(), SIZE)(batch, CPU)
 
 
 # ---------------------------------------------------------------------- the whole run (device check bypassed)

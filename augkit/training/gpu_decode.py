@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from augkit.albu import import_albumentations
-from augkit.errors import UsageError
+from augkit.errors import ImageError, UsageError
 from augkit.io.fileio import read_bytes
 from augkit.io.images import DCT_MARGIN, DECODE_POLICY, decode_image, decode_policy_reduces, max_bytes_for, read_header
 from augkit.io.jpeg import reduction
@@ -282,6 +282,7 @@ class PlannedSample:
     matrix: np.ndarray
     shrink: int
     params: np.ndarray
+    path: str = ""
 
 
 class Planner:
@@ -316,7 +317,7 @@ class Planner:
         inv, params = self.walk(shape, seed)
         m = orientation_matrix(orientation, stored) @ stretch(shape, full) @ inv
         s = float(np.linalg.svd(m[:2, :2], compute_uv=False).min())
-        return PlannedSample(payload, m, int(s) if s >= 2 else 1, params)
+        return PlannedSample(payload, m, int(s) if s >= 2 else 1, params, str(path))
 
     def walk(self, shape: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
         """The recipe drawn for a working image of ``shape``: (output pixel -> working pixel, parameters)."""
@@ -377,19 +378,27 @@ class GpuDecodeFolder(Dataset):
 
 
 class PlannedBatch:
-    """A batch of plans (:func:`collate`): payloads as a list, the rest stacked."""
+    """A batch of plans (:func:`collate`): payloads and paths as lists, the rest stacked."""
 
     def __init__(
-        self, payloads: list[torch.Tensor], matrices: torch.Tensor, shrink: torch.Tensor, params: torch.Tensor
+        self,
+        payloads: list[torch.Tensor],
+        matrices: torch.Tensor,
+        shrink: torch.Tensor,
+        params: torch.Tensor,
+        paths: list[str] | None = None,
     ):
         self.payloads, self.matrices, self.shrink, self.params = payloads, matrices, shrink, params
+        self.paths = paths if paths is not None else [""] * len(payloads)
         self.shape = (len(payloads),)  # the feed meter counts images by shape[0]
 
     def __len__(self) -> int:
         return len(self.payloads)
 
     def pin_memory(self) -> PlannedBatch:
-        return PlannedBatch([p.pin_memory() for p in self.payloads], self.matrices, self.shrink, self.params)
+        """Pixels (non-JPEG files) pinned for their non-blocking copy; JPEG bytes go to nvJPEG as they are."""
+        payloads = [p.pin_memory() if p.dim() == 3 else p for p in self.payloads]
+        return PlannedBatch(payloads, self.matrices, self.shrink, self.params, self.paths)
 
 
 def collate(samples: list[tuple[PlannedSample, int]]) -> tuple[PlannedBatch, torch.Tensor]:
@@ -400,6 +409,7 @@ def collate(samples: list[tuple[PlannedSample, int]]) -> tuple[PlannedBatch, tor
         torch.from_numpy(np.stack([p.matrix for p in plans])),
         torch.tensor([p.shrink for p in plans], dtype=torch.int64),
         torch.from_numpy(np.stack([p.params for p in plans])),
+        [p.path for p in plans],
     )
     return batch, torch.tensor([t for _, t in samples], dtype=torch.int64)
 
@@ -414,7 +424,7 @@ class DeviceDecoder:
         self.spec, self.size = spec, int(size)
 
     def __call__(self, batch: PlannedBatch, device: torch.device) -> torch.Tensor:
-        imgs = decode_payloads(batch.payloads, device)
+        imgs = decode_payloads(batch.payloads, device, batch.paths)
         x = warp_batch(imgs, batch.matrices, batch.shrink, self.size, self.spec.border, self.spec.fill)
         params = batch.params.to(device)
         for j, kind in enumerate(self.spec.slots):
@@ -434,21 +444,39 @@ class DeviceDecoder:
         return x.to(torch.uint8)
 
 
-def decode_payloads(payloads: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+def decode_payloads(
+    payloads: list[torch.Tensor], device: torch.device, paths: list[str] | None = None
+) -> list[torch.Tensor]:
     """Each payload as CHW uint8 on ``device``: JPEG bytes decoded (one batched nvJPEG call on cuda;
-    libjpeg per image elsewhere), pixels copied."""
+    libjpeg per image elsewhere), pixels copied. A batch nvJPEG refuses (a JPEG kind it does not
+    decode, e.g. CMYK) is decoded by libjpeg on the CPU instead, each image; one that fails there
+    too is an :class:`~augkit.errors.ImageError` naming its file."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     jpegs = [i for i, p in enumerate(payloads) if p.dim() == 1]
     out: list[torch.Tensor | None] = [None] * len(payloads)
     if jpegs:
-        decoded = decode_jpeg([payloads[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+        data = [payloads[i] for i in jpegs]
+        try:
+            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # nvJPEG (or libjpeg) refused the batch: libjpeg, one image at a time, names the file
+            names = paths or [""] * len(payloads)
+            decoded = [_decode_one(d, names[i]) for i, d in zip(jpegs, data)]
         for i, img in zip(jpegs, decoded):
-            out[i] = img.to(device)
+            out[i] = img.to(device, non_blocking=True)
     for i, p in enumerate(payloads):
         if out[i] is None:
             out[i] = p.to(device, non_blocking=True)
     return [t for t in out if t is not None]
+
+
+def _decode_one(data: torch.Tensor, path: str) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB)
+    except RuntimeError as exc:
+        raise ImageError(path or "<bytes>", "not decoded", f"libjpeg: {exc}") from None
 
 
 def warp_batch(
