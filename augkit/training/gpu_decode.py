@@ -655,9 +655,14 @@ def gaussian_blur(x: torch.Tensor, lengths: torch.Tensor, taps: torch.Tensor) ->
     if r >= min(h, w):
         raise UsageError(f"--decode gpu: a blur kernel of {k} taps is too long for {w}x{h} images")
     pad = F.pad(x, (r, r, r, r), mode="reflect")
-    rows = sum(kernels[:, t].view(-1, 1, 1, 1) * pad[:, :, :, t : t + w] for t in range(k))
-    out = sum(kernels[:, t].view(-1, 1, 1, 1) * rows[:, :, t : t + h, :] for t in range(k))
-    return torch.as_tensor(out).round().clamp(0, 255)
+    taps_of = [kernels[:, t].view(-1, 1, 1, 1) for t in range(k)]
+    rows = torch.zeros_like(pad[:, :, :, :w])
+    for t in range(k):  # horizontal pass, then vertical: a fixed order of float32 sums
+        rows += taps_of[t] * pad[:, :, :, t : t + w]
+    out = torch.zeros_like(x)
+    for t in range(k):
+        out += taps_of[t] * rows[:, :, t : t + h, :]
+    return out.round().clamp(0, 255)
 
 
 def describe(spec: DeviceSpec) -> str:
