@@ -426,22 +426,30 @@ class DeviceDecoder:
     def __call__(self, batch: PlannedBatch, device: torch.device) -> torch.Tensor:
         imgs = decode_payloads(batch.payloads, device, batch.paths)
         x = warp_batch(imgs, batch.matrices, batch.shrink, self.size, self.spec.border, self.spec.fill)
-        params = batch.params.to(device)
-        for j, kind in enumerate(self.spec.slots):
+        params = batch.params.cpu()  # every choice (which samples, which op) is made here, on the host:
+        for j, kind in enumerate(self.spec.slots):  # no device -> host sync in the batch's preparation
             row = params[:, j]
-            applied = row[:, 0] == 1
-            if not bool(applied.any()):
+            idx = (row[:, 0] == 1).nonzero().squeeze(1)
+            if idx.numel() == 0:
                 continue
-            idx = applied.nonzero().squeeze(1)
-            sub, prm = x[idx], row[idx]
+            on = to_device(idx, device)
+            sub, prm = x[on], row[idx]
             if kind == COLOR:
                 sub = color_jitter(sub, prm[:, 1:5], prm[:, 5:9].long())
             elif kind == LINEAR:
-                sub = multiply_add(sub, prm[:, 1], prm[:, 2])
+                sub = multiply_add(sub, to_device(prm[:, 1], device), to_device(prm[:, 2], device))
             else:
                 sub = gaussian_blur(sub, prm[:, 1].long(), prm[:, 2:])
-            x[idx] = sub
+            x[on] = sub
         return x.to(torch.uint8)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device`` without waiting for the device: pinned first on cuda (a copy
+    from pageable memory can block until the stream's earlier work is done)."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def decode_payloads(
@@ -498,7 +506,7 @@ def warp_batch(
     device = imgs[0].device
     n = len(imgs)
     mats = matrices.to(torch.float64).clone()
-    fill_t = torch.tensor(fill, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    fill_t = to_device(torch.tensor(fill, dtype=torch.float32), device).view(1, 3, 1, 1)
     pictures, sizes = [], []
     for i, img in enumerate(imgs):  # per sample: one pool and one copy (pixels are never looped over)
         f = int(shrink[i])
@@ -513,14 +521,14 @@ def warp_batch(
     batch = torch.zeros((n, 3, hm, wm), dtype=torch.float32, device=device)
     for i, pic in enumerate(pictures):  # constant: img - fill, so that zeros outside are the fill
         batch[i, :, : pic.shape[1], : pic.shape[2]] = pic - fill_t[0] if border == _CONSTANT else pic
-    hw = torch.tensor([[s[1], s[0]] for s in sizes], dtype=torch.float32, device=device)  # (n, 2): w, h
+    hw = to_device(torch.tensor([[s[1], s[0]] for s in sizes], dtype=torch.float32), device)  # (n, 2): w, h
     ys, xs = torch.meshgrid(
         torch.arange(size, dtype=torch.float32, device=device),
         torch.arange(size, dtype=torch.float32, device=device),
         indexing="ij",
     )
     base = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones(size * size, device=device)], 1)  # (S*S, 3)
-    uv = torch.einsum("pk,njk->npj", base, mats[:, :2].to(device=device, dtype=torch.float32))  # (n, S*S, 2)
+    uv = torch.einsum("pk,njk->npj", base, to_device(mats[:, :2].to(torch.float32), device))  # (n, S*S, 2)
     last = (hw - 1).view(n, 1, 2)
     if border == _REFLECT:
         period = (2 * last).clamp(min=1)
@@ -529,7 +537,7 @@ def warp_batch(
         uv = torch.where(last > 0, uv, torch.zeros_like(uv))
     elif border == _REPLICATE:
         uv = torch.minimum(uv.clamp(min=0), last)
-    wh = torch.tensor([wm, hm], dtype=torch.float32, device=device)
+    wh = to_device(torch.tensor([wm, hm], dtype=torch.float32), device)
     grid = ((2 * uv + 1) / wh - 1).view(n, size, size, 2)
     out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if border == _CONSTANT:
@@ -561,8 +569,10 @@ def grey(x: torch.Tensor) -> torch.Tensor:
 
 def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """``color`` (augkit's ColorJitter on uint8) for a batch: ``factors`` (N, 4) brightness, contrast,
-    saturation, hue; ``order`` (N, 4) each sample's drawn order. Each of the 4 positions runs each op on
-    the samples that have it there (and where it changes something, as the CPU path skips)."""
+    saturation, hue; ``order`` (N, 4) each sample's drawn order (both on the host: the selection is
+    made there). Each of the 4 positions runs each op on the samples that have it there (and where it
+    changes something, as the CPU path skips)."""
+    factors, order = factors.cpu(), order.cpu()
     b, c, s, h = factors.unbind(1)
     active = (b != 1, c != 1, s != 1, h != 0)
     for pos in range(4):
@@ -570,8 +580,8 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) ->
             sel = ((order[:, pos] == op) & active[op]).nonzero().squeeze(1)
             if sel.numel() == 0:
                 continue
-            f = factors[sel, op]
-            sub = x[sel]
+            on, f = to_device(sel, x.device), to_device(factors[sel, op], x.device)
+            sub = x[on]
             if op == 0:
                 sub = _trunc_table(sub * f.to(torch.float32).view(-1, 1, 1, 1))
             elif op == 1:
@@ -580,7 +590,7 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) ->
                 sub = _saturation(sub, f)
             else:
                 sub = _hue(sub, f)
-            x[sel] = sub
+            x[on] = sub
     return x
 
 
@@ -631,7 +641,7 @@ def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     sector = torch.where(bad, torch.zeros_like(sector), sector)
     hf = torch.where(bad, torch.zeros_like(hf), hf)
     tab = torch.stack([vf, vf * (1 - sf), vf * (1 - sf * hf), vf * (1 - sf * (1 - hf))], 1)  # (N, 4, H, W)
-    sectors = torch.tensor([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]], device=x.device)
+    sectors = to_device(torch.tensor([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]]), x.device)
     pick = sectors[sector]  # (N, H, W, 3): indices of b, g, r in tab
     bgr = torch.gather(tab, 1, pick.permute(0, 3, 1, 2))
     # truncated, as OpenCV's vectorised code does for whole runs of pixels (64 at a time with AVX-512 here); its
@@ -643,13 +653,15 @@ def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 def gaussian_blur(x: torch.Tensor, lengths: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     """albumentations' GaussianBlur (``cv2.sepFilter2D``, BORDER_REFLECT_101) with each sample's own
     kernel: kernels centred in one odd length; a fixed sum over the taps (the same order every run)."""
+    lengths, taps = lengths.cpu(), taps.cpu()
     k = int(lengths.max())
     n = x.shape[0]
-    kernels = torch.zeros((n, k), dtype=torch.float32, device=x.device)
-    for i in range(n):  # per sample: at most a few taps moved
+    kernels = torch.zeros((n, k), dtype=torch.float32)
+    for i in range(n):  # per sample, on the host: at most a few taps moved
         length = int(lengths[i])
         off = (k - length) // 2
         kernels[i, off : off + length] = taps[i, :length].to(torch.float32)
+    kernels = to_device(kernels, x.device)
     r = k // 2
     h, w = x.shape[2], x.shape[3]
     if r >= min(h, w):
