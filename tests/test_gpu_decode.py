@@ -379,3 +379,33 @@ def test_train_with_decode_gpu_runs_end_to_end_on_cpu_tensors(data_folder, tmp_p
     settings = yaml.safe_load((tmp_path / "run" / "settings.yaml").read_text())
     assert settings["augkit_train"]["decode"] == "gpu"
     assert "nvJPEG" in settings["resolved"]["decode"]
+
+
+# ---------------------------------------------------------------------- on a CUDA machine only (skipped in CI)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG needs a CUDA device")
+
+
+@needs_cuda
+def test_nvjpeg_batch_is_close_to_the_cpu_path_and_reproducible(jpegs):
+    """nvJPEG's decode differs from libjpeg's (IDCT, chroma upsampling): the tolerance here is a guess
+    (no GPU was available when it was written), looser than the CPU-decoded one above."""
+    from augkit.training.prefetch import Prefetcher
+
+    cuda = torch.device("cuda")
+    r = recipe("default")
+    aug, planner = r.build(), gd.Planner(r, SIZE, max_pixels=None)
+    decoder = gd.DeviceDecoder(planner.spec, SIZE)
+    paths = [jpegs["small"], jpegs["tall"], jpegs["large"]] * 3
+    plans = [(planner.plan(str(p), seed), 0) for seed, p in enumerate(paths)]
+    batch = gd.collate(plans)[0]
+    out = decoder(batch, cuda)
+    assert out.device.type == "cuda" and out.dtype == torch.uint8
+    assert torch.equal(out, decoder(batch, cuda))  # the same tensors twice on one device
+    for i, (seed, p) in enumerate(enumerate(paths)):
+        mean, p99 = diff_stats(out[i].permute(1, 2, 0).cpu().numpy(), cpu_view(aug, p, seed))
+        assert mean <= 5.0 and p99 <= 30, (p.name, seed, mean, p99)
+    # through the prefetcher's side stream, as training runs it
+    feed = Prefetcher(cuda, decode=decoder)
+    got = [b.images for b in feed([(batch, torch.zeros(len(batch), dtype=torch.int64))] * 2)]
+    assert len(got) == 2 and torch.equal(got[0], got[1])

@@ -40,7 +40,10 @@ OpenCV's 1/32-pixel fixed point; and the colour steps run on the ``size x size``
 path runs them on the working image before its centre crop (contrast's grey mean is the view's,
 a blur reads the view's reflected edge). tests/test_gpu_decode.py states the tolerances.
 Reproducible: the same seed gives the same plan at any worker count, and the device work is
-elementwise or a fixed sum order (no atomics, no cuDNN), so the same tensors on one device.
+elementwise or a fixed sum order (no atomics, no cuDNN), so the same tensors on one device. Every
+choice (which samples get which step, kernel lengths) is made on the host from the batch's
+parameters, and small tensors travel pinned: preparing a batch should not wait on the device (the
+prefetcher prepares it on its side stream while the previous batch trains; unmeasured on a GPU).
 """
 
 from __future__ import annotations
