@@ -34,6 +34,8 @@ def test_a_slow_loader_is_seen_waiting_and_gets_advice():
     assert s.loader_img_s == pytest.approx(24 / s.wait_seconds)
     tip = advice(s, cache=False, image_size=224)
     assert tip and "bottleneck" in tip and "--workers (now 0)" in tip and "--cache" in tip
+    assert "--decode gpu" not in tip  # only offered when training on CUDA
+    assert "--decode gpu" in advice(s, cache=False, image_size=224, gpu_decode=True)
 
 
 def test_a_slow_step_is_not_blamed_on_the_loader():

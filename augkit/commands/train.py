@@ -303,7 +303,12 @@ def train(config: TrainConfig, console: Console | None = None) -> Any:
     if is_main():
         console.print(summary_table(result))
         feed = from_rows(result.history, result.workers)
-        tip = advice(feed, cache=config.cache, image_size=config.image_size) if feed is not None else None
+        gpu_decode = str(result.device).startswith("cuda") and config.decode == "cpu" and not config.cache
+        tip = (
+            advice(feed, cache=config.cache, image_size=config.image_size, gpu_decode=gpu_decode)
+            if feed is not None
+            else None
+        )
         if tip:
             console.print(f"[yellow]{esc(tip)}[/yellow]")
     return result

@@ -120,13 +120,18 @@ def combine(stats: list[FeedStats]) -> FeedStats | None:
     )
 
 
-def advice(stats: FeedStats, *, cache: bool = False, image_size: int | None = None) -> str | None:
-    """One line of advice when the loader is the bottleneck, else None."""
+def advice(
+    stats: FeedStats, *, cache: bool = False, image_size: int | None = None, gpu_decode: bool = False
+) -> str | None:
+    """One line of advice when the loader is the bottleneck, else None. ``gpu_decode``: ``--decode gpu``
+    is open to this run (training on CUDA, decoding on the CPU)."""
     if stats.data_wait < BOTTLENECK_SHARE:
         return None
     tips = [f"more --workers (now {stats.workers})"]
     if not cache:
         tips.append("--cache (decode each image once)")
+    if gpu_decode:
+        tips.append("--decode gpu (JPEGs decoded and warped on the GPU)")
     if image_size is not None and image_size > 64:
         tips.append("a smaller --image-size")
     return (
