@@ -116,24 +116,47 @@ class LocalExecutor:
             yield res
 
     def _adaptive(self, task: Task, items: list, starter: PoolStarter) -> Iterator[ItemResult]:
+        """Items here until the pool is up (started once the measured work left repays it), the rest
+        in the pool. A task with ``iter_items`` is fed lazily through it (writes overlap the next
+        item and are committed in groups, as in :meth:`_in_process`); the feed stops once the pool
+        is ready, and what it already took is finished here."""
         task.setup()
         times: list[float] = []
-        i = 0
-        while i < len(items):
-            if starter.ready():
-                break
-            t0 = time.perf_counter()
-            res = call_safely(task, items[i])
-            times.append(time.perf_counter() - t0)
-            i += 1
-            self.stats["in_process"] += 1
-            yield res
+        taken = 0
+
+        def measured(seconds: float) -> None:
+            times.append(seconds)
             if not starter.started and len(times) > _MEASURE_ITEMS:
                 per_item = sum(times[1:]) / (len(times) - 1)  # the first pays for warm-up; copies share decodes
-                if per_item * (len(items) - i) > self.payoff_s:
+                if per_item * (len(items) - taken) > self.payoff_s:
                     starter.start()
-        if i < len(items):
-            yield from self._pool(starter, items[i:])
+
+        def feed() -> Iterator:
+            nonlocal taken
+            last = None
+            while taken < len(items) and not starter.ready():
+                now = time.perf_counter()
+                if last is not None:
+                    measured(now - last)  # one item's work (its write overlaps the next)
+                last = now
+                taken += 1
+                yield items[taken - 1]
+
+        pipelined = getattr(task, "iter_items", None)
+        if pipelined is not None:
+            for res in pipelined(feed()):
+                self.stats["in_process"] += 1
+                yield res
+        else:
+            while taken < len(items) and not starter.ready():
+                t0 = time.perf_counter()
+                res = call_safely(task, items[taken])
+                taken += 1
+                self.stats["in_process"] += 1
+                yield res
+                measured(time.perf_counter() - t0)
+        if taken < len(items):
+            yield from self._pool(starter, items[taken:])
 
     def _pool(self, starter: PoolStarter, items: list) -> Iterator[ItemResult]:
         """Run ``items`` in the pool. When a worker dies, each item it may have been running is
