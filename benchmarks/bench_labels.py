@@ -14,6 +14,8 @@ data gets by default, so the image-only run does the same pixel work):
 
 Targets (issue 18): (a) <= 1.2x the time of (b) at the same worker count; (a) with 1 worker at least
 as fast as (c), i.e. (c)/(a) >= 1.0.
+Rounds alternate in order (every other one reversed) so that the machine's drift hits all alike; the
+ratios are given both as ratios of medians and per round (paired).
 Run alone on a quiet machine: .venv/bin/python benchmarks/bench_labels.py [--count 200 --copies 4]
 (--count 5 --copies 1 --repeat 1 checks that it works, in about 10 s). A benchmark, never a test.
 """
@@ -160,21 +162,22 @@ def main() -> None:
         load0 = os.getloadavg()
         times: dict[str, list[float]] = {k: [] for k in runs}
         inner: list[float] = []
-        for _ in range(args.repeat):  # interleaved rounds: drift hits every contender alike
-            for name, fn in runs.items():
+        for r in range(args.repeat):  # interleaved rounds, every other one in reverse order: drift hits all alike
+            for name, fn in list(runs.items())[:: -1 if r % 2 else 1]:
                 took, out = fn()
                 times[name].append(took)
                 if name.startswith("plain"):
                     inner.append(float(out.split()[-1]))
                 shutil.rmtree(tmp / "out", ignore_errors=True)
                 os.sync()
-        report(args, {k: statistics.median(v) for k, v in times.items()}, statistics.median(inner), load0)
+        report(args, times, statistics.median(inner), load0)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def report(args, med: dict[str, float], inner: float, load0) -> None:
+def report(args, times: dict[str, list[float]], inner: float, load0) -> None:
     n = args.count * args.copies
+    med = {k: statistics.median(v) for k, v in times.items()}
     print(
         f"YOLO detection, {args.count} JPEGs {args.size[0]}x{args.size[1]} (2-3 boxes each) x {args.copies} copies "
         f"= {n} outputs, {os.cpu_count()} cpus, median of {args.repeat}; whole processes timed"
@@ -189,7 +192,14 @@ def report(args, med: dict[str, float], inner: float, load0) -> None:
     print(f"  plain's loop alone (imports excluded): {inner:.1f} img/s")
     for w in (1, 2):
         lab, img = med[f"augkit labels --workers {w}"], med[f"augkit images only --workers {w}"]
-        print(f"  labels / images only, {w} worker(s): {lab / img:4.2f}x time (target <= 1.2x)")
+        paired = [
+            a / b for a, b in zip(times[f"augkit labels --workers {w}"], times[f"augkit images only --workers {w}"])
+        ]
+        print(
+            f"  labels / images only, {w} worker(s): {lab / img:4.2f}x time (target <= 1.2x); per round "
+            + " ".join(f"{x:.2f}" for x in paired)
+            + f", median {statistics.median(paired):.2f}x"
+        )
         print(f"  plain / augkit labels, {w} worker(s): {plain / lab:4.2f}x speed (target >= 1.0x)")
 
 
