@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -106,7 +107,16 @@ def main() -> None:
         print(f"# {torch.cuda.get_device_name(device)}, torch {torch.__version__}, {os.cpu_count()} cores")
     else:
         print(f"# CPU only (dry run: the numbers mean nothing), torch {torch.__version__}")
-    root = write_photos(Path(tempfile.mkdtemp(prefix="gpu_check_")), args.count, photo)
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    try:
+        run(args, tmp, size, photo, device)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"# workers {args.workers}, batch {args.batch_size}, {args.steps} timed steps, load {os.getloadavg()}")
+
+
+def run(args, tmp: Path, size: int, photo: tuple[int, int], device: torch.device) -> None:
+    root = write_photos(tmp, args.count, photo)
     folder = AugmentedImageFolder(root, "default", image_size=size, output="uint8", memory_cache=0, check="none")
     decoder = DeviceDecoder(check_recipe(folder.recipe), size)
     pin = device.type == "cuda"
@@ -133,7 +143,6 @@ def main() -> None:
             c = rate(model, forever(cpu_loader), opt, device, precision, args.steps)
             g = rate(model, forever(gpu_loader), opt, device, precision, args.steps, decode=decoder)
             print(f"| {arch} ({precision.name}) | {t:.0f} | {c:.0f} | {g:.0f} | {c / t:.2f}x | {g / t:.2f}x |")
-    print(f"# workers {args.workers}, batch {args.batch_size}, {args.steps} timed steps, load {os.getloadavg()}")
 
 
 if __name__ == "__main__":
