@@ -17,8 +17,9 @@ as fast as (c), i.e. (c)/(a) >= 1.0.
 Rounds alternate in order (every other one reversed) so that the machine's drift hits all alike; the
 ratios are given both as ratios of medians and per round (paired). Outputs are kept until the end (a
 few GB): deleting each contender's 800-1600 files before the next made ext4's inode allocator skip
-recently deleted inodes at every creation, ~1.5 ms of CPU per labelled output (perf: find_inode_bit,
-recently_deleted), an artefact of the benchmark's own cleanup that the earlier runs in benchmarks/README.md paid.
+recently deleted inodes at every creation (perf: find_inode_bit, recently_deleted): 2.7-3.7 ms of CPU
+per labelled output, 1.4-2.1 ms per image-only one (perf stat, whole process tree), an artefact of the
+benchmark's own cleanup that the earlier runs in benchmarks/README.md paid.
 Run alone on a quiet machine: .venv/bin/python benchmarks/bench_labels.py [--count 200 --copies 4]
 (--count 5 --copies 1 --repeat 1 checks that it works, in about 10 s). A benchmark, never a test.
 """
