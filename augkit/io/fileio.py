@@ -25,12 +25,13 @@ Where ``syncfs`` is missing (macOS, Windows) staging is off and each write syncs
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import functools
 import os
 import re
 import secrets
 import stat
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -208,19 +209,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 # ---------------------------------------------------------------- group commit
 
 
-def _find_syncfs():
-    """libc's ``syncfs(fd)`` (Linux), or None."""
-    if not hasattr(os, "sched_getaffinity"):  # not Linux (the only place syncfs exists)
+@functools.cache
+def _syncfs():
+    """libc's ``syncfs(fd)`` (Linux), or None; looked up on first use, in this process's own symbols."""
+    if not sys.platform.startswith("linux"):
         return None
     try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).syncfs
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):
         return None
     fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
     return fn
 
 
-_SYNCFS = _find_syncfs()
 _local = threading.local()
 
 
@@ -262,7 +263,8 @@ class Staged:
 
 def _barrier(paths: list[Path]) -> None:
     """Everything written to the file systems holding ``paths`` is on disk (``syncfs`` each)."""
-    assert _SYNCFS is not None  # staging is only turned on where syncfs exists
+    syncfs = _syncfs()
+    assert syncfs is not None  # staging is only turned on where syncfs exists
     seen: set[int] = set()
     for p in paths:
         folder = os.path.dirname(p) or "."  # the folder: a staged temp may be a symbolic link
@@ -272,7 +274,7 @@ def _barrier(paths: list[Path]) -> None:
         seen.add(dev)
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
-            if _SYNCFS(fd) != 0:
+            if syncfs(fd) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err), str(p))
         finally:
@@ -281,7 +283,7 @@ def _barrier(paths: list[Path]) -> None:
 
 def can_stage() -> bool:
     """Whether group commit is available here (Linux's ``syncfs``)."""
-    return _SYNCFS is not None
+    return _syncfs() is not None
 
 
 @contextmanager
