@@ -231,15 +231,10 @@ class Walk:
 
     def _matrix_step(self, t: Any, force: bool) -> None:
         """BasicTransform.__call__'s draws (same calls, same order), then the step's matrices."""
-        t.params = {}
-        if not t.should_apply(force_apply=force):
+        params = draw(t, force, self.run.shape)
+        if params is None:
             return
         h, w = self.run.shape
-        data = {"image": np.broadcast_to(np.zeros((1, 1, 1), np.uint8), (h, w, 3))}  # the shape, no pixels
-        params = t.get_params()
-        params = t.update_transform_params(params=params, data=data)
-        params.update(t.get_params_dependent_on_data(params=params, data=data))
-        t.params = params
         c = _classes()
         kind = type(t)
         if kind is c["PolicyAugment"]:
@@ -282,6 +277,22 @@ class Walk:
             else:
                 inv3 = np.vstack([inv, [0.0, 0.0, 1.0]])
                 self.add(inv3, replay, flip=False, border=t.border_mode, fill=t.fill, interp=cv2.INTER_NEAREST)
+
+
+def draw(t: Any, force: bool, shape: tuple[int, int]) -> dict | None:
+    """``BasicTransform.__call__``'s draws for an image of ``shape`` (height, width), the same calls in
+    the same order on the step's seeded generators, without pixels: the sampled parameters (also left in
+    ``t.params``, as albumentations leaves them), or None when the step is not applied."""
+    t.params = {}
+    if not t.should_apply(force_apply=force):
+        return None
+    h, w = shape
+    data = {"image": np.broadcast_to(np.zeros((1, 1, 1), np.uint8), (h, w, 3))}  # the shape, no pixels
+    params = t.get_params()
+    params = t.update_transform_params(params=params, data=data)
+    params.update(t.get_params_dependent_on_data(params=params, data=data))
+    t.params = params
+    return params
 
 
 def final_matrix(shape: tuple[int, int], size: int) -> np.ndarray:

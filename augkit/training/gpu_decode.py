@@ -66,9 +66,8 @@ from augkit.io.preprocess import short_side_shape
 from augkit.io.warped import stretch
 from augkit.recipe.api import Recipe, build_compose, leaf_transforms, seed_random_state
 from augkit.recipe.colour import ColorJitter, RandomBrightnessContrast
-from augkit.recipe.fuse import Walk, final_matrix, is_matrix_step
+from augkit.recipe.fuse import Walk, draw, final_matrix, is_matrix_step
 
-DECODES = ("cpu", "gpu")
 #: what ``--decode gpu`` runs, for error messages and help
 SUPPORTED = (
     "geometric steps first (flip, shift, rotate, affine; bilinear; border constant, reflect or replicate), "
@@ -262,17 +261,9 @@ class PlanWalk(Walk):
         if id(t) not in self.slots:
             super().call(t, force)
             return
-        # BasicTransform.__call__'s draws, the same calls in the same order, on the working shape
-        t.params = {}
-        if not t.should_apply(force_apply=force):
-            return
-        h, w = self.run.shape
-        data = {"image": np.broadcast_to(np.zeros((1, 1, 1), np.uint8), (h, w, 3))}
-        params = t.get_params()
-        params = t.update_transform_params(params=params, data=data)
-        params.update(t.get_params_dependent_on_data(params=params, data=data))
-        t.params = params
-        self.pixel.append((self.slots[id(t)], params))
+        params = draw(t, force, self.run.shape)  # the CPU path's draws, on the working shape
+        if params is not None:
+            self.pixel.append((self.slots[id(t)], params))
 
 
 @dataclass
