@@ -219,3 +219,13 @@ def test_a_refused_run_leaves_no_folders_behind_not_even_parents(tmp_path):
     with locked(keep / "x" / "run"):
         (keep / "x" / "run" / "out.txt").write_text("work")
     assert (keep / "x" / "run" / "out.txt").is_file()  # a folder with work in it stays
+
+
+def test_a_bad_input_with_several_copies_is_counted_per_output_and_listed_once(src, tmp_path):
+    (src / "cat" / "zz_bad.jpg").write_bytes(b"not a jpeg")
+    r = run(src, tmp_path / "d", copies=2, workers=1)
+    assert [b["path"] for b in r.bad] == ["cat/zz_bad.jpg"] and r.skipped_outputs == 2
+    assert r.processed == r.to_process  # every output accounted for: the run did not stop
+    res = runner.invoke(app, ["augment", str(src), str(tmp_path / "e"), "--copies", "2", "--workers", "1"])
+    text = " ".join(res.output.replace("│", " ").split())  # the summary table wraps its cells
+    assert res.exit_code == 3 and "2 skipped (1 bad input)" in text and "not reached" not in text

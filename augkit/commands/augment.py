@@ -262,7 +262,9 @@ def _summary(r: AugmentResult) -> None:
             parts = [f"{r.written} written in {r.seconds:.1f} s ({r.rate:.1f} img/s)"]
             parts += [f"{r.verified} recomputed and identical (kept)"] if r.verified else []
             parts += [f"{len(r.existing)} existing kept"] if r.existing else []
-            parts += [f"{len(r.bad)} skipped"] if r.bad else []
+            if r.skipped_outputs:  # the outputs of bad inputs (each input listed once below)
+                inputs = len(r.bad)
+                parts += [f"{r.skipped_outputs} skipped ({inputs} bad input{'s' if inputs != 1 else ''})"]
             left = r.to_process - r.processed
             parts += [f"{left} not reached (the run stopped)"] if left > 0 else []
             t.add_row("this run", f"{r.to_process} to process: " + ", ".join(parts))

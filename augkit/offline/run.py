@@ -303,13 +303,15 @@ class AugmentResult:
     #: that were recomputed and found byte-identical to the output already there (in already_done too)
     to_process: int = 0
     verified: int = 0
+    #: outputs of this run not made because their input was bad (``bad`` lists each input once)
+    skipped_outputs: int = 0
     #: recipe hash -> (recipe name, outputs) of the augmented outputs DST holds after the run
     recipes: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     @property
     def processed(self) -> int:
         """Items of this run accounted for: written + verified + kept existing + skipped."""
-        return self.written + self.verified + len(self.existing) + len(self.bad)
+        return self.written + self.verified + len(self.existing) + self.skipped_outputs
 
     @property
     def exit_code(self) -> int:
@@ -494,6 +496,7 @@ def _record(plan: Plan, result: AugmentResult, res: ItemResult, journal: Journal
     elif status == Status.EXISTS:
         result.existing.append(item.out)
     elif status in (Status.BAD, Status.FAILED):
+        result.skipped_outputs += 1
         result.bad.append({"path": item.src, "reason": res["reason"], "detail": res.get("detail", "")})
         if plan.options.strict:
             result.aborted = f"{plan.src / item.src}: {res['reason']} ({res.get('detail', '')}) [--strict]"
